@@ -1,0 +1,101 @@
+"""The `python -m training` command line, end to end on tiny inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_train_export_evaluate_from_the_command_line(image_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(image_folder),
+                "--out",
+                str(run),
+                "--steps",
+                "2",
+                "--eval-every",
+                "1",
+                "--batch-size",
+                "2",
+                "--patch-size",
+                "32",
+                "--filters",
+                "4",
+                "--blocks",
+                "1",
+                "--val-holdout",
+                "1",
+                "--verbose",
+                "0",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
+
+    onnx_path = tmp_path / "m.onnx"
+    assert main(["export", str(run / "best.keras"), "--out", str(onnx_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] in ("1", "2")
+
+    assert main(["evaluate", str(onnx_path), "--data", str(image_folder), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["sets"][0]["images"] == 6
+
+
+@pytest.mark.slow
+def test_training_runs_on_the_jax_backend(image_folder, tmp_path):
+    pytest.importorskip("jax")
+    run = tmp_path / "jax-run"
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "train",
+            "--data",
+            str(image_folder),
+            "--out",
+            str(run),
+            "--steps",
+            "2",
+            "--eval-every",
+            "1",
+            "--batch-size",
+            "2",
+            "--patch-size",
+            "32",
+            "--filters",
+            "4",
+            "--blocks",
+            "1",
+            "--val-holdout",
+            "1",
+            "--verbose",
+            "0",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    config = json.loads((run / "config.json").read_text())
+    state = json.loads((run / "state.json").read_text())
+    assert config["backend"] == "jax"
+    assert state["step"] == 2
+    assert (run / "best.keras").is_file()

@@ -1,0 +1,81 @@
+"""ONNX export: contract, metadata, self-verification."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from training.export import ExportError, export_onnx
+from training.model import build_edsr
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "best.keras"
+    build_edsr(filters=8, blocks=1).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "edsr_x4.onnx"
+    return out, export_onnx(checkpoint, out)
+
+
+def test_export_has_the_service_contract_with_dynamic_dims(exported):
+    out, _ = exported
+    model = onnx.load(out)
+    assert [i.name for i in model.graph.input] == ["lr"]
+    assert [o.name for o in model.graph.output] == ["sr"]
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", "height_lr", "width_lr", 3]
+    assert model.opset_import[0].version >= 17
+
+
+def test_onnxruntime_matches_keras_on_an_odd_sized_batch(exported, checkpoint):
+    import keras
+
+    out, report = exported
+    assert report["parity_max_abs_diff"] <= 0.05
+    batch = np.random.default_rng(5).uniform(0, 255, (2, 11, 7, 3)).astype(np.float32)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(["sr"], {"lr": batch})[0]
+    expected = np.asarray(keras.models.load_model(checkpoint)(batch))
+    assert got.shape == (2, 44, 28, 3)
+    assert np.abs(got - expected).max() <= 0.05
+
+
+def test_metadata_describes_the_model(exported):
+    out, report = exported
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    for key in (
+        "scale",
+        "filters",
+        "blocks",
+        "parameters",
+        "training_data",
+        "steps",
+        "best_val_psnr",
+        "export_date",
+        "code_version",
+    ):
+        assert key in meta, key
+    assert meta["scale"] == "4" and meta["filters"] == "8" and meta["blocks"] == "1"
+    assert json.loads(out.with_suffix(".json").read_text())["parameters"] == meta["parameters"]
+    assert report["scale"] == "4"
+
+
+def test_a_failed_parity_check_writes_no_file(checkpoint, tmp_path):
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(ExportError, match="differs from Keras"):
+        export_onnx(checkpoint, out, tolerance=-1.0)
+    assert not out.exists()
+
+
+def test_old_opsets_are_refused(checkpoint, tmp_path):
+    with pytest.raises(ExportError, match="opset"):
+        export_onnx(checkpoint, tmp_path / "m.onnx", opset=13)

@@ -1,0 +1,209 @@
+"""Command line: `python -m training {train,evaluate,export} ...`; `--help` on each for flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from training.config import TrainConfig
+
+
+def _add_train(sub) -> None:
+    defaults = TrainConfig(data=[], out="")
+    p = sub.add_parser(
+        "train",
+        help="train (or resume) an EDSR model",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="training images: a folder (searched recursively; DIV2K layout "
+        "recognised) or a file; repeat for several",
+    )
+    p.add_argument(
+        "--val-data",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="validation images (folder or file, repeatable); excluded from training",
+    )
+    p.add_argument(
+        "--val-holdout",
+        type=int,
+        default=defaults.val_holdout,
+        help="without --val-data: hold out this many training images for validation",
+    )
+    p.add_argument(
+        "--val-crop",
+        type=int,
+        default=defaults.val_crop,
+        help="validate on centred HR crops of this size (0 = whole images)",
+    )
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
+    p.add_argument("--steps", type=int, default=defaults.steps, help="total training steps")
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=defaults.eval_every,
+        help="steps between validations (and checkpoints)",
+    )
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--patch-size", type=int, default=defaults.patch_size, help="HR patch side")
+    p.add_argument("--scale", type=int, default=defaults.scale, choices=(2, 3, 4))
+    p.add_argument("--filters", type=int, default=defaults.filters)
+    p.add_argument("--blocks", type=int, default=defaults.blocks)
+    p.add_argument("--res-scale", type=float, default=defaults.res_scale)
+    p.add_argument("--lr", type=float, default=defaults.lr, help="initial learning rate")
+    p.add_argument("--lr-schedule", choices=("piecewise", "cosine"), default=defaults.lr_schedule)
+    p.add_argument(
+        "--lr-boundaries",
+        type=int,
+        nargs="*",
+        default=defaults.lr_boundaries,
+        help="piecewise schedule: steps at which the rate changes",
+    )
+    p.add_argument(
+        "--lr-values",
+        type=float,
+        nargs="*",
+        default=None,
+        help="piecewise schedule: the rates (one more than boundaries); default: --lr "
+        "halved at each boundary",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=defaults.patience,
+        help="stop after this many validations without gain (0 = never)",
+    )
+    p.add_argument(
+        "--mixed-precision",
+        choices=("off", "float16", "bfloat16"),
+        default=defaults.mixed_precision,
+    )
+    p.add_argument("--jit-compile", choices=("auto", "on", "off"), default=defaults.jit_compile)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument(
+        "--workers", type=int, default=defaults.workers, help="data-loading worker threads"
+    )
+    p.add_argument(
+        "--verbose",
+        type=int,
+        default=defaults.verbose,
+        choices=(0, 1, 2),
+        help="Keras fit verbosity: 1 = progress bar, 2 = one line per evaluation",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its latest state (with --steps as the "
+        "new total); other flags are taken from the run's config.json",
+    )
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a model by the standard SR protocol",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", help="a .keras or .onnx model")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help="benchmark sets: one folder each (Set5, Set14, BSD100, ...)",
+    )
+    p.add_argument("--scale", type=int, default=None, help="default: read from the model")
+    p.add_argument(
+        "--lr-kind",
+        choices=("pil", "cv2"),
+        default="pil",
+        help="how LR is made: Pillow antialiased bicubic (standard) or cv2 INTER_CUBIC",
+    )
+    p.add_argument(
+        "--self-ensemble",
+        action="store_true",
+        help="average the 8 flips/rotations (the paper's '+' figures)",
+    )
+    p.add_argument(
+        "--tile-size", type=int, default=256, help="LR tile side for large images (bounded memory)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a .keras checkpoint to ONNX, verified",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="a .keras file (e.g. RUN_DIR/best.keras)")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.05,
+        help="largest allowed |onnx - keras| on the 0-255 scale",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_export(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    if args.command == "train":
+        from training.train import train
+
+        fields = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
+        state = train(TrainConfig(**fields), resume=args.resume)
+        print(
+            json.dumps(
+                {
+                    "step": state.step,
+                    "best_val_psnr": state.best_val_psnr,
+                    "best_step": state.best_step,
+                    "stopped_early": state.stopped_early,
+                }
+            )
+        )
+        return 0
+    if args.command == "evaluate":
+        from training.evaluate import evaluate_sets, format_table, load_upscaler
+
+        upscaler = load_upscaler(args.model, tile_size=args.tile_size)
+        results = evaluate_sets(
+            upscaler,
+            args.data,
+            scale=args.scale,
+            lr_kind=args.lr_kind,
+            self_ensemble=args.self_ensemble,
+        )
+        print(json.dumps(results, indent=2) if args.json else format_table(results))
+        return 0
+    from training.export import ExportError, export_onnx
+
+    try:
+        report = export_onnx(args.checkpoint, args.out, opset=args.opset, tolerance=args.tolerance)
+    except ExportError as error:
+        print(f"export failed: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The EDSR network (Lim et al., 2017, "Enhanced Deep Residual Networks for Single Image
+Super-Resolution"), written with `keras.ops` only so it trains on any Keras backend.
+
+The model takes NHWC RGB images with values 0-255 and returns the upscaled image on the same
+scale. Normalisation lives inside the model, so every consumer (training, evaluation, the ONNX
+export and the service) feeds raw pixel values and never has to know the constants.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+# The DIV2K training-set RGB mean that the reference EDSR implementation subtracts. Keeping the
+# paper's constant makes weights comparable with other EDSR ports.
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+
+SUPPORTED_SCALES = (2, 3, 4)
+
+
+@keras.saving.register_keras_serializable(package="edsr")
+class PixelShuffle(layers.Layer):
+    """Sub-pixel convolution's rearrangement step: channels become a `factor`-times larger grid.
+
+    A registered layer rather than `layers.Lambda(tf.nn.depth_to_space)`: a Lambda around a
+    TensorFlow function ties the saved file to one backend and fails to reload.
+    """
+
+    def __init__(self, factor: int, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = int(factor)
+
+    def call(self, inputs):
+        return ops.depth_to_space(inputs, self.factor, data_format="channels_last")
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        f = self.factor
+        return (
+            batch,
+            None if height is None else height * f,
+            None if width is None else width * f,
+            channels // (f * f),
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+@keras.saving.register_keras_serializable(package="edsr")
+class PixelRange(layers.Layer):
+    """Maps 0-255 pixels to a zero-centred range for the network, or back again.
+
+    With `inverse=False` it computes `(x - mean) / 127.5`; with `inverse=True`, `x * 127.5 + mean`.
+    """
+
+    def __init__(
+        self, mean: tuple[float, float, float] = DIV2K_RGB_MEAN, inverse: bool = False, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.mean = tuple(float(m) for m in mean)
+        self.inverse = bool(inverse)
+
+    def call(self, inputs):
+        mean = ops.convert_to_tensor([m * 255.0 for m in self.mean], dtype=inputs.dtype)
+        if self.inverse:
+            return inputs * 127.5 + mean
+        return (inputs - mean) / 127.5
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mean": list(self.mean), "inverse": self.inverse}
+
+
+def _upsampler(x, scale: int, filters: int):
+    """Sub-pixel upsampling: x4 is two x2 stages as in the paper, x2 and x3 are one stage."""
+    factors = [2, 2] if scale == 4 else [scale]
+    for i, factor in enumerate(factors):
+        x = layers.Conv2D(filters * factor * factor, 3, padding="same", name=f"upsample{i}_conv")(x)
+        x = PixelShuffle(factor, name=f"upsample{i}_shuffle")(x)
+    return x
+
+
+def build_edsr(
+    scale: int = 4,
+    filters: int = 64,
+    blocks: int = 16,
+    res_scale: float = 1.0,
+    name: str | None = None,
+) -> keras.Model:
+    """Builds an EDSR super-resolution model.
+
+    The defaults are the paper's EDSR baseline (16 residual blocks of 64 filters, no batch
+    normalisation, residual scaling off), about 1.5 million parameters at x4.
+
+    Args:
+        scale: Upscaling factor: 2, 3 or 4.
+        filters: Feature channels in every convolution of the body.
+        blocks: Number of residual blocks.
+        res_scale: Factor applied to each block's residual branch before the skip addition; the
+            paper uses 0.1 for its large 256-filter model to keep training stable.
+        name: Model name; defaults to `edsr_x{scale}_{blocks}x{filters}`.
+
+    Returns:
+        A functional Keras model mapping (N, H, W, 3) float 0-255 to (N, H*scale, W*scale, 3).
+
+    Raises:
+        ValueError: If `scale`, `filters` or `blocks` is out of range.
+    """
+    if scale not in SUPPORTED_SCALES:
+        raise ValueError(f"scale must be one of {SUPPORTED_SCALES}, got {scale}")
+    if filters < 1 or blocks < 0:
+        raise ValueError(f"filters must be >= 1 and blocks >= 0, got {filters} and {blocks}")
+
+    inputs = keras.Input(shape=(None, None, 3), name="lr")
+    x = PixelRange(name="normalize")(inputs)
+    head = layers.Conv2D(filters, 3, padding="same", name="head")(x)
+
+    x = head
+    for i in range(blocks):
+        residual = layers.Conv2D(
+            filters, 3, padding="same", activation="relu", name=f"block{i}_conv1"
+        )(x)
+        residual = layers.Conv2D(filters, 3, padding="same", name=f"block{i}_conv2")(residual)
+        if res_scale != 1.0:
+            residual = layers.Rescaling(res_scale, name=f"block{i}_scale")(residual)
+        x = layers.Add(name=f"block{i}_add")([x, residual])
+    x = layers.Conv2D(filters, 3, padding="same", name="body_end")(x)
+    x = layers.Add(name="global_skip")([x, head])
+
+    x = _upsampler(x, scale, filters)
+    # The last convolution and the output mapping compute in float32 even under a mixed-precision
+    # policy: a bfloat16 output would be quantised to about half a grey level, and the L1 loss
+    # would see that noise.
+    x = layers.Conv2D(3, 3, padding="same", dtype="float32", name="tail")(x)
+    outputs = PixelRange(inverse=True, dtype="float32", name="sr")(x)
+    return keras.Model(inputs, outputs, name=name or f"edsr_x{scale}_{blocks}x{filters}")
+
+
+def describe_edsr(model: keras.Model) -> dict:
+    """Reads the architecture back from a model built by `build_edsr` (its layer names)."""
+    shuffles = [layer for layer in model.layers if isinstance(layer, PixelShuffle)]
+    scale = 1
+    for layer in shuffles:
+        scale *= layer.factor
+    blocks = sum(1 for layer in model.layers if layer.name.endswith("_conv1"))
+    scales = [layer for layer in model.layers if layer.name == "block0_scale"]
+    return {
+        "scale": scale,
+        "filters": model.get_layer("head").filters,
+        "blocks": blocks,
+        "res_scale": float(scales[0].scale) if scales else 1.0,
+        "parameters": model.count_params(),
+    }
+
+
+def load_edsr(path, dtype: str = "float32") -> keras.Model:
+    """Loads an EDSR `.keras` checkpoint for inference, computing in `dtype` whatever precision
+    policy it was trained under (a mixed-bfloat16 checkpoint still evaluates in float32).
+
+    Args:
+        path: A `.keras` file saved by training (optimizer state, if any, is ignored).
+        dtype: The compute and variable dtype of the returned model.
+
+    Returns:
+        An uncompiled EDSR model with the checkpoint's weights.
+    """
+    trained = keras.models.load_model(path, compile=False)
+    arch = describe_edsr(trained)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype)
+    try:
+        model = build_edsr(arch["scale"], arch["filters"], arch["blocks"], arch["res_scale"])
+    finally:
+        keras.config.set_dtype_policy(previous)
+    model.set_weights(trained.get_weights())
+    return model

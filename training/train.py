@@ -1,0 +1,258 @@
+"""The training loop: plain `fit()` with L1 loss, Adam, batch PSNR, best-on-validation
+checkpointing, early stopping and resumable run folders.
+
+A run folder holds:
+  config.json   the full TrainConfig (what the run was asked to do and what it used)
+  state.json    where the run stands: epochs and steps done, best validation PSNR, patience used
+  last.keras    the latest model *and optimizer state*, for `--resume`
+  best.keras    the model that scored best on validation, for evaluation and export
+  history.csv   one row per evaluation (loss, PSNR, validation loss and PSNR, learning rate)
+  logs/         TensorBoard event files (when TensorFlow is installed)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from training import data
+from training.config import TrainConfig
+from training.metrics import psnr_metric
+from training.model import build_edsr
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+LAST_CHECKPOINT = "last.keras"
+BEST_CHECKPOINT = "best.keras"
+HISTORY_FILE = "history.csv"
+
+
+@dataclass
+class RunState:
+    """Progress of a run, rewritten after every evaluation."""
+
+    epoch: int = 0
+    step: int = 0
+    best_val_psnr: float | None = None
+    best_step: int = 0
+    wait: int = 0
+    stopped_early: bool = False
+
+    def save(self, run_dir: Path) -> None:
+        _atomic_write_text(run_dir / STATE_FILE, json.dumps(dataclasses.asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunState:
+        return cls(**json.loads((run_dir / STATE_FILE).read_text()))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, path)
+
+
+def _atomic_save(model: keras.Model, path: Path) -> None:
+    # A run killed mid-save must not leave a truncated checkpoint behind: write beside, then rename.
+    tmp = path.with_name(f".tmp-{path.name}")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Keeps the run folder current after each evaluation: best and latest checkpoints, the
+    early-stopping count and the step counter, all in one place so a resume restores them together
+    (Keras' own ModelCheckpoint and EarlyStopping forget their state when `fit()` restarts)."""
+
+    def __init__(self, run_dir: Path, state: RunState, patience: int):
+        super().__init__()
+        self.run_dir = run_dir
+        self.state = state
+        self.patience = patience
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        state = self.state
+        state.epoch = epoch + 1
+        state.step = int(self.model.optimizer.iterations)
+        val_psnr = logs.get("val_psnr")
+        if val_psnr is not None and (state.best_val_psnr is None or val_psnr > state.best_val_psnr):
+            state.best_val_psnr = float(val_psnr)
+            state.best_step = state.step
+            state.wait = 0
+            _atomic_save(self.model, self.run_dir / BEST_CHECKPOINT)
+            log.info("step %d: validation PSNR %.3f dB, new best", state.step, val_psnr)
+        else:
+            state.wait += 1
+        _atomic_save(self.model, self.run_dir / LAST_CHECKPOINT)
+        if self.patience and state.wait >= self.patience:
+            state.stopped_early = True
+            self.model.stop_training = True
+            log.info("early stop: no validation gain in %d evaluations", state.wait)
+        state.save(self.run_dir)
+
+
+class StepLogger(keras.callbacks.Callback):
+    """Adds the optimizer step and the learning rate in force to each history row, so curves can
+    be drawn against steps whatever `--eval-every` was."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            optimizer = self.model.optimizer
+            logs["step"] = int(optimizer.iterations)
+            logs["learning_rate"] = float(optimizer.learning_rate)
+
+
+def learning_rate_schedule(config: TrainConfig):
+    """The Adam learning-rate schedule the config names, driven by the optimizer's step count (so
+    it continues exactly where a resumed run left off)."""
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=config.steps)
+    return keras.optimizers.schedules.PiecewiseConstantDecay(
+        config.lr_boundaries, config.learning_rate_values()
+    )
+
+
+def build_and_compile(config: TrainConfig) -> keras.Model:
+    """Builds the EDSR model the config describes, compiled with L1 loss, Adam and batch PSNR."""
+    model = build_edsr(config.scale, config.filters, config.blocks, config.res_scale)
+    jit = {"auto": "auto", "on": True, "off": False}[config.jit_compile]
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate_schedule(config)),
+        loss="mean_absolute_error",
+        metrics=[psnr_metric],
+        jit_compile=jit,
+    )
+    return model
+
+
+def _split_validation(config: TrainConfig, sources: list[data.ImageSource]):
+    """Validation images: --val-data when given (removed from the training set if they are in it,
+    so nothing leaks), else `val_holdout` images spread evenly over the sorted training list."""
+    if config.val_data:
+        val = data.discover_sources(config.val_data, config.scale)
+        held = {s.hr_path.resolve() for s in val}
+        train = [s for s in sources if s.hr_path.resolve() not in held]
+        if len(train) < len(sources):
+            log.info("excluded %d validation images from training", len(sources) - len(train))
+        return train, val
+    count = min(config.val_holdout, len(sources) - 1)
+    if count < 1:
+        raise ValueError("need --val-data, or at least two training images for a hold-out")
+    stride = len(sources) / count
+    picked = {int(i * stride + stride / 2) for i in range(count)}
+    val = [s for i, s in enumerate(sources) if i in picked]
+    train = [s for i, s in enumerate(sources) if i not in picked]
+    return train, val
+
+
+def _prepare_run_dir(config: TrainConfig, resume: bool) -> tuple[TrainConfig, RunState]:
+    run_dir = Path(config.out)
+    if resume:
+        if not (run_dir / STATE_FILE).exists():
+            raise FileNotFoundError(f"nothing to resume: {run_dir / STATE_FILE} does not exist")
+        saved = TrainConfig.load(run_dir)
+        # Only the length of the run may change on resume; everything else is the run's own.
+        if config.steps != saved.steps:
+            log.info("extending the run from %d to %d steps", saved.steps, config.steps)
+        saved.steps = config.steps
+        saved.verbose = config.verbose
+        return saved, RunState.load(run_dir)
+    if (run_dir / STATE_FILE).exists():
+        raise FileExistsError(f"{run_dir} already holds a run: pass --resume or a new --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return config, RunState()
+
+
+def train(config: TrainConfig, resume: bool = False) -> RunState:
+    """Trains (or resumes) a run and returns its final state.
+
+    Args:
+        config: What to train. On resume, only `steps` (the new total) and `verbose` are taken
+            from it; the rest comes from the run folder's config.json.
+        resume: Continue the run in `config.out` from its latest state.
+
+    Returns:
+        The run state after the last evaluation.
+    """
+    config, state = _prepare_run_dir(config, resume)
+    config.validate()
+    run_dir = Path(config.out)
+
+    keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision != "off":
+        keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
+
+    sources = data.discover_sources(config.data, config.scale)
+    train_sources, val_sources = _split_validation(config, sources)
+    train_pairs = data.load_pairs(train_sources, config.scale, min_hr_size=config.patch_size)
+    val_pairs = data.load_pairs(val_sources, config.scale, min_hr_size=config.val_crop)
+    config.backend = keras.backend.backend()
+    config.train_images = len(train_pairs)
+    config.val_images = [str(s.hr_path) for s in val_sources]
+    config.save(run_dir)
+    log.info(
+        "training on %d images, validating on %d, backend %s",
+        len(train_pairs),
+        len(val_pairs),
+        config.backend,
+    )
+
+    steps_per_epoch = min(config.eval_every, config.steps)
+    epochs = config.steps // steps_per_epoch
+    if state.epoch >= epochs or state.stopped_early:
+        log.info("run already complete at step %d", state.step)
+        return state
+
+    model = build_and_compile(config)
+    if resume:
+        # Build the optimizer's slots first so the checkpoint's moments and step count load
+        # into them; the schedule itself comes from the (possibly extended) config.
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(run_dir / LAST_CHECKPOINT)
+        log.info("resumed at step %d (epoch %d)", int(model.optimizer.iterations), state.epoch)
+
+    train_stream = data.TrainingPatches(
+        train_pairs,
+        config.scale,
+        config.patch_size,
+        config.batch_size,
+        steps_per_epoch,
+        seed=config.seed,
+        initial_epoch=state.epoch,
+        workers=config.workers,
+    )
+    val_stream = data.ValidationImages(val_pairs, config.scale, crop=config.val_crop)
+    callbacks = [
+        StepLogger(),
+        keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=resume),
+        RunCheckpoint(run_dir, state, config.patience),
+    ]
+    if importlib.util.find_spec("tensorflow") and importlib.util.find_spec("tensorboard"):
+        # TensorBoard's writer needs TensorFlow; on a JAX-only machine the CSV history remains.
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False))
+    model.fit(
+        train_stream,
+        epochs=epochs,
+        initial_epoch=state.epoch,
+        validation_data=val_stream,
+        callbacks=callbacks,
+        verbose=config.verbose,
+    )
+    best = state.best_val_psnr
+    log.info(
+        "finished at step %d; best validation PSNR %s at step %d",
+        state.step,
+        "n/a" if best is None or math.isnan(best) else f"{best:.3f} dB",
+        state.best_step,
+    )
+    return state
