@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,8 @@ class RunState:
     best_step: int = 0
     wait: int = 0
     stopped_early: bool = False
+    # Wall-clock seconds spent in fit(), summed over every resume (validation included).
+    train_seconds: float = 0.0
 
     def save(self, run_dir: Path) -> None:
         _atomic_write_text(run_dir / STATE_FILE, json.dumps(dataclasses.asdict(self), indent=2))
@@ -78,10 +81,15 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.run_dir = run_dir
         self.state = state
         self.patience = patience
+        self._epoch_started = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         state = self.state
+        state.train_seconds += time.monotonic() - self._epoch_started
         state.epoch = epoch + 1
         state.step = int(self.model.optimizer.iterations)
         val_psnr = logs.get("val_psnr")

@@ -1,0 +1,250 @@
+"""Produces the model card's figures: the benchmark table against bicubic and the OpenCV peer
+models on both kinds of LR, the training curve, and a before/after picture.
+
+Usage (from the repository root):
+    python -m training.model_card --model models/edsr_x4.onnx --run RUN_DIR \
+        --bench ../shared/data/bench/Set5 ../shared/data/bench/Set14 ../shared/data/bench/BSD100 \
+        --peers ../shared/data/peers --out models/edsr_x4.json \
+        --curve models/training_curve.png --picture docs/images/before_after.png
+
+It writes the JSON (the export's metadata plus every figure) and prints the markdown tables that
+`models/README.md` shows, so the card can be regenerated after every retraining.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from training import data
+from training.evaluate import Upscaler, evaluate_folder, load_upscaler
+
+# Published x4 figures (PSNR, SSIM) on Set5 / Set14 / BSD100, standard protocol.
+PUBLISHED = {
+    "VDSR (291 images)": {
+        "source": "Kim, Lee, Lee: Accurate Image Super-Resolution Using Very Deep Convolutional "
+        "Networks, CVPR 2016, Table 3",
+        "Set5": (31.35, 0.8838),
+        "Set14": (28.01, 0.7674),
+        "BSD100": (27.29, 0.7251),
+    },
+    "EDSR baseline (DIV2K)": {
+        "source": "Lim et al.: Enhanced Deep Residual Networks for Single Image Super-Resolution, "
+        "CVPRW 2017 (baseline model, as tabulated by later papers)",
+        "Set5": (32.09, 0.8938),
+        "Set14": (28.58, 0.7813),
+        "BSD100": (27.57, 0.7357),
+    },
+}
+
+PEERS = {"FSRCNN": ("FSRCNN_x4.pb", "fsrcnn"), "ESPCN": ("ESPCN_x4.pb", "espcn")}
+
+
+def opencv_peer(model_file: Path, algorithm: str, scale: int) -> Callable[[np.ndarray], np.ndarray]:
+    """An OpenCV `dnn_superres` model as an RGB-in, RGB-out upscaler."""
+    import cv2
+
+    engine = cv2.dnn_superres.DnnSuperResImpl_create()
+    engine.readModel(str(model_file))
+    engine.setModel(algorithm, scale)
+
+    def upscale(lr: np.ndarray) -> np.ndarray:
+        bgr = np.ascontiguousarray(lr[..., ::-1])
+        return engine.upsample(bgr)[..., ::-1].astype(np.float32)
+
+    return upscale
+
+
+def benchmark(
+    methods: dict[str, Callable],
+    bench: list[Path],
+    scale: int,
+    lr_kinds: tuple[str, ...] = data.LR_KINDS,
+) -> dict:
+    """Scores every method on every set for every LR kind.
+
+    Returns:
+        {lr_kind: {method: {set: {"psnr", "ssim", "seconds_per_image"}}}}, with a "bicubic" method
+        taken from the protocol's own bicubic baseline.
+    """
+    results: dict = {}
+    for kind in lr_kinds:
+        table: dict = {"bicubic": {}}
+        for name, method in methods.items():
+            table[name] = {}
+            for folder in bench:
+                row = evaluate_folder(method, folder, scale, lr_kind=kind)
+                table[name][row["set"]] = {
+                    "psnr": round(row["psnr"], 3),
+                    "ssim": round(row["ssim"], 4),
+                    "seconds_per_image": round(row["seconds_per_image"], 4),
+                }
+                table["bicubic"][row["set"]] = {
+                    "psnr": round(row["bicubic_psnr"], 3),
+                    "ssim": round(row["bicubic_ssim"], 4),
+                }
+        results[kind] = table
+    return results
+
+
+def markdown_table(results: dict, kind: str, sets: list[str]) -> str:
+    """The PSNR / SSIM table for one LR kind, with the published figures beside (standard LR)."""
+    header = "| method | " + " | ".join(sets) + " |"
+    lines = [header, "|---|" + "---|" * len(sets)]
+    for method, per_set in results[kind].items():
+        cells = [f"{per_set[s]['psnr']:.2f} / {per_set[s]['ssim']:.4f}" for s in sets]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if kind == "pil":
+        for method, figures in PUBLISHED.items():
+            cells = [
+                f"{figures[s][0]:.2f} / {figures[s][1]:.4f}" if s in figures else "–" for s in sets
+            ]
+            lines.append(f"| {method}, published | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """The run's history.csv rows with numeric values."""
+    with (run_dir / "history.csv").open() as handle:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
+
+
+def plot_curve(history: list[dict], out: Path) -> None:
+    """Training L1 loss and validation PSNR against steps, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [row["step"] for row in history]
+    fig, loss_axis = plt.subplots(figsize=(8, 4.5), dpi=100)
+    loss_axis.plot(steps, [row["loss"] for row in history], color="tab:blue", label="train L1")
+    loss_axis.set_xlabel("step")
+    loss_axis.set_ylabel("training L1 loss (0-255 scale)", color="tab:blue")
+    psnr_axis = loss_axis.twinx()
+    psnr_axis.plot(
+        steps, [row["val_psnr"] for row in history], color="tab:red", label="validation PSNR"
+    )
+    psnr_axis.set_ylabel("validation RGB PSNR (dB)", color="tab:red")
+    fig.suptitle("EDSR x4 training: loss and held-out validation PSNR")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def before_after(upscaler: Upscaler, hr_path: Path, out: Path, box: tuple[int, int, int]) -> None:
+    """Saves LR (pixel-replicated), bicubic, model and original crops side by side.
+
+    Args:
+        box: (top, left, size) of the HR crop; a multiple of the scale.
+    """
+    from PIL import Image, ImageDraw
+
+    scale = upscaler.scale
+    hr = data.modcrop(data.load_rgb(hr_path), scale)
+    lr = data.bicubic_downscale(hr, scale)
+    sr = np.clip(np.round(upscaler(lr)), 0, 255).astype(np.uint8)
+    bicubic = data.bicubic_upscale(lr, scale)
+    nearest = np.kron(lr, np.ones((scale, scale, 1), np.uint8))
+    top, left, size = box
+    panels = [
+        ("input (x4 pixels)", nearest),
+        ("bicubic", bicubic),
+        ("EDSR x4", sr),
+        ("original", hr),
+    ]
+    zoom = 2
+    canvas = Image.new("RGB", (len(panels) * (size * zoom + 8), size * zoom + 24), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, image) in enumerate(panels):
+        crop = Image.fromarray(image[top : top + size, left : left + size])
+        canvas.paste(
+            crop.resize((size * zoom, size * zoom), Image.NEAREST), (i * (size * zoom + 8), 24)
+        )
+        draw.text((i * (size * zoom + 8) + 4, 6), label, fill="black")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, help="the exported .onnx model")
+    parser.add_argument("--run", help="the run folder (history.csv, config.json, state.json)")
+    parser.add_argument("--bench", nargs="+", required=True, help="benchmark set folders")
+    parser.add_argument("--peers", help="folder with the OpenCV peer models (.pb)")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--curve", help="training-curve PNG to write")
+    parser.add_argument("--picture", help="before/after PNG to write")
+    parser.add_argument(
+        "--picture-image", help="HR image for the picture (default: first of the first set)"
+    )
+    parser.add_argument(
+        "--picture-box", type=int, nargs=3, default=(0, 0, 128), metavar=("TOP", "LEFT", "SIZE")
+    )
+    args = parser.parse_args(argv)
+
+    model = load_upscaler(args.model)
+    methods: dict[str, Callable] = {}
+    if args.peers:
+        for name, (file, algorithm) in PEERS.items():
+            if (Path(args.peers) / file).exists():
+                methods[f"OpenCV {name}"] = opencv_peer(
+                    Path(args.peers) / file, algorithm, model.scale
+                )
+    methods["EDSR x4 (this model)"] = model
+    bench = [Path(b) for b in args.bench]
+    results = benchmark(methods, bench, model.scale)
+
+    sidecar = Path(args.model).with_suffix(".json")
+    card = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    card["evaluation"] = {
+        "protocol": "Y (BT.601) PSNR / SSIM, x4, 4px border shaved, HR cropped to a multiple of 4,"
+        " SR rounded to uint8",
+        "lr_kinds": {
+            "pil": "Pillow antialiased bicubic (standard)",
+            "cv2": "cv2.resize INTER_CUBIC, no antialiasing (the OpenCV models' LR)",
+        },
+        "results": results,
+        "published": PUBLISHED,
+        "cpu": platform.processor() or platform.machine(),
+    }
+    if args.run:
+        run = Path(args.run)
+        card["training"] = {
+            "config": json.loads((run / "config.json").read_text()),
+            "state": json.loads((run / "state.json").read_text()),
+        }
+        if args.curve:
+            plot_curve(read_history(run), Path(args.curve))
+    if args.picture:
+        image = (
+            Path(args.picture_image)
+            if args.picture_image
+            else sorted(s.hr_path for s in data.discover_sources([bench[0]], model.scale))[0]
+        )
+        before_after(model, image, Path(args.picture), tuple(args.picture_box))
+    Path(args.out).write_text(json.dumps(card, indent=2) + "\n")
+
+    sets = [b.name for b in bench]
+    for kind, title in (
+        ("pil", "standard LR (antialiased bicubic)"),
+        ("cv2", "OpenCV LR (INTER_CUBIC)"),
+    ):
+        print(f"\n### {title}\n")
+        print(markdown_table(results, kind, sets))
+    seconds = {s: results["pil"]["EDSR x4 (this model)"][s]["seconds_per_image"] for s in sets}
+    print("\nEDSR CPU seconds per image:", json.dumps(seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
