@@ -1,0 +1,73 @@
+"""Domain exceptions of the upscaling service.
+
+The core modules raise these and know nothing of HTTP; `service.errors` maps each class to a
+status code in one table. Every message is written for the API client (or, for
+`ModelLoadError`, for the operator reading the start-up log).
+"""
+
+from __future__ import annotations
+
+
+class UpscalerError(Exception):
+    """Base class of every error the service reports deliberately."""
+
+    @property
+    def detail(self) -> str:
+        """The message shown to the client."""
+        return str(self)
+
+
+class ModelLoadError(UpscalerError):
+    """The model file is missing, unreadable or does not follow the export contract."""
+
+
+class UploadTooLargeError(UpscalerError):
+    """The request body is larger than the configured limit."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(f"upload exceeds the limit of {limit_bytes} bytes")
+        self.limit_bytes = limit_bytes
+
+
+class ImageTooLargeError(UpscalerError):
+    """The image's declared dimensions exceed the pixel limit (decompression bombs included)."""
+
+
+class EmptyUploadError(UpscalerError):
+    """The request carried no image bytes."""
+
+
+class MissingFieldError(UpscalerError):
+    """A multipart request lacks the `file` field."""
+
+
+class UnsupportedMediaTypeError(UpscalerError):
+    """The request's Content-Type is neither multipart/form-data nor an image type."""
+
+
+class UnsupportedImageError(UpscalerError):
+    """The bytes are not an image, or an image in a format or pixel mode the service rejects."""
+
+
+class CorruptImageError(UpscalerError):
+    """The image format was recognised but the data is truncated or damaged."""
+
+
+class NotReadyError(UpscalerError):
+    """The model is still loading or warming up (or failed to warm up)."""
+
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class OverloadedError(UpscalerError):
+    """All inference slots are busy and the waiting queue is full."""
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__("server is busy; retry later")
+        self.retry_after_seconds = retry_after_seconds
+
+
+class ClientDisconnectedError(UpscalerError):
+    """The client went away before its image was processed, so the work was skipped."""

@@ -1,0 +1,364 @@
+"""Image decoding and PNG encoding around the model.
+
+Input bytes become an RGB uint8 array (what the model sees) plus what must be put back
+afterwards: the alpha channel, whether the picture is greyscale, and its ICC profile. The checks
+run cheapest first, and the pixel limit is enforced from the header before any pixel data is
+decoded, so a small file that claims to be huge (a decompression bomb) costs nothing.
+
+Mode handling, in short:
+
+* RGB, YCbCr -> RGB; CMYK -> RGB (through its ICC profile when it has one).
+* RGBA, RGBa, PA, P or RGB with a transparent colour -> RGB plus alpha.
+* L, 1 -> grey; LA, La, L with a transparent colour -> grey plus alpha.
+* 16-bit greyscale (I;16*, I) -> 8-bit grey by scaling with 255/65535 (that is, 1/257) and
+  rounding, so white stays white. 16-bit colour PNGs are reduced to 8 bits by Pillow itself while
+  decoding (it keeps the high byte).
+* Anything else (32-bit float, LAB, HSV...) is rejected as unsupported.
+
+Grey images are upscaled as RGB with three equal channels and turned back into grey; alpha is
+upscaled separately with bicubic interpolation, since the model only knows colour.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.exceptions import (
+    CorruptImageError,
+    EmptyUploadError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Pillow formats accepted as input. The JPEG opener also covers the multi-picture JPEGs many
+#: cameras write, which Pillow then reports as format "MPO".
+ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+
+#: File signatures of the accepted formats, used to tell a damaged file of a supported format
+#: (reported as corrupt) from bytes that are not a supported image at all.
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+_SIXTEEN_BIT_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+#: Pillow mode to convert each accepted input mode to, before the arrays are taken.
+_TARGET_MODES: dict[str, str] = {
+    "1": "L",
+    "L": "L",
+    "LA": "LA",
+    "La": "LA",
+    "P": "RGB",
+    "PA": "RGBA",
+    "RGB": "RGB",
+    "RGBA": "RGBA",
+    "RGBa": "RGBA",
+    "RGBX": "RGB",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+}
+
+#: ICC colour space (bytes 16-20 of a profile header) that fits each output mode.
+_ICC_SPACE_FOR_GREY = {True: b"GRAY", False: b"RGB "}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an image header says, before any pixel is decoded."""
+
+    format: str
+    mode: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        """Width times height."""
+        return self.width * self.height
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded, upright image ready for the model.
+
+    Attributes:
+        rgb: Pixels as uint8 of shape (H, W, 3); grey images have three equal channels.
+        alpha: Alpha as uint8 of shape (H, W), or None for opaque images.
+        grey: Whether the result should be written back as greyscale.
+        icc_profile: The input's ICC profile when it still describes the output colours.
+        info: The header of the source file (format, mode, size before EXIF rotation).
+    """
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None
+    grey: bool
+    icc_profile: bytes | None
+    info: ImageInfo
+
+    @property
+    def height(self) -> int:
+        """Height in pixels, after EXIF orientation."""
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Width in pixels, after EXIF orientation."""
+        return int(self.rgb.shape[1])
+
+
+def _signature_format(data: bytes) -> str | None:
+    for signature, name in _SIGNATURES:
+        if data.startswith(signature):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _unreadable(data: bytes) -> CorruptImageError | UnsupportedImageError:
+    """Explains why Pillow could not open bytes with one of the accepted formats."""
+    claimed = _signature_format(data)
+    if claimed is not None:
+        return CorruptImageError(f"the data starts like a {claimed} file but its header is damaged")
+    # Ask Pillow about every format it knows, only to name the format in the message. Opening
+    # reads just the header, and the pixels are never loaded.
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            other_format = image.format
+    except Exception:
+        other_format = None
+    accepted = "JPEG, PNG, WebP, BMP, TIFF or GIF"
+    if other_format:
+        return UnsupportedImageError(f"{other_format} images are not supported; send {accepted}")
+    return UnsupportedImageError(f"the upload is not an image in a supported format ({accepted})")
+
+
+def _open(data: bytes) -> Image.Image:
+    if not data:
+        raise EmptyUploadError("the upload is empty")
+    try:
+        return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        # Pillow's own guard fires at twice its default limit, far beyond ours.
+        raise ImageTooLargeError(f"image is far too large: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise _unreadable(data) from exc
+    except Exception as exc:  # malformed headers raise many unrelated types inside Pillow
+        raise CorruptImageError(f"the image header is truncated or damaged: {exc}") from exc
+
+
+def _header_info(image: Image.Image, max_pixels: int) -> ImageInfo:
+    width, height = image.size
+    info = ImageInfo(format=image.format or "unknown", mode=image.mode, width=width, height=height)
+    if info.pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {info.pixels} pixels; the limit is {max_pixels} pixels"
+        )
+    if width < 1 or height < 1:
+        raise CorruptImageError(f"image has an empty size {width}x{height}")
+    return info
+
+
+def inspect_image(data: bytes, *, max_pixels: int) -> ImageInfo:
+    """Reads an image's header and applies the size limit, without decoding pixels.
+
+    Args:
+        data: The uploaded file.
+        max_pixels: Largest accepted width x height.
+
+    Returns:
+        Format, mode and size from the header.
+
+    Raises:
+        EmptyUploadError: If `data` is empty.
+        ImageTooLargeError: If the declared size exceeds `max_pixels`.
+        UnsupportedImageError: If the data is not an image in an accepted format.
+        CorruptImageError: If the header of an accepted format is damaged.
+    """
+    with _open(data) as image:
+        return _header_info(image, max_pixels)
+
+
+def _to_sixteen_bit_grey(image: Image.Image) -> np.ndarray:
+    # Scaling by 255/65535 maps 16-bit white to 8-bit white exactly; clipping or taking the
+    # low byte would wreck the picture.
+    values = np.asarray(image).astype(np.float32)
+    return np.rint(np.clip(values, 0, 65535) / 257.0).astype(np.uint8)
+
+
+def _cmyk_to_rgb(image: Image.Image, icc_profile: bytes | None) -> Image.Image:
+    if icc_profile:
+        from PIL import ImageCms  # only CMYK uploads need littlecms
+
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
+            target = ImageCms.createProfile("sRGB")
+            converted = ImageCms.profileToProfile(image, source, target, outputMode="RGB")
+        except Exception as exc:  # a broken profile should not lose the picture
+            logger.info("CMYK colour management failed (%s); converting without profile", exc)
+        else:
+            if converted is not None:
+                return converted
+    return image.convert("RGB")
+
+
+def _target_mode(image: Image.Image) -> str:
+    mode = image.mode
+    if mode not in _TARGET_MODES:
+        raise UnsupportedImageError(f"images with pixel mode {mode} are not supported")
+    target = _TARGET_MODES[mode]
+    # A palette or a single colour marked transparent (GIF, PNG tRNS) is real transparency.
+    if "transparency" in image.info and target in ("L", "RGB"):
+        target += "A"
+    return target
+
+
+def _compatible_icc(icc_profile: bytes | None, grey: bool) -> bytes | None:
+    # A profile only means something for the colour space it was made for; a CMYK profile on
+    # the RGB output, say, would make viewers show wrong colours, so it is dropped.
+    if icc_profile and icc_profile[16:20] == _ICC_SPACE_FOR_GREY[grey]:
+        return icc_profile
+    return None
+
+
+def _decode_loaded(image: Image.Image, info: ImageInfo) -> DecodedImage:
+    icc_profile = image.info.get("icc_profile") or None
+    alpha: np.ndarray | None = None
+    if image.mode in _SIXTEEN_BIT_GREY_MODES:
+        grey, luma = True, _to_sixteen_bit_grey(image)
+    else:
+        target = _target_mode(image)
+        if image.mode == "CMYK":
+            converted = _cmyk_to_rgb(image, icc_profile)
+            icc_profile = None  # the pixels are sRGB now
+        else:
+            converted = image.convert(target) if image.mode != target else image
+        pixels = np.asarray(converted)
+        grey = target in ("L", "LA")
+        if target in ("LA", "RGBA"):
+            alpha = np.ascontiguousarray(pixels[..., -1])
+            pixels = pixels[..., :-1]
+        if grey:
+            luma = pixels.reshape(pixels.shape[0], pixels.shape[1])
+        else:
+            rgb = np.ascontiguousarray(pixels)
+    if grey:
+        rgb = np.repeat(luma[..., np.newaxis], 3, axis=2)
+    return DecodedImage(
+        rgb=rgb,
+        alpha=alpha,
+        grey=grey,
+        icc_profile=_compatible_icc(icc_profile, grey),
+        info=info,
+    )
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
+    """Validates and decodes an uploaded image into arrays for the model.
+
+    The header is checked against `max_pixels` first, then the file structure is verified
+    (`Image.verify`, which catches bad PNG checksums among others), then the pixels are decoded
+    and the EXIF orientation is applied. Only the first frame of animated or multi-page files is
+    used.
+
+    Args:
+        data: The uploaded file.
+        max_pixels: Largest accepted width x height.
+
+    Returns:
+        The decoded image.
+
+    Raises:
+        EmptyUploadError: If `data` is empty.
+        ImageTooLargeError: If the declared size exceeds `max_pixels`.
+        UnsupportedImageError: If the format or pixel mode is not supported.
+        CorruptImageError: If the file is truncated or damaged.
+    """
+    with _open(data) as image:
+        info = _header_info(image, max_pixels)
+        try:
+            # verify() reads the whole file structure but leaves the object unusable, so the
+            # pixels are decoded from a second, fresh object below.
+            image.verify()
+        except Exception as exc:
+            raise CorruptImageError(f"{info.format} file is truncated or corrupt: {exc}") from exc
+    with _open(data) as image:
+        try:
+            image.load()
+        except Exception as exc:
+            raise CorruptImageError(f"{info.format} file is truncated or corrupt: {exc}") from exc
+        try:
+            ImageOps.exif_transpose(image, in_place=True)
+        except Exception as exc:  # a damaged EXIF block should not cost the picture
+            logger.info("ignoring unreadable EXIF orientation: %s", exc)
+        try:
+            return _decode_loaded(image, info)
+        except UnsupportedImageError:
+            raise
+        except Exception as exc:
+            raise UnsupportedImageError(
+                f"cannot convert pixel mode {image.mode} of this {info.format} file: {exc}"
+            ) from exc
+
+
+def resize_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
+    """Upscales an alpha channel with bicubic interpolation.
+
+    Args:
+        alpha: uint8 array of shape (H, W).
+        scale: Integer factor.
+
+    Returns:
+        uint8 array of shape (H * scale, W * scale).
+    """
+    height, width = alpha.shape
+    resized = Image.fromarray(alpha).resize(
+        (width * scale, height * scale), Image.Resampling.BICUBIC
+    )
+    return np.asarray(resized)
+
+
+def encode_png(
+    rgb: np.ndarray,
+    *,
+    alpha: np.ndarray | None = None,
+    grey: bool = False,
+    icc_profile: bytes | None = None,
+    compress_level: int = 1,
+) -> bytes:
+    """Encodes the upscaled pixels as PNG.
+
+    Args:
+        rgb: uint8 array of shape (H, W, 3).
+        alpha: Optional uint8 alpha of shape (H, W); adds an alpha channel (RGBA or LA).
+        grey: Write greyscale (L or LA) instead of colour.
+        icc_profile: ICC profile to embed.
+        compress_level: zlib level, 0 (none) to 9 (smallest, slowest).
+
+    Returns:
+        The PNG file.
+    """
+    image = Image.fromarray(rgb)
+    if grey:
+        image = image.convert("L")
+    if alpha is not None:
+        image.putalpha(Image.fromarray(alpha))
+    options: dict[str, object] = {"compress_level": compress_level}
+    if icc_profile:
+        options["icc_profile"] = icc_profile
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()

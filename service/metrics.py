@@ -1,0 +1,103 @@
+"""Prometheus metrics of the upscaling service.
+
+Each app gets its own `CollectorRegistry` rather than prometheus_client's global one, so that
+several apps in one process (as in the test suite) do not register the same names twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+# Upscales take from tens of milliseconds (small image, GPU) to minutes (4 MP on a laptop CPU).
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class ServiceMetrics:
+    """The service's metrics, registered in a private registry.
+
+    Attributes:
+        registry: The registry to expose.
+        requests: `upscaler_requests_total{status}`, upscale requests by HTTP status.
+        request_seconds: `upscaler_request_seconds`, upscale latency from request to response.
+        inference_seconds: `upscaler_inference_seconds`, model time per upscale (tiles only).
+        inflight: `upscaler_inflight`, upscales running now.
+        queue_depth: `upscaler_queue_depth`, upscales waiting for a slot now.
+        pixels: `upscaler_pixels_total{side}`, pixels of successful upscales; `side` is `input`
+            (uploaded image) or `output` (the 16x larger result).
+        provider: `upscaler_provider_info{provider,fallback}`, 1 for the provider in use.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "upscaler_requests",
+            "Upscale requests by HTTP status code.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "upscaler_request_seconds",
+            "Upscale request latency in seconds, including queueing, decoding and encoding.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference_seconds = Histogram(
+            "upscaler_inference_seconds",
+            "Model time per upscale in seconds (all tiles of one image).",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inflight = Gauge("upscaler_inflight", "Upscales running now.", registry=self.registry)
+        self.queue_depth = Gauge(
+            "upscaler_queue_depth", "Upscales waiting for a free slot.", registry=self.registry
+        )
+        self.pixels = Counter(
+            "upscaler_pixels",
+            "Pixels of successful upscales; side=input counts uploaded pixels, side=output "
+            "the upscaled ones.",
+            ["side"],
+            registry=self.registry,
+        )
+        self.provider = Gauge(
+            "upscaler_provider_info",
+            "Execution provider running the model (value 1), and whether it is a fallback.",
+            ["provider", "fallback"],
+            registry=self.registry,
+        )
+
+    def track_queue(self, waiting: Callable[[], int]) -> None:
+        """Makes `upscaler_queue_depth` read the current queue length at scrape time."""
+        self.queue_depth.set_function(waiting)
+
+    def set_provider(self, provider: str, fallback: bool) -> None:
+        """Records the provider the model runs on."""
+        self.provider.clear()
+        self.provider.labels(provider=provider, fallback=str(fallback).lower()).set(1)
+
+    def observe_upscale(
+        self, input_pixels: int, output_pixels: int, inference_seconds: float
+    ) -> None:
+        """Counts one successful upscale."""
+        self.pixels.labels(side="input").inc(input_pixels)
+        self.pixels.labels(side="output").inc(output_pixels)
+        self.inference_seconds.observe(inference_seconds)
+
+    def observe_request(self, status: int, seconds: float) -> None:
+        """Counts one finished upscale request."""
+        self.requests.labels(status=str(status)).inc()
+        self.request_seconds.observe(seconds)
+
+    def render(self, accept_header: str | None) -> tuple[bytes, str]:
+        """Renders the metrics in the format the scraper asked for.
+
+        Args:
+            accept_header: The scrape request's Accept header (OpenMetrics or plain text).
+
+        Returns:
+            The body and its content type.
+        """
+        encoder, content_type = choose_encoder(accept_header or "")
+        return encoder(self.registry), content_type

@@ -1,0 +1,437 @@
+"""The model runtime: one onnxruntime `InferenceSession` shared by all requests.
+
+The session is built with the configured execution providers, then asked which providers it
+really got. onnxruntime does not fail when CUDA or cuDNN libraries are missing: it logs an error
+and quietly runs on the CPU instead, which on a GPU server turns a 50 ms request into a minute.
+This module therefore reports the providers actually in use, flags a fallback and logs a warning
+naming what was requested and what runs.
+
+`InferenceSession.run` is thread-safe, so request threads call `UpscalerRuntime.run` concurrently
+without a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import importlib.util
+import io
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+import numpy as np
+import onnxruntime as ort
+
+from service.config import DEFAULT_PROVIDERS
+from service.exceptions import ModelLoadError
+
+if TYPE_CHECKING:
+    from service.config import Settings
+
+logger = logging.getLogger(__name__)
+
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
+
+#: The TensorRT 10 core library, whose presence decides whether TensorRT is worth trying.
+TENSORRT_LIBRARY_NAMES = ("libnvinfer.so.10", "nvinfer_10.dll")
+
+#: Input and output names fixed by the export contract of the training package.
+CONTRACT_INPUT_NAME = "lr"
+CONTRACT_OUTPUT_NAME = "sr"
+
+
+@dataclass(frozen=True)
+class ProviderPlan:
+    """The execution providers to hand to onnxruntime, decided before the session exists.
+
+    Attributes:
+        requested: Providers as configured, in order of preference.
+        attempted: The subset this host can plausibly use, passed to onnxruntime.
+        skipped: Requested providers left out of `attempted`, each with the reason.
+    """
+
+    requested: tuple[str, ...]
+    attempted: tuple[str, ...]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def tensorrt_libraries_loadable() -> bool:
+    """Tells whether TensorRT's core library can be loaded on this host.
+
+    TensorRT ships separately from CUDA and is missing on most hosts, including most GPU
+    servers. Handing onnxruntime the TensorRT provider without it makes session creation print a
+    long error and retry without it, so the runtime only tries TensorRT when this check passes.
+    The library is looked up on the default loader path and in the `tensorrt_libs` pip wheel.
+    """
+    candidates: list[str] = list(TENSORRT_LIBRARY_NAMES)
+    spec = importlib.util.find_spec("tensorrt_libs")
+    if spec is not None and spec.submodule_search_locations:
+        for directory in spec.submodule_search_locations:
+            candidates.extend(str(Path(directory) / name) for name in TENSORRT_LIBRARY_NAMES)
+    for candidate in candidates:
+        try:
+            # RTLD_GLOBAL so that onnxruntime's TensorRT provider library later resolves its
+            # dependency on libnvinfer against this already-loaded copy.
+            ctypes.CDLL(candidate, mode=getattr(ctypes, "RTLD_GLOBAL", 0))
+        except OSError:
+            continue
+        return True
+    return False
+
+
+@functools.cache
+def _preload_nvidia_wheel_libraries() -> None:
+    """Loads CUDA and cuDNN from NVIDIA's pip wheels, when those are installed.
+
+    The `gpu` extra installs CUDA and cuDNN as pip wheels, which live in site-packages where the
+    dynamic loader does not look; `onnxruntime.preload_dlls` loads them so the CUDA provider can
+    find them. Hosts with a system CUDA have no `nvidia` package and skip this. The function
+    prints to stdout, so its output is captured and logged instead.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None or importlib.util.find_spec("nvidia") is None:
+        return
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            preload()
+    except Exception as exc:  # a failed preload only means CUDA may fall back; keep going
+        logger.warning("onnxruntime.preload_dlls() failed: %s", exc)
+    if captured.getvalue().strip():
+        logger.info("onnxruntime.preload_dlls(): %s", captured.getvalue().strip())
+
+
+def resolve_providers(requested: Sequence[str]) -> ProviderPlan:
+    """Decides which of the requested execution providers to hand to onnxruntime.
+
+    A provider is left out when this onnxruntime build lacks it, or when it is TensorRT and
+    TensorRT's library cannot be loaded. If nothing is left, the CPU provider is used.
+
+    Args:
+        requested: Provider names in order of preference.
+
+    Returns:
+        The plan, including why each left-out provider was skipped.
+
+    Raises:
+        ValueError: If a name is not an onnxruntime execution provider at all (a typo).
+    """
+    known = set(ort.get_all_providers())
+    available = set(ort.get_available_providers())
+    attempted: list[str] = []
+    skipped: dict[str, str] = {}
+    for name in dict.fromkeys(requested):
+        if name not in known:
+            raise ValueError(
+                f"unknown execution provider {name!r}; known providers: {sorted(known)}"
+            )
+        if name not in available:
+            skipped[name] = "not included in this onnxruntime build"
+        elif name == TENSORRT_PROVIDER and not tensorrt_libraries_loadable():
+            skipped[name] = f"TensorRT library ({' / '.join(TENSORRT_LIBRARY_NAMES)}) not found"
+        else:
+            attempted.append(name)
+    if not attempted:
+        attempted.append(CPU_PROVIDER)
+    return ProviderPlan(requested=tuple(requested), attempted=tuple(attempted), skipped=skipped)
+
+
+def _check_model_file(path: Path) -> None:
+    if not path.exists():
+        raise ModelLoadError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelLoadError(f"model path is not a file: {path}")
+    if not os.access(path, os.R_OK):
+        raise ModelLoadError(f"model file is not readable: {path}")
+
+
+class UpscalerRuntime:
+    """One loaded super-resolution model and the providers it really runs on.
+
+    Args:
+        model_path: ONNX file following the export contract (input `lr`, output `sr`, NHWC
+            float32 in 0-255).
+        providers: Execution providers in order of preference.
+        intra_op_threads: onnxruntime intra-op threads (0: onnxruntime's default).
+        inter_op_threads: onnxruntime inter-op threads (0: onnxruntime's default).
+        tile_size: Side of the tiles that will be fed to `run`; used by `warm_up`.
+        batch_size: Tiles per `run` call; used by `warm_up`.
+
+    Raises:
+        ModelLoadError: If the file is missing or unreadable, is not a loadable ONNX model, does
+            not follow the contract, or a provider name is unknown. The message names the path.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        providers: Sequence[str] = DEFAULT_PROVIDERS,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+        tile_size: int = 128,
+        batch_size: int = 1,
+    ) -> None:
+        self._model_path = Path(model_path)
+        self._tile_size = tile_size
+        self._batch_size = batch_size
+        _check_model_file(self._model_path)
+        try:
+            self._plan = resolve_providers(providers)
+        except ValueError as exc:
+            raise ModelLoadError(f"cannot run model {self._model_path}: {exc}") from exc
+        if CUDA_PROVIDER in self._plan.attempted or TENSORRT_PROVIDER in self._plan.attempted:
+            _preload_nvidia_wheel_libraries()
+        self._session = self._create_session(intra_op_threads, inter_op_threads)
+        self._providers = tuple(self._session.get_providers())
+        self._input_name, self._output_name = self._check_contract()
+        self._metadata = dict(self._session.get_modelmeta().custom_metadata_map)
+        self._scale = self._read_scale()
+        self._warmup_seconds: float | None = None
+        self._report_providers()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """Builds the runtime described by the service settings."""
+        return cls(
+            settings.model_path,
+            providers=settings.providers,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+            tile_size=settings.tile_size,
+            batch_size=settings.tile_batch_size,
+        )
+
+    def _session_options(self, intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        # Bounded thread pools: several worker threads may call `run` at once, and unbounded
+        # pools would make them fight over the same cores.
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return options
+
+    def _provider_entries(self) -> list[str | tuple[str, dict[str, Any]]]:
+        # One place to attach per-provider options (for example TensorRT FP16 once a precision
+        # setting exists); today every provider runs with onnxruntime's defaults.
+        return list(self._plan.attempted)
+
+    def _create_session(self, intra_op_threads: int, inter_op_threads: int) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(
+                str(self._model_path),
+                sess_options=self._session_options(intra_op_threads, inter_op_threads),
+                providers=self._provider_entries(),
+            )
+        except Exception as exc:  # onnxruntime raises several unrelated types for bad models
+            raise ModelLoadError(f"cannot load model {self._model_path}: {exc}") from exc
+
+    def _check_contract(self) -> tuple[str, str]:
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelLoadError(
+                f"model {self._model_path} must have exactly one input and one output, "
+                f"has {len(inputs)} and {len(outputs)}"
+            )
+        model_input, model_output = inputs[0], outputs[0]
+        if model_input.type != "tensor(float)" or len(model_input.shape) != 4:
+            raise ModelLoadError(
+                f"model {self._model_path} input must be a rank-4 float32 NHWC tensor, "
+                f"got {model_input.type} with shape {model_input.shape}"
+            )
+        channels = model_input.shape[3]
+        if isinstance(channels, int) and channels != 3:
+            raise ModelLoadError(
+                f"model {self._model_path} input must have 3 channels (NHWC), "
+                f"got shape {model_input.shape}"
+            )
+        if (model_input.name, model_output.name) != (CONTRACT_INPUT_NAME, CONTRACT_OUTPUT_NAME):
+            logger.warning(
+                "model %s names its input/output %r/%r instead of %r/%r; using them anyway",
+                self._model_path,
+                model_input.name,
+                model_output.name,
+                CONTRACT_INPUT_NAME,
+                CONTRACT_OUTPUT_NAME,
+            )
+        return model_input.name, model_output.name
+
+    def _read_scale(self) -> int:
+        declared = self._metadata.get("scale")
+        if declared is not None:
+            try:
+                scale = int(declared)
+            except ValueError:
+                scale = 0
+            if scale >= 1:
+                return scale
+            logger.warning("model %s has an invalid scale %r; probing", self._model_path, declared)
+        # Older exports may lack the metadata; one run on a tile tells the factor just as well.
+        probe = self._zero_batch()
+        height = self.run(probe).shape[1]
+        if height % self._tile_size:
+            raise ModelLoadError(
+                f"model {self._model_path} maps {self._tile_size} pixels to {height}, "
+                "which is not an integer scale"
+            )
+        return height // self._tile_size
+
+    def _report_providers(self) -> None:
+        logger.info(
+            "model %s loaded: scale x%d, requested providers %s, running on %s",
+            self._model_path,
+            self._scale,
+            list(self._plan.requested),
+            list(self._providers),
+        )
+        for name, reason in self._plan.skipped.items():
+            logger.info("execution provider %s skipped: %s", name, reason)
+        if self.fallback:
+            logger.warning(
+                "execution provider fallback: requested %s but onnxruntime runs %s (%s)",
+                list(self._plan.requested),
+                list(self._providers),
+                self.fallback_reason,
+            )
+
+    def _zero_batch(self) -> np.ndarray:
+        return np.zeros((self._batch_size, self._tile_size, self._tile_size, 3), dtype=np.float32)
+
+    @property
+    def model_path(self) -> Path:
+        """Path of the loaded ONNX file."""
+        return self._model_path
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """Providers the session really uses, most preferred first (`get_providers()`)."""
+        return self._providers
+
+    @property
+    def primary_provider(self) -> str:
+        """The provider that runs the model's nodes (the first one in use)."""
+        return self._providers[0]
+
+    @property
+    def requested_providers(self) -> tuple[str, ...]:
+        """Providers as configured."""
+        return self._plan.requested
+
+    @property
+    def skipped_providers(self) -> dict[str, str]:
+        """Requested providers not tried on this host, with the reason for each."""
+        return dict(self._plan.skipped)
+
+    @property
+    def fallback(self) -> bool:
+        """True when the session does not run on the first provider it was given.
+
+        That is onnxruntime's silent fallback (typically CUDA libraries missing), or none of the
+        requested providers being usable so that the CPU provider was substituted.
+        """
+        return self.primary_provider != self._plan.attempted[0] or (
+            self.primary_provider not in self._plan.requested
+        )
+
+    @property
+    def fallback_reason(self) -> str | None:
+        """Why the session runs on another provider than requested, or None without fallback."""
+        if not self.fallback:
+            return None
+        if self._plan.attempted[0] not in self._plan.requested:
+            skipped = "; ".join(f"{name}: {why}" for name, why in self._plan.skipped.items())
+            return f"no requested provider is usable ({skipped})"
+        return (
+            f"onnxruntime could not initialise {self._plan.attempted[0]} "
+            "(its libraries, such as CUDA/cuDNN, are missing or incompatible; see the "
+            "onnxruntime error logged above) and fell back to "
+            f"{self.primary_provider}"
+        )
+
+    @property
+    def scale(self) -> int:
+        """Upscaling factor (from the `scale` metadata, or probed)."""
+        return self._scale
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The model's `metadata_props` (scale, filters, blocks, training details...)."""
+        return dict(self._metadata)
+
+    @property
+    def input_name(self) -> str:
+        """Name of the model input (`lr` by contract)."""
+        return self._input_name
+
+    @property
+    def output_name(self) -> str:
+        """Name of the model output (`sr` by contract)."""
+        return self._output_name
+
+    @property
+    def tile_size(self) -> int:
+        """Side of the tiles this runtime was warmed up for."""
+        return self._tile_size
+
+    @property
+    def batch_size(self) -> int:
+        """Tiles per `run` call this runtime was warmed up for."""
+        return self._batch_size
+
+    @property
+    def warmup_seconds(self) -> float | None:
+        """Duration of the warm-up run, or None before `warm_up`."""
+        return self._warmup_seconds
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Runs the model on an NHWC float32 batch with values in 0-255.
+
+        Args:
+            batch: Array of shape (N, H, W, 3).
+
+        Returns:
+            The model output, float32 of shape (N, H * scale, W * scale, 3), not clipped.
+        """
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return self._session.run([self._output_name], {self._input_name: batch})[0]
+
+    def warm_up(self) -> float:
+        """Runs one batch of the serving tile shape so no request pays for first-run costs.
+
+        The first run allocates memory and, on GPUs, searches cuDNN algorithms or builds the
+        TensorRT engine for that shape; the tiler only ever sends this one shape afterwards.
+
+        Returns:
+            The warm-up duration in seconds.
+
+        Raises:
+            ModelLoadError: If the output shape does not match the model's scale.
+        """
+        started = time.perf_counter()
+        output = self.run(self._zero_batch())
+        elapsed = time.perf_counter() - started
+        side = self._tile_size * self._scale
+        expected = (self._batch_size, side, side, 3)
+        if output.shape != expected:
+            raise ModelLoadError(
+                f"model {self._model_path} returned shape {output.shape} for a "
+                f"{self._tile_size}-pixel tile; expected {expected}"
+            )
+        self._warmup_seconds = elapsed
+        logger.info(
+            "warm-up with %d tile(s) of %dx%d on %s took %.3f s",
+            self._batch_size,
+            self._tile_size,
+            self._tile_size,
+            self.primary_provider,
+            elapsed,
+        )
+        return elapsed

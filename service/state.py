@@ -1,0 +1,44 @@
+"""What the running service holds between requests: the model, the gate and readiness.
+
+Built once in the app's lifespan and shared by all requests.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import anyio
+
+    from service.admission import AdmissionGate
+    from service.config import Settings
+    from service.runtime import UpscalerRuntime
+
+
+@dataclass
+class ServiceState:
+    """Shared state of one running app.
+
+    Attributes:
+        settings: The settings the app was built with.
+        runtime: The loaded model.
+        gate: Admission control for upscales.
+        limiter: Worker threads for upscales, as many as `settings.max_concurrency`, kept apart
+            from the default thread pool so that other blocking work never waits behind them.
+        warmed: Set once the warm-up run succeeded; readiness and upscales wait for it.
+        warmup_error: Why warm-up failed, if it did.
+    """
+
+    settings: Settings
+    runtime: UpscalerRuntime
+    gate: AdmissionGate
+    limiter: anyio.CapacityLimiter
+    warmed: threading.Event = field(default_factory=threading.Event)
+    warmup_error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether upscales are served."""
+        return self.warmed.is_set()

@@ -1,0 +1,233 @@
+"""Seamless fixed-shape tiling for super-resolution models.
+
+Pure functions on numpy arrays, with no import beyond numpy and the standard library, so the
+training package can reuse `upscale_tiled` to evaluate large images without pulling in the
+service.
+
+How the image is cut:
+
+* Every tile handed to the model has the same shape (tile_size x tile_size, in batches of
+  `batch_size`). On a GPU each new input shape costs a cuDNN algorithm search or a TensorRT engine
+  build, so a fixed shape keeps latency flat; it also bounds memory per model call.
+* Along each axis the tile windows step by `tile_size - 2 * overlap`. Neighbouring windows share
+  `2 * overlap` pixels and the seam is placed in the middle of that shared strip, so every pixel
+  that is kept had at least `overlap` pixels of real context on each inner side. A model whose
+  receptive field fits in the overlap reproduces whole-image inference exactly; the EDSR model,
+  whose influence fades well within 16 LR pixels, matches it to within rounding.
+* The last window along an axis is shifted back to end exactly at the image border rather than
+  hanging over it. The image border then falls on the tile border, which is what whole-image
+  inference sees too, so border pixels match it exactly instead of depending on invented padding.
+* Only an axis shorter than the tile must be padded. It is padded at its far end by reflection
+  (by repeating the pixel when the axis is one pixel long, where reflection is impossible).
+* The result is written tile by tile into a preallocated uint8 array, so peak memory is the
+  output plus one batch of tiles, not a float32 copy of the whole upscaled image.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "AxisSpan",
+    "TileSpan",
+    "pad_to_tile",
+    "plan_axis",
+    "plan_tiles",
+    "upscale_tiled",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AxisSpan:
+    """One tile's extent along one axis, in low-resolution pixels.
+
+    Attributes:
+        start: First pixel of the tile window (in the image padded by `pad_to_tile`).
+        keep_start: First pixel whose upscaled result this tile contributes to the output.
+        keep_end: One past the last contributed pixel. Always within the unpadded image.
+    """
+
+    start: int
+    keep_start: int
+    keep_end: int
+
+
+@dataclass(frozen=True, slots=True)
+class TileSpan:
+    """One tile: its row span and its column span."""
+
+    rows: AxisSpan
+    cols: AxisSpan
+
+
+def _check_geometry(tile_size: int, overlap: int) -> None:
+    if tile_size < 1:
+        raise ValueError(f"tile_size must be positive, got {tile_size}")
+    if overlap < 0:
+        raise ValueError(f"overlap must not be negative, got {overlap}")
+    if tile_size <= 2 * overlap:
+        raise ValueError(
+            f"tile_size ({tile_size}) must be greater than twice the overlap ({overlap})"
+        )
+
+
+def plan_axis(length: int, tile_size: int, overlap: int) -> list[AxisSpan]:
+    """Splits one image axis into fixed-size tile windows and the part of each that is kept.
+
+    Args:
+        length: Size of the axis in pixels (at least 1).
+        tile_size: Size of every tile window.
+        overlap: Minimum context, in pixels, kept around every inner seam on both sides.
+
+    Returns:
+        Spans ordered along the axis. Their kept ranges partition `[0, length)`; every window is
+        `tile_size` long and lies inside `[0, max(length, tile_size))`.
+
+    Raises:
+        ValueError: If the arguments cannot describe a tiling.
+    """
+    _check_geometry(tile_size, overlap)
+    if length < 1:
+        raise ValueError(f"length must be positive, got {length}")
+    if length <= tile_size:
+        return [AxisSpan(start=0, keep_start=0, keep_end=length)]
+
+    stride = tile_size - 2 * overlap
+    starts = list(range(0, length - tile_size, stride))
+    # The regular stride would overshoot the border, so the final window is pulled back to end
+    # exactly at it. It then shares at least 2 * overlap pixels with its predecessor.
+    starts.append(length - tile_size)
+
+    # Each seam goes in the middle of the strip two neighbouring windows share, which leaves at
+    # least `overlap` pixels of context on both sides of it.
+    seams = [
+        (next_start + previous_start + tile_size) // 2
+        for previous_start, next_start in itertools.pairwise(starts)
+    ]
+    keep_starts = [0, *seams]
+    keep_ends = [*seams, length]
+    return [
+        AxisSpan(start=start, keep_start=keep_start, keep_end=keep_end)
+        for start, keep_start, keep_end in zip(starts, keep_starts, keep_ends, strict=True)
+    ]
+
+
+def plan_tiles(height: int, width: int, tile_size: int, overlap: int) -> list[TileSpan]:
+    """Plans the square tiles covering a `height` x `width` image, in row-major order.
+
+    Args:
+        height: Image height in pixels.
+        width: Image width in pixels.
+        tile_size: Side of every square tile.
+        overlap: Minimum context kept around every inner seam (see `plan_axis`).
+
+    Returns:
+        One `TileSpan` per tile; their kept rectangles partition the image.
+    """
+    row_spans = plan_axis(height, tile_size, overlap)
+    col_spans = plan_axis(width, tile_size, overlap)
+    return [TileSpan(rows=rows, cols=cols) for rows in row_spans for cols in col_spans]
+
+
+def pad_to_tile(image: np.ndarray, tile_size: int) -> np.ndarray:
+    """Pads the bottom and right of an image so that both sides are at least `tile_size`.
+
+    Reflection continues the image's texture, which gives the model plausible context next to
+    the border; a one-pixel axis cannot be reflected, so its pixel is repeated instead. Axes that
+    are already long enough are left alone (and the image is returned as is when neither needs
+    padding).
+
+    Args:
+        image: Array of shape (H, W, C).
+        tile_size: Minimum size of each spatial axis after padding.
+
+    Returns:
+        The padded array, with the original occupying its top-left corner.
+    """
+    for axis in (0, 1):
+        length = image.shape[axis]
+        missing = tile_size - length
+        if missing > 0:
+            widths = [(0, 0)] * image.ndim
+            widths[axis] = (0, missing)
+            image = np.pad(image, widths, mode="reflect" if length > 1 else "edge")
+    return image
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    # The model's output is deliberately not clipped at export, so rounding and clipping to the
+    # displayable range happens here, once, on the pixels that are kept.
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def upscale_tiled(
+    image: np.ndarray,
+    run_tiles: Callable[[np.ndarray], np.ndarray],
+    *,
+    scale: int,
+    tile_size: int,
+    overlap: int,
+    batch_size: int = 1,
+) -> np.ndarray:
+    """Upscales an image of any size by running a model on fixed-shape tiles.
+
+    Args:
+        image: RGB image of shape (H, W, 3), uint8 or float32 with values in 0-255.
+        run_tiles: The model. It receives a float32 NHWC batch of shape
+            (batch_size, tile_size, tile_size, 3) on every call (the last batch is filled up with
+            zero tiles) and must return shape (batch_size, tile_size * scale, tile_size * scale, 3).
+        scale: Upscaling factor of the model.
+        tile_size: Side of the square tiles, in input pixels.
+        overlap: Context in input pixels kept around each seam and cropped after upscaling.
+        batch_size: Tiles per `run_tiles` call.
+
+    Returns:
+        The upscaled image, uint8 of shape (H * scale, W * scale, 3), rounded and clipped.
+
+    Raises:
+        ValueError: On a malformed image or geometry, or when `run_tiles` returns the wrong shape.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
+    if scale < 1:
+        raise ValueError(f"scale must be positive, got {scale}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    height, width = image.shape[:2]
+    spans = plan_tiles(height, width, tile_size, overlap)
+    padded = pad_to_tile(image, tile_size)
+
+    output = np.empty((height * scale, width * scale, 3), dtype=np.uint8)
+    expected_shape = (batch_size, tile_size * scale, tile_size * scale, 3)
+    for first in range(0, len(spans), batch_size):
+        group = spans[first : first + batch_size]
+        # A fresh zero-filled batch per call: unused slots stay zero, and a caller that keeps the
+        # array it was given never sees it overwritten by the next batch.
+        batch = np.zeros((batch_size, tile_size, tile_size, 3), dtype=np.float32)
+        for index, span in enumerate(group):
+            batch[index] = padded[
+                span.rows.start : span.rows.start + tile_size,
+                span.cols.start : span.cols.start + tile_size,
+            ]
+        upscaled = np.asarray(run_tiles(batch))
+        if upscaled.shape != expected_shape:
+            raise ValueError(
+                f"model returned shape {upscaled.shape} for input {batch.shape}; "
+                f"expected {expected_shape}"
+            )
+        for span, tile in zip(group, upscaled, strict=False):
+            rows, cols = span.rows, span.cols
+            kept = tile[
+                (rows.keep_start - rows.start) * scale : (rows.keep_end - rows.start) * scale,
+                (cols.keep_start - cols.start) * scale : (cols.keep_end - cols.start) * scale,
+            ]
+            output[
+                rows.keep_start * scale : rows.keep_end * scale,
+                cols.keep_start * scale : cols.keep_end * scale,
+            ] = _to_uint8(kept)
+    return output

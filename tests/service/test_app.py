@@ -1,0 +1,460 @@
+"""The HTTP layer: routes, limits, error statuses, readiness, admission control, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image, ImageCms
+
+from service.config import Settings
+from service.exceptions import ModelLoadError
+from service.main import create_app
+from service.runtime import UpscalerRuntime
+from tests.service.helpers import (
+    SCALE,
+    encode,
+    noise_image,
+    png_bytes,
+    raw_png,
+    wait_until_ready,
+)
+
+SettingsFactory = Callable[..., Settings]
+
+
+class GatedRuntime(UpscalerRuntime):
+    """A real runtime whose `run` can be held, counted, or made to fail, for timing-free tests."""
+
+    blocking = False
+    fail_warm_up = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+        super().__init__(*args, **kwargs)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if self.blocking:
+            self.calls += 1
+            self.entered.set()
+            assert self.release.wait(timeout=30)
+        return super().run(batch)
+
+    def warm_up(self) -> float:
+        if self.fail_warm_up:
+            raise RuntimeError("out of GPU memory")
+        return super().warm_up()
+
+
+def _post_file(client: TestClient, data: bytes, name: str = "photo.png") -> Any:
+    return client.post("/upscale", files={"file": (name, data, "application/octet-stream")})
+
+
+def _wait_for(condition: Callable[[], bool]) -> None:
+    """Polls a condition set by another thread (a synchronisation aid, not a timing check)."""
+    for _ in range(3000):
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition never became true")
+
+
+# --- Success paths -------------------------------------------------------------------------------
+
+
+def test_upscale_multipart_returns_png_four_times_larger(client: TestClient) -> None:
+    response = _post_file(client, png_bytes(5, 3))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["x-upscaler-provider"] == "CPUExecutionProvider"
+    assert float(response.headers["x-inference-time-ms"]) >= 0
+    assert response.headers["x-input-size"] == "5x3"
+    assert response.headers["x-output-size"] == "20x12"
+    image = Image.open(io.BytesIO(response.content))
+    assert (image.format, image.size, image.mode) == ("PNG", (5 * SCALE, 3 * SCALE), "RGB")
+
+
+@pytest.mark.parametrize("content_type", ["image/png", "application/octet-stream"])
+def test_upscale_raw_body(client: TestClient, content_type: str) -> None:
+    body = png_bytes(4, 4)
+    response = client.post("/upscale", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200
+    assert Image.open(io.BytesIO(response.content)).size == (16, 16)
+
+
+def test_output_matches_direct_tiled_inference(client: TestClient) -> None:
+    # A 40x30 image needs several 16-pixel tiles: the served result equals the model's output.
+    from service.tiling import upscale_tiled
+
+    pixels = noise_image(30, 40)
+    response = _post_file(client, encode(Image.fromarray(pixels)))
+    runtime = client.app.state.service.runtime
+    expected = upscale_tiled(pixels, runtime.run, scale=SCALE, tile_size=16, overlap=2)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(response.content))), expected)
+
+
+@pytest.mark.parametrize(
+    ("mode", "image_format", "expected_mode"),
+    [
+        ("RGB", "JPEG", "RGB"),
+        ("RGBA", "PNG", "RGBA"),
+        ("L", "PNG", "L"),
+        ("LA", "PNG", "LA"),
+        ("P", "GIF", "RGB"),
+        ("CMYK", "JPEG", "RGB"),
+        ("RGB", "WEBP", "RGB"),
+        ("RGB", "BMP", "RGB"),
+        ("RGB", "TIFF", "RGB"),
+    ],
+)
+def test_modes_and_formats_round_trip(
+    client: TestClient, mode: str, image_format: str, expected_mode: str
+) -> None:
+    image = Image.fromarray(noise_image(3, 5)).convert(mode)
+    response = _post_file(client, encode(image, image_format))
+    assert response.status_code == 200, response.text
+    result = Image.open(io.BytesIO(response.content))
+    assert (result.mode, result.size) == (expected_mode, (20, 12))
+
+
+def test_alpha_is_upscaled_with_bicubic_and_kept(client: TestClient) -> None:
+    image = Image.fromarray(noise_image(3, 5))
+    alpha = Image.fromarray(np.arange(15, dtype=np.uint8).reshape(3, 5) * 17)
+    image.putalpha(alpha)
+    response = _post_file(client, encode(image))
+    result = Image.open(io.BytesIO(response.content))
+    expected_alpha = alpha.resize((20, 12), Image.Resampling.BICUBIC)
+    np.testing.assert_array_equal(np.asarray(result)[..., 3], np.asarray(expected_alpha))
+
+
+def test_icc_profile_is_carried_to_the_output(client: TestClient) -> None:
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    image = Image.fromarray(noise_image(3, 5))
+    response = _post_file(client, encode(image, "JPEG", icc_profile=profile))
+    assert Image.open(io.BytesIO(response.content)).info["icc_profile"] == profile
+
+
+def test_exif_rotation_is_applied(client: TestClient) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    response = _post_file(client, encode(Image.fromarray(noise_image(3, 5)), exif=exif))
+    assert Image.open(io.BytesIO(response.content)).size == (3 * SCALE, 5 * SCALE)
+
+
+# --- Errors --------------------------------------------------------------------------------------
+
+
+def _assert_error(response: Any, status: int, fragment: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert fragment in response.json()["detail"]
+
+
+def test_upload_over_the_limit_by_content_length(client: TestClient) -> None:
+    body = b"\x00" * (256 * 1024 + 1)
+    response = client.post("/upscale", content=body, headers={"Content-Type": "image/png"})
+    _assert_error(response, 413, "limit of 262144 bytes")
+
+
+def test_multipart_upload_over_the_limit(client: TestClient) -> None:
+    _assert_error(_post_file(client, b"\x00" * (300 * 1024)), 413, "upload exceeds")
+
+
+def test_image_over_the_pixel_limit(client: TestClient) -> None:
+    _assert_error(_post_file(client, png_bytes(65, 64)), 413, "65x64")
+
+
+def test_decompression_bomb(client: TestClient) -> None:
+    # The header claims 100000 x 100000 pixels (30 GB decoded) over a few bytes of data.
+    _assert_error(_post_file(client, raw_png(100_000, 100_000, 2, b"")), 413, "pixels")
+
+
+def test_empty_body(client: TestClient) -> None:
+    response = client.post("/upscale", content=b"", headers={"Content-Type": "image/png"})
+    _assert_error(response, 422, "empty")
+
+
+def test_empty_file_field(client: TestClient) -> None:
+    _assert_error(_post_file(client, b""), 422, "empty")
+
+
+def test_not_an_image(client: TestClient) -> None:
+    _assert_error(_post_file(client, b"just some text"), 415, "not an image")
+
+
+def test_unsupported_format(client: TestClient) -> None:
+    ppm = encode(Image.fromarray(noise_image(3, 3)), "PPM")
+    _assert_error(_post_file(client, ppm), 415, "PPM images are not supported")
+
+
+def test_truncated_file(client: TestClient) -> None:
+    png = png_bytes(40, 40)
+    _assert_error(_post_file(client, png[: len(png) // 2]), 422, "truncated")
+
+
+def test_missing_file_field(client: TestClient) -> None:
+    response = client.post("/upscale", files={"image": ("a.png", png_bytes(), "image/png")})
+    _assert_error(response, 422, "'file' is missing")
+
+
+def test_text_instead_of_file(client: TestClient) -> None:
+    response = client.post("/upscale", data={"file": "not a file"})
+    assert response.status_code in (415, 422)
+    response = client.post(
+        "/upscale",
+        files={"other": ("a.png", b"x", "image/png")},
+        data={"file": "not a file"},
+    )
+    _assert_error(response, 422, "must be a file")
+
+
+def test_unsupported_content_type(client: TestClient) -> None:
+    response = client.post("/upscale", json={"image": "base64..."})
+    _assert_error(response, 415, "application/json")
+
+
+def test_wrong_method_is_json(client: TestClient) -> None:
+    response = client.get("/upscale")
+    assert response.status_code == 405
+    assert "detail" in response.json()
+
+
+# --- Readiness and start-up ----------------------------------------------------------------------
+
+
+def test_healthz(client: TestClient) -> None:
+    response = client.get("/healthz")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_not_ready_before_the_model_is_loaded(make_settings: SettingsFactory) -> None:
+    client = TestClient(create_app(make_settings()))  # lifespan not started
+    response = client.get("/readyz")
+    assert (response.status_code, response.json()["status"]) == (503, "starting")
+    assert client.get("/healthz").status_code == 200
+    _assert_error(_post_file(client, png_bytes()), 503, "not loaded")
+
+
+def test_ready_once_warmed_up(client: TestClient, conv_model_path: Path) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ready"
+    assert body["providers"] == ["CPUExecutionProvider"]
+    assert body["fallback"] is False
+    assert body["model"]["path"] == str(conv_model_path)
+    assert body["model"]["scale"] == SCALE
+    assert body["model"]["metadata"]["training_data"] == "none (test fixture)"
+    assert body["tile_size"] == 16
+    assert body["warmup_ms"] is not None
+
+
+def test_not_ready_while_warming_up(make_settings: SettingsFactory) -> None:
+    class SlowWarmUp(GatedRuntime):
+        def warm_up(self) -> float:
+            self.entered.set()
+            assert self.release.wait(timeout=30)
+            return super().warm_up()
+
+    with TestClient(
+        create_app(make_settings(), runtime_factory=SlowWarmUp.from_settings)
+    ) as client:
+        state = client.app.state.service
+        assert state.runtime.entered.wait(timeout=30)
+        response = client.get("/readyz")
+        assert (response.status_code, response.json()["status"]) == (503, "warming_up")
+        assert response.json()["providers"] == ["CPUExecutionProvider"]
+        refused = _post_file(client, png_bytes())
+        _assert_error(refused, 503, "warming up")
+        assert refused.headers["retry-after"] == "5"
+        state.runtime.release.set()
+        wait_until_ready(client)
+        assert client.get("/readyz").status_code == 200
+        assert _post_file(client, png_bytes()).status_code == 200
+
+
+def test_failed_warm_up_keeps_the_service_unready(make_settings: SettingsFactory) -> None:
+    class BrokenWarmUp(GatedRuntime):
+        fail_warm_up = True
+
+    factory = BrokenWarmUp.from_settings
+    with TestClient(create_app(make_settings(), runtime_factory=factory)) as client:
+        _wait_for(lambda: client.app.state.service.warmup_error is not None)
+        response = client.get("/readyz")
+        assert (response.status_code, response.json()["status"]) == (503, "failed")
+        _assert_error(_post_file(client, png_bytes()), 503, "out of GPU memory")
+
+
+def test_missing_model_refuses_to_start(make_settings: SettingsFactory, tmp_path: Path) -> None:
+    missing = tmp_path / "absent.onnx"
+    with (
+        pytest.raises(ModelLoadError, match=f"model file not found: {missing}"),
+        TestClient(create_app(make_settings(model_path=missing))),
+    ):
+        pass
+
+
+def test_command_line_exits_when_the_model_is_missing(tmp_path: Path) -> None:
+    from service.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tmp_path / "absent.onnx"), "--port", "0"])
+    assert exit_info.value.code not in (0, None)
+
+
+# --- Admission control ---------------------------------------------------------------------------
+
+
+def test_full_queue_answers_503_with_retry_after(make_settings: SettingsFactory) -> None:
+    settings = make_settings(max_concurrency=1, max_queue=1, retry_after_seconds=7)
+    with TestClient(create_app(settings, runtime_factory=GatedRuntime.from_settings)) as client:
+        wait_until_ready(client)
+        state = client.app.state.service
+        state.runtime.blocking = True
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            running = pool.submit(_post_file, client, png_bytes())
+            assert state.runtime.entered.wait(timeout=30)
+            queued = pool.submit(_post_file, client, png_bytes())
+            _wait_for(lambda: state.gate.waiting == 1)
+
+            refused = _post_file(client, png_bytes())
+            _assert_error(refused, 503, "busy")
+            assert refused.headers["retry-after"] == "7"
+            metrics = client.get("/metrics").text
+            assert "upscaler_queue_depth 1.0" in metrics
+            assert "upscaler_inflight 1.0" in metrics
+
+            state.runtime.release.set()
+            assert running.result().status_code == 200
+            assert queued.result().status_code == 200
+
+
+async def _asgi_post(
+    app: FastAPI,
+    chunks: list[bytes],
+    headers: dict[str, str],
+    consumed: list[int],
+) -> tuple[int, dict[str, str], bytes]:
+    """Calls the app directly, streaming `chunks`, then reporting a disconnected client."""
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if consumed[0] < len(chunks):
+            consumed[0] += 1
+            more = consumed[0] < len(chunks)
+            return {"type": "http.request", "body": chunks[consumed[0] - 1], "more_body": more}
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/upscale",
+        "raw_path": b"/upscale",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("testclient", 50000),
+        "server": ("testserver", 80),
+        "app": app,
+    }
+    await app(scope, receive, send)
+    start = next(m for m in messages if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+    response_headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    return start["status"], response_headers, body
+
+
+def test_upload_limit_is_enforced_while_streaming(make_settings: SettingsFactory) -> None:
+    # No Content-Length: the server must count bytes and stop reading soon after the limit.
+    app = create_app(make_settings(max_upload_bytes=256 * 1024))
+    chunks = [b"\x00" * (64 * 1024)] * 100
+    consumed = [0]
+
+    async def scenario() -> int:
+        async with app.router.lifespan_context(app):
+            await anyio.to_thread.run_sync(app.state.service.warmed.wait, 30)
+            status, _, body = await _asgi_post(app, chunks, {"content-type": "image/png"}, consumed)
+            assert b"upload exceeds" in body
+            return status
+
+    assert asyncio.run(scenario()) == 413
+    assert consumed[0] <= 5
+
+
+def test_client_gone_while_queued_costs_no_inference(make_settings: SettingsFactory) -> None:
+    app = create_app(make_settings(), runtime_factory=GatedRuntime.from_settings)
+
+    runtimes: list[GatedRuntime] = []
+
+    async def scenario() -> int:
+        async with app.router.lifespan_context(app):
+            state = app.state.service
+            runtimes.append(state.runtime)
+            await anyio.to_thread.run_sync(state.warmed.wait, 30)
+            state.runtime.blocking = True
+            state.runtime.release.set()
+            async with state.gate.slot():  # someone else's upscale is running
+                request = asyncio.create_task(
+                    _asgi_post(app, [png_bytes()], {"content-type": "image/png"}, [0])
+                )
+                while state.gate.waiting == 0:
+                    await asyncio.sleep(0.01)
+            status, _, _ = await request
+            return status
+
+    assert asyncio.run(scenario()) == 499
+    assert runtimes[0].calls == 0
+    assert app.state.metrics.requests.labels(status="499")._value.get() == 1
+
+
+# --- Metrics and documentation -------------------------------------------------------------------
+
+
+def test_metrics_report_requests_latency_and_pixels(client: TestClient) -> None:
+    assert _post_file(client, png_bytes(5, 3)).status_code == 200
+    assert _post_file(client, b"not an image").status_code == 415
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'upscaler_requests_total{status="200"} 1.0' in text
+    assert 'upscaler_requests_total{status="415"} 1.0' in text
+    assert "upscaler_request_seconds_count 2.0" in text
+    assert "upscaler_inference_seconds_count 1.0" in text
+    assert "upscaler_inflight 0.0" in text
+    assert "upscaler_queue_depth 0.0" in text
+    assert 'upscaler_pixels_total{side="input"} 15.0' in text
+    assert 'upscaler_pixels_total{side="output"} 240.0' in text
+    assert 'upscaler_provider_info{fallback="false",provider="CPUExecutionProvider"} 1.0' in text
+
+
+def test_metrics_registries_are_per_app(make_settings: SettingsFactory) -> None:
+    first, second = create_app(make_settings()), create_app(make_settings())
+    assert first.state.metrics.registry is not second.state.metrics.registry
+
+
+def test_openapi_documents_the_upload_and_errors(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/upscale"]["post"]
+    assert {"multipart/form-data", "image/*"} <= set(operation["requestBody"]["content"])
+    assert {"200", "413", "415", "422", "503"} <= set(operation["responses"])
+    assert "image/png" in operation["responses"]["200"]["content"]
+    assert client.get("/docs").status_code == 200

@@ -1,0 +1,78 @@
+"""Settings: defaults, environment variables and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.config import DEFAULT_PROVIDERS, Settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("UPSCALER_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults() -> None:
+    settings = Settings()
+    assert settings.model_path == Path("models/edsr_x4.onnx")
+    assert settings.providers == list(DEFAULT_PROVIDERS)
+    assert (settings.tile_size, settings.tile_overlap, settings.tile_batch_size) == (128, 16, 1)
+    assert settings.max_upload_bytes == 20 * 1024 * 1024
+    assert settings.max_input_pixels == 2048 * 2048
+    assert (settings.max_concurrency, settings.max_queue) == (1, 8)
+    assert settings.png_compress_level == 1
+    assert (settings.intra_op_threads, settings.inter_op_threads) == (0, 0)
+
+
+def test_environment_variables_use_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UPSCALER_MODEL_PATH", "/models/other.onnx")
+    monkeypatch.setenv("UPSCALER_TILE_SIZE", "256")
+    monkeypatch.setenv("UPSCALER_MAX_QUEUE", "0")
+    settings = Settings()
+    assert settings.model_path == Path("/models/other.onnx")
+    assert settings.tile_size == 256
+    assert settings.max_queue == 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "CUDAExecutionProvider,CPUExecutionProvider",
+        '["CUDAExecutionProvider", "CPUExecutionProvider"]',
+        "cuda, cpu",
+    ],
+)
+def test_providers_accept_lists_and_aliases(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("UPSCALER_PROVIDERS", value)
+    assert Settings().providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_empty_provider_list_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="at least one"):
+        Settings(providers="")
+
+
+def test_tile_must_be_larger_than_both_overlaps() -> None:
+    with pytest.raises(ValidationError, match="twice"):
+        Settings(tile_size=32, tile_overlap=16)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("png_compress_level", 10),
+        ("max_concurrency", 0),
+        ("max_upload_bytes", 0),
+        ("tile_overlap", -1),
+    ],
+)
+def test_out_of_range_values_are_rejected(field: str, value: int) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**{field: value})

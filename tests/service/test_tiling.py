@@ -1,0 +1,227 @@
+"""Tile planning and stitching: fixed shapes, exact spans, no seams."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.tiling import AxisSpan, pad_to_tile, plan_axis, plan_tiles, upscale_tiled
+from tests.service.helpers import (
+    SCALE,
+    batch_runner,
+    noise_image,
+    to_uint8,
+    whole_image_runner,
+)
+
+TILE = 16
+OVERLAP = 2
+
+# 1x1, 1xN, tile-1, tile, tile+1, non-square and sizes needing several tiles in both directions.
+ODD_SIZES = [
+    (1, 1),
+    (1, 37),
+    (37, 1),
+    (TILE - 1, TILE - 1),
+    (TILE, TILE),
+    (TILE + 1, TILE + 1),
+    (TILE + 1, 3),
+    (23, 50),
+    (50, 23),
+]
+
+
+def _kept_coverage(spans: list[AxisSpan], length: int) -> list[int]:
+    covered = [0] * length
+    for span in spans:
+        for index in range(span.keep_start, span.keep_end):
+            covered[index] += 1
+    return covered
+
+
+@pytest.mark.parametrize("length", [1, 2, 15, 16, 17, 30, 31, 100, 101])
+def test_plan_axis_kept_ranges_partition_the_axis(length: int) -> None:
+    spans = plan_axis(length, TILE, OVERLAP)
+    assert _kept_coverage(spans, length) == [1] * length
+
+
+@pytest.mark.parametrize("length", [17, 30, 31, 100, 101])
+def test_plan_axis_windows_have_tile_size_and_stay_inside_the_image(length: int) -> None:
+    spans = plan_axis(length, TILE, OVERLAP)
+    assert spans[0].start == 0
+    assert spans[-1].start + TILE == length
+    assert all(0 <= span.start <= length - TILE for span in spans)
+
+
+@pytest.mark.parametrize("length", [17, 30, 31, 100, 101])
+def test_plan_axis_keeps_overlap_context_around_inner_seams(length: int) -> None:
+    spans = plan_axis(length, TILE, OVERLAP)
+    for left, right in itertools.pairwise(spans):
+        assert left.keep_end == right.keep_start
+        assert left.start + TILE - left.keep_end >= OVERLAP
+        assert right.keep_start - right.start >= OVERLAP
+
+
+def test_plan_axis_known_spans() -> None:
+    # Stride 12: windows at 0, 12, then the last one pulled back to end at 30.
+    assert plan_axis(30, TILE, OVERLAP) == [
+        AxisSpan(start=0, keep_start=0, keep_end=14),
+        AxisSpan(start=12, keep_start=14, keep_end=21),
+        AxisSpan(start=14, keep_start=21, keep_end=30),
+    ]
+
+
+def test_plan_axis_short_axis_is_one_window() -> None:
+    assert plan_axis(5, TILE, OVERLAP) == [AxisSpan(start=0, keep_start=0, keep_end=5)]
+
+
+@pytest.mark.parametrize(("tile_size", "overlap"), [(0, 0), (8, -1), (8, 4), (8, 5)], ids=str)
+def test_plan_axis_rejects_impossible_geometry(tile_size: int, overlap: int) -> None:
+    with pytest.raises(ValueError, match=r"tile_size|overlap"):
+        plan_axis(10, tile_size, overlap)
+
+
+def test_plan_tiles_is_row_major_product_of_axes() -> None:
+    tiles = plan_tiles(30, 17, TILE, OVERLAP)
+    assert len(tiles) == len(plan_axis(30, TILE, OVERLAP)) * len(plan_axis(17, TILE, OVERLAP))
+    assert [tile.rows.start for tile in tiles] == [0, 0, 12, 12, 14, 14]
+
+
+def test_pad_to_tile_reflects_short_axes() -> None:
+    image = np.arange(3 * 2 * 1).reshape(3, 2, 1)
+    padded = pad_to_tile(image, 5)
+    assert padded.shape == (5, 5, 1)
+    assert padded[:, 0, 0].tolist() == [0, 2, 4, 2, 0]
+    assert padded[0, :, 0].tolist() == [0, 1, 0, 1, 0]
+
+
+def test_pad_to_tile_repeats_a_single_pixel() -> None:
+    padded = pad_to_tile(np.full((1, 1, 3), 7), 4)
+    assert padded.shape == (4, 4, 3)
+    assert (padded == 7).all()
+
+
+def test_pad_to_tile_leaves_large_images_alone() -> None:
+    image = np.zeros((20, 30, 3))
+    assert pad_to_tile(image, TILE) is image
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_every_model_call_gets_the_same_fixed_shape(batch_size: int) -> None:
+    shapes = []
+
+    def fake_model(batch: np.ndarray) -> np.ndarray:
+        shapes.append((batch.shape, batch.dtype))
+        return np.repeat(np.repeat(batch, SCALE, axis=1), SCALE, axis=2)
+
+    upscale_tiled(
+        noise_image(45, 31),
+        fake_model,
+        scale=SCALE,
+        tile_size=TILE,
+        overlap=OVERLAP,
+        batch_size=batch_size,
+    )
+    assert len(shapes) > 1
+    assert set(shapes) == {((batch_size, TILE, TILE, 3), np.dtype(np.float32))}
+
+
+def test_nearest_neighbour_model_gives_exact_nearest_upscale() -> None:
+    image = noise_image(23, 50)
+
+    def nearest(batch: np.ndarray) -> np.ndarray:
+        return np.repeat(np.repeat(batch, SCALE, axis=1), SCALE, axis=2)
+
+    result = upscale_tiled(image, nearest, scale=SCALE, tile_size=TILE, overlap=OVERLAP)
+    assert result.dtype == np.uint8
+    np.testing.assert_array_equal(result, np.repeat(np.repeat(image, SCALE, 0), SCALE, 1))
+
+
+def test_output_is_rounded_and_clipped() -> None:
+    def out_of_range(batch: np.ndarray) -> np.ndarray:
+        values = np.repeat(np.repeat(batch, SCALE, axis=1), SCALE, axis=2)
+        return values * 2 - 100.4
+
+    image = np.array([[[0, 60, 200]]], dtype=np.uint8)
+    result = upscale_tiled(image, out_of_range, scale=SCALE, tile_size=8, overlap=1)
+    assert result.shape == (4, 4, 3)
+    assert result[0, 0].tolist() == [0, 20, 255]
+
+
+def test_wrong_model_output_shape_is_reported() -> None:
+    with pytest.raises(ValueError, match="expected"):
+        upscale_tiled(noise_image(5, 5), lambda batch: batch, scale=SCALE, tile_size=8, overlap=1)
+
+
+def test_rejects_non_rgb_input() -> None:
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        upscale_tiled(np.zeros((4, 4)), lambda b: b, scale=SCALE, tile_size=8, overlap=1)
+
+
+def _reference(model_path: Path, image: np.ndarray) -> np.ndarray:
+    """Whole-image inference on the image padded as the tiler pads short axes, then cropped.
+
+    For images at least one tile large in both directions this is plain whole-image inference.
+    """
+    height, width = image.shape[:2]
+    upscaled = whole_image_runner(model_path)(pad_to_tile(image, TILE))
+    return to_uint8(upscaled[: height * SCALE, : width * SCALE])
+
+
+@pytest.mark.parametrize(("height", "width"), ODD_SIZES, ids=str)
+def test_local_model_tiles_match_whole_image_exactly(
+    conv_model_path: Path, height: int, width: int
+) -> None:
+    image = noise_image(height, width)
+    tiled = upscale_tiled(
+        image, batch_runner(conv_model_path), scale=SCALE, tile_size=TILE, overlap=1, batch_size=2
+    )
+    assert tiled.shape == (height * SCALE, width * SCALE, 3)
+    difference = np.abs(tiled.astype(int) - _reference(conv_model_path, image))
+    assert difference.max() <= 1
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 37), (TILE + 1, TILE + 1), (50, 23)], ids=str)
+def test_wide_receptive_field_model_is_seamless_with_enough_overlap(
+    deep_model_path: Path, height: int, width: int
+) -> None:
+    image = noise_image(height, width, seed=3)
+    tiled = upscale_tiled(
+        image, batch_runner(deep_model_path), scale=SCALE, tile_size=TILE, overlap=7
+    )
+    difference = np.abs(tiled.astype(int) - _reference(deep_model_path, image))
+    assert difference.max() <= 1
+
+
+def test_too_little_overlap_shows_seams(deep_model_path: Path) -> None:
+    # The control for the test above: it proves the comparison can detect seams at all.
+    image = noise_image(50, 23, seed=3)
+    tiled = upscale_tiled(
+        image, batch_runner(deep_model_path), scale=SCALE, tile_size=TILE, overlap=0
+    )
+    difference = np.abs(tiled.astype(int) - _reference(deep_model_path, image))
+    assert difference.max() > 2
+
+
+def test_real_sized_image_matches_whole_image_inference(deep_model_path: Path) -> None:
+    image = noise_image(200, 300, seed=5)
+    tiled = upscale_tiled(
+        image, batch_runner(deep_model_path), scale=SCALE, tile_size=64, overlap=8, batch_size=4
+    )
+    whole = to_uint8(whole_image_runner(deep_model_path)(image))
+    difference = np.abs(tiled.astype(int) - whole)
+    assert difference.max() <= 2
+    assert difference.mean() <= 0.05
+
+
+def test_float_input_is_accepted(conv_model_path: Path) -> None:
+    image = noise_image(20, 20)
+    runner = batch_runner(conv_model_path)
+    from_uint8 = upscale_tiled(image, runner, scale=SCALE, tile_size=TILE, overlap=1)
+    from_float = upscale_tiled(
+        image.astype(np.float32), runner, scale=SCALE, tile_size=TILE, overlap=1
+    )
+    np.testing.assert_array_equal(from_uint8, from_float)
