@@ -33,6 +33,7 @@ class TrainConfig:
     lr_boundaries: list[int] = field(default_factory=lambda: [5000])
     lr_values: list[float] | None = None
     patience: int = 10
+    init_from: str = ""
     mixed_precision: str = "off"
     jit_compile: str = "auto"
     seed: int = 0

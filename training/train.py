@@ -171,7 +171,7 @@ def _prepare_run_dir(config: TrainConfig, resume: bool) -> tuple[TrainConfig, Ru
         saved = TrainConfig.load(run_dir)
         # Only the length of the run may change on resume; everything else is the run's own.
         if config.steps != saved.steps:
-            log.info("extending the run from %d to %d steps", saved.steps, config.steps)
+            log.info("changing the run length from %d to %d steps", saved.steps, config.steps)
         saved.steps = config.steps
         saved.verbose = config.verbose
         return saved, RunState.load(run_dir)
@@ -228,6 +228,12 @@ def train(config: TrainConfig, resume: bool = False) -> RunState:
         model.optimizer.build(model.trainable_variables)
         model.load_weights(run_dir / LAST_CHECKPOINT)
         log.info("resumed at step %d (epoch %d)", int(model.optimizer.iterations), state.epoch)
+    elif config.init_from:
+        # Fine-tuning: start from trained weights (any precision policy), with a fresh optimizer.
+        from training.model import load_edsr
+
+        model.set_weights(load_edsr(config.init_from).get_weights())
+        log.info("initialised the weights from %s", config.init_from)
 
     train_stream = data.TrainingPatches(
         train_pairs,

@@ -49,3 +49,29 @@ def div2k_root(tmp_path: Path) -> Path:
 def tiny_model_kwargs() -> dict:
     """The smallest EDSR that still exercises every layer kind."""
     return {"filters": 8, "blocks": 1}
+
+
+@pytest.fixture
+def tiny_config(image_folder, tmp_path):
+    """Factory: a TrainConfig for a seconds-long run of a tiny model on `image_folder`."""
+    from training.config import TrainConfig
+
+    def make(out, **overrides) -> TrainConfig:
+        settings = dict(
+            data=[str(image_folder)],
+            out=str(out),
+            val_holdout=2,
+            steps=4,
+            eval_every=2,
+            batch_size=2,
+            patch_size=32,
+            filters=8,
+            blocks=1,
+            workers=1,
+            verbose=0,
+            patience=0,
+        )
+        settings.update(overrides)
+        return TrainConfig(**settings)
+
+    return make

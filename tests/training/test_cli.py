@@ -15,36 +15,26 @@ from training.__main__ import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _tiny_train_args(data: Path, run: Path) -> list[str]:
+    """`train` flags for a two-step run of a 4-filter, 1-block model."""
+    flags = {
+        "--data": data,
+        "--out": run,
+        "--steps": 2,
+        "--eval-every": 1,
+        "--batch-size": 2,
+        "--patch-size": 32,
+        "--filters": 4,
+        "--blocks": 1,
+        "--val-holdout": 1,
+        "--verbose": 0,
+    }
+    return ["train", *(str(part) for pair in flags.items() for part in pair)]
+
+
 def test_train_export_evaluate_from_the_command_line(image_folder, tmp_path, capsys):
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(image_folder),
-                "--out",
-                str(run),
-                "--steps",
-                "2",
-                "--eval-every",
-                "1",
-                "--batch-size",
-                "2",
-                "--patch-size",
-                "32",
-                "--filters",
-                "4",
-                "--blocks",
-                "1",
-                "--val-holdout",
-                "1",
-                "--verbose",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert main(_tiny_train_args(image_folder, run)) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
 
     onnx_path = tmp_path / "m.onnx"
@@ -62,32 +52,7 @@ def test_training_runs_on_the_jax_backend(image_folder, tmp_path):
     run = tmp_path / "jax-run"
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training",
-            "train",
-            "--data",
-            str(image_folder),
-            "--out",
-            str(run),
-            "--steps",
-            "2",
-            "--eval-every",
-            "1",
-            "--batch-size",
-            "2",
-            "--patch-size",
-            "32",
-            "--filters",
-            "4",
-            "--blocks",
-            "1",
-            "--val-holdout",
-            "1",
-            "--verbose",
-            "0",
-        ],
+        [sys.executable, "-m", "training", *_tiny_train_args(image_folder, run)],
         cwd=ROOT,
         env=env,
         check=True,

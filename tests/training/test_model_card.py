@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from training.config import TrainConfig
 from training.evaluate import evaluate_folder, load_upscaler
 from training.export import export_onnx
 from training.model_card import main as model_card
@@ -16,23 +15,9 @@ from training.train import train
 SHARED_SET5 = Path(__file__).resolve().parents[3] / "shared" / "data" / "bench" / "Set5"
 
 
-def test_model_card_writes_tables_curve_and_picture(image_folder, tmp_path, capsys):
+def test_model_card_writes_tables_curve_and_picture(tiny_config, image_folder, tmp_path, capsys):
     run = tmp_path / "run"
-    train(
-        TrainConfig(
-            data=[str(image_folder)],
-            out=str(run),
-            val_holdout=1,
-            steps=2,
-            eval_every=1,
-            batch_size=2,
-            patch_size=32,
-            filters=4,
-            blocks=1,
-            workers=1,
-            verbose=0,
-        )
-    )
+    train(tiny_config(run, val_holdout=1, steps=2, eval_every=1, filters=4))
     model = tmp_path / "m.onnx"
     export_onnx(run / "best.keras", model)
     out = tmp_path / "card.json"
