@@ -1,0 +1,101 @@
+# EDSR upscaler: the two commands of the README, and a few helpers. `make help` lists them.
+#
+#   make serve   create .venv if needed, install the service (no TensorFlow), serve
+#                models/edsr_x4.onnx on http://localhost:8000
+#   make test    create .venv if needed, install everything (train + dev extras), run ruff
+#                (check and format --check), pytest and the Docker image replay
+#                (scripts/replay_service_image.py)
+#
+# Both are idempotent: .venv is created once, and each install runs again only when
+# pyproject.toml changed since (stamp files inside .venv).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# `make serve` listens on localhost only: the API has no authentication and an upscale keeps
+# every core busy, so exposing it to the network should be a decision (HOST=0.0.0.0). The
+# container listens on 0.0.0.0, and compose publishes it on port 8000.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+MODEL ?= $(or $(UPSCALER_MODEL_PATH),models/edsr_x4.onnx)
+# `make serve SERVE_EXTRAS=gpu` adds NVIDIA's CUDA 13 / cuDNN 9 wheels (see README, GPU notes).
+SERVE_EXTRAS ?=
+PIP_INSTALL := $(PY) -m pip install$(if $(CI), --progress-bar off,)
+
+SERVE_STAMP := $(VENV)/.installed-serve$(if $(SERVE_EXTRAS),-$(SERVE_EXTRAS),)
+TRAIN_STAMP := $(VENV)/.installed-train
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: help serve test lint format retrain settings-table docker-build docker-build-cpu clean
+
+help:
+	@echo "make serve            install the service into $(VENV) and serve $(MODEL) on http://$(HOST):$(PORT)"
+	@echo "                      (MODEL=..., HOST=0.0.0.0, PORT=..., SERVE_EXTRAS=gpu)"
+	@echo "make test             install train+dev extras, run ruff, pytest and the image replay"
+	@echo "make retrain DATA=dir train, export, evaluate (BENCH='dir ...'), install into models/"
+	@echo "                      (ARGS='--steps 20000 ...', RUN_DIR=..., MODEL_OUT=..., EXPORT_ARGS=--fp16)"
+	@echo "make lint | format    ruff check | ruff format + ruff check --fix"
+	@echo "make settings-table   regenerate README.md's UPSCALER_* table from service/config.py"
+	@echo "make docker-build     build the GPU service image (docker-build-cpu: the CPU one)"
+
+# --- the virtual environment -------------------------------------------------------------------
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed; found " + sys.version.split()[0] + ". Run: make ... PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) --upgrade pip
+
+$(SERVE_STAMP): pyproject.toml | $(PY)
+	$(PIP_INSTALL) -e '.$(if $(SERVE_EXTRAS),[$(SERVE_EXTRAS)],)'
+	@touch $@
+
+$(TRAIN_STAMP): pyproject.toml | $(PY)
+	$(PIP_INSTALL) -e '.[train]'
+	@touch $@
+
+$(TEST_STAMP): pyproject.toml | $(PY)
+	$(PIP_INSTALL) -e '.[train,dev]'
+	@touch $@
+
+# --- the two commands ----------------------------------------------------------------------------
+
+serve: $(SERVE_STAMP)
+	@test -f '$(MODEL)' || { echo "No model at $(MODEL). Train one (make retrain DATA=...), or pass MODEL=path/to/model.onnx." >&2; exit 1; }
+	$(PY) -m service --host $(HOST) --port $(PORT) --model '$(MODEL)'
+
+test: $(TEST_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest
+	$(PY) scripts/replay_service_image.py
+
+# --- helpers -------------------------------------------------------------------------------------
+
+lint: $(TEST_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(TEST_STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+retrain: $(TRAIN_STAMP)
+	@test -n '$(DATA)' || { echo "usage: make retrain DATA='folder ...' [ARGS='--steps 20000'] [BENCH='Set5-folder ...'] [RUN_DIR=...] [MODEL_OUT=...]" >&2; exit 2; }
+	PYTHON='$(PY)' BENCH='$(BENCH)' RUN_DIR='$(RUN_DIR)' MODEL_OUT='$(MODEL_OUT)' EXPORT_ARGS='$(EXPORT_ARGS)' \
+		bash scripts/retrain.sh $(foreach dir,$(DATA),--data '$(dir)') $(ARGS)
+
+settings-table: $(SERVE_STAMP)
+	$(PY) scripts/settings_table.py --write README.md
+
+docker-build:
+	docker build -t edsr-upscaler:gpu .
+
+docker-build-cpu:
+	docker build --build-arg SERVICE_EXTRAS= -t edsr-upscaler:cpu .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
