@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -50,17 +50,30 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_PROVIDERS),
         description="onnxruntime execution providers in order of preference.",
     )
+    # Measured on 2 CPU cores with fitted tiles (docs/benchmarks.md, tuning section): a 512x512
+    # input took 7.1 s with 128-pixel tiles, 6.0 s with 192, 5.7 s with 256, 4.9 s with 384 and
+    # 5.7 s whole; a 256x256 input 1.8 s, 1.45 s, 1.3 s, 1.3 s. Peak memory of one call grows with
+    # the square of the tile: 0.75 GB at 192, 1.85 GB at 256, 3.4 GB at 384 (max RSS). 192 keeps a
+    # request within the 2-4 GB a container is sized for (see max_input_pixels) for 4-10 % more
+    # time than 256; hosts with memory to spare can set 256 or 384.
     tile_size: int = Field(
-        default=128,
+        default=192,
         ge=8,
-        description="Side of the square LR tile fed to the model. 128 suits CPUs; GPUs can "
-        "take 256-512, which means fewer tiles and less overlap work.",
+        description="Side of the square LR tile fed to the model (the largest tile with fitted "
+        "tiles). 192 suits CPUs (0.75 GB per call); GPUs take 256-512 with TILE_BATCH_SIZE 4-8.",
     )
     tile_overlap: int = Field(
         default=16,
         ge=0,
         description="LR pixels of context kept on each inner side of a tile and cropped away "
         "after upscaling, so that tiles join without seams.",
+    )
+    tile_mode: Literal["auto", "fixed", "fit"] = Field(
+        default="auto",
+        description="`fixed`: every tile is TILE_SIZE square (GPUs tune kernels per shape); "
+        "`fit`: as many tiles as TILE_SIZE needs, shrunk to fit the image, so less overlap and "
+        "padding work (CPUs run any shape at no extra cost); `auto`: fit on the CPU provider, "
+        "fixed on GPUs.",
     )
     tile_batch_size: int = Field(
         default=1,
@@ -76,11 +89,15 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest decoded input (width x height). The output has 16x as many.",
     )
+    # Measured on 2 cores: four images upscaled one at a time took 2.34 s, two at a time 2.60 s
+    # (both sharing onnxruntime's intra-op threads): concurrency lowers CPU throughput.
     max_concurrency: int = Field(
         default=1,
         ge=1,
         description="Upscales running at once. One request already uses every CPU core through "
-        "onnxruntime's intra-op threads, so more only adds memory and latency on CPU.",
+        "onnxruntime's intra-op threads, so more only adds memory and latency on CPU "
+        "(measured 10 % less throughput with 2 on 2 cores); 2-4 on GPUs lets decoding and "
+        "encoding overlap with the model.",
     )
     max_queue: int = Field(
         default=8, ge=0, description="Requests allowed to wait for a slot before 503."
@@ -92,14 +109,60 @@ class Settings(BaseSettings):
         default=1,
         ge=0,
         le=9,
-        description="zlib level of the output PNG. 1 is several times faster than 6 on the "
-        "large outputs this service makes, for files only slightly bigger.",
+        description="Compression level of the output PNG, 0-9 as in zlib. 1 is several times "
+        "faster than 6 on the large outputs this service makes, for files only slightly bigger. "
+        "With ISA-L (the `strips` writer), 1-3 map to its levels 1-3 and higher levels to 3.",
     )
+    # Session options measured on a 160x160 input, 2 cores (docs/benchmarks.md, tuning section):
+    # intra-op 1 thread 760 ms, 2 threads 439 ms, 0 (one per physical core, here 2) 417 ms;
+    # inter-op 2 threads 434 ms (EDSR is one chain of operators, nothing runs beside it); graph
+    # optimisation disable/basic/extended/all 582/570/567/431 ms (only `all` fuses the layout
+    # changes around the convolutions); CPU arena off 552 ms, on 421 ms.
     intra_op_threads: int = Field(
         default=0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime choose."
     )
     inter_op_threads: int = Field(
         default=0, ge=0, description="onnxruntime inter-op threads; 0 lets onnxruntime choose."
+    )
+    graph_optimization: Literal["disable", "basic", "extended", "layout", "all"] = Field(
+        default="all",
+        description="onnxruntime graph optimisation level (`layout` needs onnxruntime >= 1.22); "
+        "`all` measured 25 % faster than the others on CPU.",
+    )
+    cpu_mem_arena: bool = Field(
+        default=True,
+        description="Keep onnxruntime's CPU memory arena (reuses the buffers of the fixed tile "
+        "shape between calls).",
+    )
+    precision: Literal["auto", "fp32", "fp16"] = Field(
+        default="auto",
+        description="Model precision. `auto` runs the fp16 export (`<model>_fp16.onnx`, from "
+        "`python -m training export --fp16`) when the CUDA provider is really in use and the "
+        "file exists, else the fp32 model; `fp16` requires that file.",
+    )
+    batch_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="Longest a partly filled tile batch waits for tiles of other concurrent "
+        "requests before it runs (only with TILE_BATCH_SIZE > 1 and several requests "
+        "upscaling; a lone request never waits).",
+    )
+    png_encoder: Literal["strips", "pillow"] = Field(
+        default="strips",
+        description="PNG writer: `strips` compresses strips of rows in parallel threads (with "
+        "ISA-L when the `isal` package is installed), `pillow` uses Pillow's encoder.",
+    )
+    encode_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Threads of the `strips` PNG writer; 0 means one per available CPU.",
+    )
+    jpeg_quality: int = Field(
+        default=92,
+        ge=1,
+        le=100,
+        description="Quality of JPEG output (answers to `Accept: image/jpeg`).",
     )
 
     @field_validator("providers", mode="before")

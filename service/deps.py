@@ -9,6 +9,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
+from service.encoding import OutputFormat
 from service.exceptions import (
     ClientDisconnectedError,
     EmptyUploadError,
@@ -17,6 +18,7 @@ from service.exceptions import (
     UnsupportedMediaTypeError,
     UploadTooLargeError,
 )
+from service.negotiation import negotiate_format
 from service.state import ServiceState
 
 #: Name of the multipart field that carries the image.
@@ -131,3 +133,18 @@ async def read_upload(request: Request, state: ReadyState) -> bytes:
 
 
 UploadedBytes = Annotated[bytes, Depends(read_upload)]
+
+
+def output_format(request: Request) -> OutputFormat:
+    """The response format the Accept header asks for (PNG by default).
+
+    Declared before the upload in the endpoint, so a request that accepts nothing the service
+    can write is refused before its body is read.
+
+    Raises:
+        NotAcceptableError: If the Accept header rules out PNG, WebP and JPEG alike.
+    """
+    return negotiate_format(request.headers.get("accept"))
+
+
+NegotiatedFormat = Annotated[OutputFormat, Depends(output_format)]

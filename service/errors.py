@@ -20,6 +20,7 @@ from service.exceptions import (
     ImageTooLargeError,
     MissingFieldError,
     ModelLoadError,
+    NotAcceptableError,
     NotReadyError,
     OverloadedError,
     UnsupportedImageError,
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 ERROR_STATUS: dict[type[UpscalerError], int] = {
     UploadTooLargeError: 413,
     ImageTooLargeError: 413,
+    NotAcceptableError: 406,
     UnsupportedMediaTypeError: 415,
     UnsupportedImageError: 415,
     EmptyUploadError: 422,
@@ -61,6 +63,9 @@ def _documented(description: str) -> dict[str, Any]:
 #: OpenAPI documentation of the error responses of `POST /upscale`.
 UPSCALE_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _documented("Malformed multipart body."),
+    406: _documented(
+        "The Accept header allows none of image/png, image/webp, image/jpeg (nor */*, image/*)."
+    ),
     413: _documented(
         "Request body over UPSCALER_MAX_UPLOAD_BYTES, or image dimensions over "
         "UPSCALER_MAX_INPUT_PIXELS (decompression bombs included; nothing is decoded)."

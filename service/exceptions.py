@@ -49,6 +49,10 @@ class UnsupportedImageError(UpscalerError):
     """The bytes are not an image, or an image in a format or pixel mode the service rejects."""
 
 
+class NotAcceptableError(UpscalerError):
+    """The Accept header rules out every image format the service can answer with."""
+
+
 class CorruptImageError(UpscalerError):
     """The image format was recognised but the data is truncated or damaged."""
 

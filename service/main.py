@@ -15,21 +15,24 @@ from functools import partial
 from typing import Any
 
 import anyio
+import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.admission import AdmissionGate
+from service.batching import TileBatcher
 from service.config import Settings
-from service.deps import UPLOAD_FIELD, ReadyState, UploadedBytes
+from service.deps import UPLOAD_FIELD, NegotiatedFormat, ReadyState, UploadedBytes
+from service.encoding import EncodeOptions, OutputFormat, PngEncoder, describe_png_writer
 from service.errors import UPSCALE_ERROR_RESPONSES, install_error_handlers
 from service.exceptions import ClientDisconnectedError, ModelLoadError
 from service.imaging import inspect_image
 from service.metrics import ServiceMetrics
 from service.runtime import UpscalerRuntime
 from service.state import ServiceState
-from service.upscaler import upscale_image_bytes
+from service.upscaler import UpscaleResult, fits_tiles, upscale_image_bytes
 
 logger = logging.getLogger("service")
 
@@ -56,8 +59,12 @@ _UPLOAD_OPENAPI: dict[str, Any] = {
 
 _UPSCALE_SUCCESS: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The upscaled image as PNG, exactly scale x the input's width and height.",
-        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "The upscaled image, exactly scale x the input's width and height: PNG "
+        "by default, lossless WebP for `Accept: image/webp`, JPEG for `Accept: image/jpeg`.",
+        "content": {
+            output_format.media_type: {"schema": {"type": "string", "format": "binary"}}
+            for output_format in OutputFormat
+        },
         "headers": {
             "X-Upscaler-Provider": {
                 "description": "onnxruntime execution provider that ran the model.",
@@ -72,6 +79,15 @@ _UPSCALE_SUCCESS: dict[int | str, dict[str, Any]] = {
                 "schema": {"type": "string"},
             },
             "X-Output-Size": {"description": "Output WIDTHxHEIGHT.", "schema": {"type": "string"}},
+            "Server-Timing": {
+                "description": "decode, model and encode durations in milliseconds "
+                "(`decode;dur=1.2, model;dur=45.0, encode;dur=8.1`).",
+                "schema": {"type": "string"},
+            },
+            "Vary": {
+                "description": "`Accept`: the format depends on it.",
+                "schema": {"type": "string"},
+            },
         },
     }
 }
@@ -119,9 +135,18 @@ def _ensure_log_output() -> None:
     service_logger.setLevel(logging.INFO)
 
 
+def _warm_up_blocking(state: ServiceState) -> None:
+    runtime = state.runtime
+    runtime.warm_up()
+    if runtime.io_binding and state.batcher is not None:
+        # Bound buffers are per thread: allocate the batcher thread's before the first request.
+        side = runtime.tile_size
+        state.batcher.run(np.zeros((runtime.batch_size, side, side, 3), dtype=np.float32))
+
+
 async def _warm_up(state: ServiceState) -> None:
     try:
-        await anyio.to_thread.run_sync(state.runtime.warm_up, abandon_on_cancel=True)
+        await anyio.to_thread.run_sync(_warm_up_blocking, state, abandon_on_cancel=True)
     except Exception as exc:
         state.warmup_error = str(exc)
         logger.exception("model warm-up failed; the service stays unready")
@@ -145,14 +170,78 @@ def _describe(state: ServiceState) -> dict[str, Any]:
         "skipped_providers": runtime.skipped_providers,
         "fallback": runtime.fallback,
         "fallback_reason": runtime.fallback_reason,
+        "precision": runtime.precision,
+        "precision_setting": runtime.precision_setting,
+        "io_binding": runtime.io_binding,
         "tile_size": runtime.tile_size,
         "tile_overlap": settings.tile_overlap,
+        "tile_mode": "fit" if state.fit_tiles else "fixed",
         "tile_batch_size": runtime.batch_size,
         "warmup_ms": None
         if runtime.warmup_seconds is None
         else round(runtime.warmup_seconds * 1000, 1),
         "max_concurrency": settings.max_concurrency,
         "max_queue": settings.max_queue,
+        "batching": _describe_batching(state),
+        "encoding": {
+            "png": describe_png_writer(state.encode_options),
+            "jpeg_quality": state.encode_options.jpeg_quality,
+            "formats": [output_format.media_type for output_format in OutputFormat],
+        },
+    }
+
+
+def _describe_batching(state: ServiceState) -> dict[str, Any] | None:
+    if state.batcher is None:
+        return None
+    stats = state.batcher.stats
+    return {
+        "batch_wait_ms": state.settings.batch_wait_ms,
+        "batches": stats.batches,
+        "fill": None if stats.fill is None else round(stats.fill, 3),
+        "shared_batches": stats.shared_batches,
+    }
+
+
+def _batcher(settings: Settings, runtime: UpscalerRuntime, fit: bool) -> TileBatcher | None:
+    # Fitted tiles differ in shape from image to image, and one tile per call leaves nothing to
+    # share: the batcher only pays with fixed tiles batched several at a time (GPUs).
+    if fit or runtime.batch_size == 1:
+        return None
+    return TileBatcher(
+        runtime.run,
+        batch_size=runtime.batch_size,
+        tile_shape=(runtime.tile_size, runtime.tile_size, 3),
+        max_wait_seconds=settings.batch_wait_ms / 1000,
+    )
+
+
+def _encode_options(settings: Settings) -> EncodeOptions:
+    return EncodeOptions(
+        png_encoder=PngEncoder(settings.png_encoder),
+        png_compress_level=settings.png_compress_level,
+        encode_threads=settings.encode_threads,
+        jpeg_quality=settings.jpeg_quality,
+    )
+
+
+def _response_headers(result: UpscaleResult) -> dict[str, str]:
+    timing = ", ".join(
+        f"{name};dur={seconds * 1000:.1f}"
+        for name, seconds in (
+            ("decode", result.decode_seconds),
+            ("model", result.inference_seconds),
+            ("encode", result.encode_seconds),
+        )
+    )
+    return {
+        "X-Upscaler-Provider": result.provider,
+        "X-Inference-Time-Ms": f"{result.inference_seconds * 1000:.1f}",
+        "X-Input-Size": f"{result.input_width}x{result.input_height}",
+        "X-Output-Size": f"{result.output_width}x{result.output_height}",
+        "Server-Timing": timing,
+        # Caches must not serve a WebP to a client that asked for PNG.
+        "Vary": "Accept",
     }
 
 
@@ -189,6 +278,7 @@ def create_app(
         except ModelLoadError as exc:
             logger.error("cannot start: %s", exc)
             raise
+        fit = fits_tiles(settings.tile_mode, runtime.primary_provider)
         state = ServiceState(
             settings=settings,
             runtime=runtime,
@@ -196,6 +286,9 @@ def create_app(
                 settings.max_concurrency, settings.max_queue, settings.retry_after_seconds
             ),
             limiter=anyio.CapacityLimiter(settings.max_concurrency),
+            encode_options=_encode_options(settings),
+            fit_tiles=fit,
+            batcher=_batcher(settings, runtime, fit),
         )
         metrics.track_queue(lambda: state.gate.waiting)
         metrics.set_provider(runtime.primary_provider, runtime.fallback)
@@ -207,6 +300,8 @@ def create_app(
             warm_up.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await warm_up
+            if state.batcher is not None:
+                state.batcher.close()
             app.state.service = None
 
     app = FastAPI(
@@ -226,15 +321,21 @@ def create_app(
         summary="Upscale an image",
         description=(
             "Send an image (JPEG, PNG, WebP, BMP, TIFF or GIF) as multipart field `file` or as "
-            "the raw body with an `image/*` Content-Type; receive a PNG with exactly scale x its "
-            "width and height. Alpha, greyscale and the ICC profile are kept; EXIF orientation "
-            "is applied; 16-bit images are converted to 8 bits."
+            "the raw body with an `image/*` Content-Type; receive an image with exactly scale x "
+            "its width and height: PNG by default, lossless WebP for `Accept: image/webp`, JPEG "
+            "for `Accept: image/jpeg` (alpha flattened onto white). Alpha, greyscale and the ICC "
+            "profile are kept; EXIF orientation is applied; 16-bit images become 8 bits."
         ),
         response_class=Response,
         responses={**_UPSCALE_SUCCESS, **UPSCALE_ERROR_RESPONSES},
         openapi_extra=_UPLOAD_OPENAPI,
     )
-    async def upscale(request: Request, state: ReadyState, data: UploadedBytes) -> Response:
+    async def upscale(
+        request: Request,
+        state: ReadyState,
+        output_format: NegotiatedFormat,
+        data: UploadedBytes,
+    ) -> Response:
         # Reading the header is cheap and rejects bad or oversized files before they queue.
         await run_in_threadpool(inspect_image, data, max_pixels=settings.max_input_pixels)
         async with state.gate.slot():
@@ -249,20 +350,18 @@ def create_app(
                         state.runtime,
                         overlap=settings.tile_overlap,
                         max_input_pixels=settings.max_input_pixels,
-                        png_compress_level=settings.png_compress_level,
+                        output_format=output_format,
+                        encode_options=state.encode_options,
+                        batcher=state.batcher,
+                        fit=state.fit_tiles,
                     ),
                     limiter=state.limiter,
                 )
         metrics.observe_upscale(result.input_pixels, result.output_pixels, result.inference_seconds)
         return Response(
-            content=result.png,
-            media_type="image/png",
-            headers={
-                "X-Upscaler-Provider": result.provider,
-                "X-Inference-Time-Ms": f"{result.inference_seconds * 1000:.1f}",
-                "X-Input-Size": f"{result.input_width}x{result.input_height}",
-                "X-Output-Size": f"{result.output_width}x{result.output_height}",
-            },
+            content=result.content,
+            media_type=result.output_format.media_type,
+            headers=_response_headers(result),
         )
 
     @app.get("/healthz", summary="Liveness: the process answers")

@@ -8,6 +8,10 @@ naming what was requested and what runs.
 
 `InferenceSession.run` is thread-safe, so request threads call `UpscalerRuntime.run` concurrently
 without a lock.
+
+How the session is set up (graph optimisation, arena, threads, the CUDA provider's options and
+the fp32/fp16 choice) is decided by the pure functions of `service.ortconfig`; on the GPU the
+serving tile shape runs through preallocated bound buffers (`service.iobinding`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,13 @@ import onnxruntime as ort
 
 from service.config import DEFAULT_PROVIDERS
 from service.exceptions import ModelLoadError
+from service.iobinding import BoundRunner
+from service.ortconfig import (
+    choose_precision,
+    cuda_provider_options,
+    fp16_path_for,
+    session_options,
+)
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -164,6 +175,13 @@ class UpscalerRuntime:
         inter_op_threads: onnxruntime inter-op threads (0: onnxruntime's default).
         tile_size: Side of the tiles that will be fed to `run`; used by `warm_up`.
         batch_size: Tiles per `run` call; used by `warm_up`.
+        precision: `auto` (the fp16 export beside the model when the CUDA provider is really in
+            use and that file exists, else fp32), `fp32` or `fp16` (see
+            `service.ortconfig.choose_precision`).
+        graph_optimization: onnxruntime graph optimisation level (`service.ortconfig`).
+        cpu_mem_arena: Keep onnxruntime's CPU memory arena.
+        io_binding: Run the tile shape through preallocated bound buffers (`service.iobinding`);
+            None: only when the model runs on the GPU.
 
     Raises:
         ModelLoadError: If the file is missing or unreadable, is not a loadable ONNX model, does
@@ -179,23 +197,36 @@ class UpscalerRuntime:
         inter_op_threads: int = 0,
         tile_size: int = 128,
         batch_size: int = 1,
+        precision: str = "auto",
+        graph_optimization: str = "all",
+        cpu_mem_arena: bool = True,
+        io_binding: bool | None = None,
     ) -> None:
-        self._model_path = Path(model_path)
+        self._base_path = Path(model_path)
         self._tile_size = tile_size
         self._batch_size = batch_size
-        _check_model_file(self._model_path)
+        self._precision_setting = precision
         try:
             self._plan = resolve_providers(providers)
+            self._options = session_options(
+                intra_op_threads=intra_op_threads,
+                inter_op_threads=inter_op_threads,
+                graph_optimization=graph_optimization,
+                cpu_mem_arena=cpu_mem_arena,
+            )
+            choose_precision(precision, cuda_active=False, fp16_available=False)  # validates
         except ValueError as exc:
-            raise ModelLoadError(f"cannot run model {self._model_path}: {exc}") from exc
-        if CUDA_PROVIDER in self._plan.attempted or TENSORRT_PROVIDER in self._plan.attempted:
+            raise ModelLoadError(f"cannot run model {self._base_path}: {exc}") from exc
+        if self._gpu_attempted:
             _preload_nvidia_wheel_libraries()
-        self._session = self._create_session(intra_op_threads, inter_op_threads)
+        self._model_path, self._session = self._load()
         self._providers = tuple(self._session.get_providers())
         self._input_name, self._output_name = self._check_contract()
         self._metadata = dict(self._session.get_modelmeta().custom_metadata_map)
+        self._bound: BoundRunner | None = None  # set once the scale (the output shape) is known
         self._scale = self._read_scale()
         self._warmup_seconds: float | None = None
+        self._bound = self._bound_runner(io_binding)
         self._report_providers()
 
     @classmethod
@@ -208,31 +239,73 @@ class UpscalerRuntime:
             inter_op_threads=settings.inter_op_threads,
             tile_size=settings.tile_size,
             batch_size=settings.tile_batch_size,
+            precision=settings.precision,
+            graph_optimization=settings.graph_optimization,
+            cpu_mem_arena=settings.cpu_mem_arena,
         )
 
-    def _session_options(self, intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
-        options = ort.SessionOptions()
-        # Bounded thread pools: several worker threads may call `run` at once, and unbounded
-        # pools would make them fight over the same cores.
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = inter_op_threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return options
+    @property
+    def _gpu_attempted(self) -> bool:
+        return CUDA_PROVIDER in self._plan.attempted or TENSORRT_PROVIDER in self._plan.attempted
 
     def _provider_entries(self) -> list[str | tuple[str, dict[str, Any]]]:
-        # One place to attach per-provider options (for example TensorRT FP16 once a precision
-        # setting exists); today every provider runs with onnxruntime's defaults.
-        return list(self._plan.attempted)
+        # The one place that attaches per-provider options; the others run with defaults.
+        return [
+            (name, cuda_provider_options()) if name == CUDA_PROVIDER else name
+            for name in self._plan.attempted
+        ]
 
-    def _create_session(self, intra_op_threads: int, inter_op_threads: int) -> ort.InferenceSession:
+    def _create_session(self, path: Path) -> ort.InferenceSession:
+        _check_model_file(path)
         try:
             return ort.InferenceSession(
-                str(self._model_path),
-                sess_options=self._session_options(intra_op_threads, inter_op_threads),
-                providers=self._provider_entries(),
+                str(path), sess_options=self._options, providers=self._provider_entries()
             )
         except Exception as exc:  # onnxruntime raises several unrelated types for bad models
-            raise ModelLoadError(f"cannot load model {self._model_path}: {exc}") from exc
+            raise ModelLoadError(f"cannot load model {path}: {exc}") from exc
+
+    def _load(self) -> tuple[Path, ort.InferenceSession]:
+        """Opens the fp32 or fp16 file, as `precision` and the provider really in use decide."""
+        fp16_path = fp16_path_for(self._base_path)
+        if self._precision_setting == "fp16":
+            if not fp16_path.exists():
+                raise ModelLoadError(
+                    f"precision fp16 needs the fp16 export {fp16_path} (written by "
+                    "`python -m training export ... --fp16`), which is missing"
+                )
+            return fp16_path, self._create_session(fp16_path)
+        if self._precision_setting == "fp32" or not self._gpu_attempted:
+            return self._base_path, self._create_session(self._base_path)
+        # auto with a GPU provider requested: fp16 pays only if CUDA really runs, which is known
+        # only once a session exists, so fp16 is tried first and dropped on a CPU fallback.
+        _check_model_file(self._base_path)  # the fp32 model is required either way
+        if not fp16_path.exists():
+            logger.info("no fp16 export at %s; running the fp32 model", fp16_path)
+            return self._base_path, self._create_session(self._base_path)
+        session = self._create_session(fp16_path)
+        cuda_active = CUDA_PROVIDER in session.get_providers()
+        if choose_precision("auto", cuda_active=cuda_active, fp16_available=True) == "fp16":
+            return fp16_path, session
+        logger.warning(
+            "the CUDA provider is not in use; loading the fp32 model %s instead of %s",
+            self._base_path,
+            fp16_path,
+        )
+        return self._base_path, self._create_session(self._base_path)
+
+    def _bound_runner(self, io_binding: bool | None) -> BoundRunner | None:
+        on_gpu = self.primary_provider in (CUDA_PROVIDER, TENSORRT_PROVIDER)
+        if not (on_gpu if io_binding is None else io_binding):
+            return None
+        side = self._tile_size * self._scale
+        return BoundRunner(
+            self._session,
+            input_name=self._input_name,
+            output_name=self._output_name,
+            input_shape=(self._batch_size, self._tile_size, self._tile_size, 3),
+            output_shape=(self._batch_size, side, side, 3),
+            device="cuda" if on_gpu else "cpu",
+        )
 
     def _check_contract(self) -> tuple[str, str]:
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
@@ -286,11 +359,13 @@ class UpscalerRuntime:
 
     def _report_providers(self) -> None:
         logger.info(
-            "model %s loaded: scale x%d, requested providers %s, running on %s",
+            "model %s loaded: scale x%d, %s, requested providers %s, running on %s%s",
             self._model_path,
             self._scale,
+            self.precision,
             list(self._plan.requested),
             list(self._providers),
+            ", I/O bound" if self._bound is not None else "",
         )
         for name, reason in self._plan.skipped.items():
             logger.info("execution provider %s skipped: %s", name, reason)
@@ -307,8 +382,23 @@ class UpscalerRuntime:
 
     @property
     def model_path(self) -> Path:
-        """Path of the loaded ONNX file."""
+        """Path of the loaded ONNX file (the fp16 export when that was chosen)."""
         return self._model_path
+
+    @property
+    def precision(self) -> str:
+        """`fp16` when the fp16 export runs, else `fp32`."""
+        return "fp16" if self._model_path != self._base_path else "fp32"
+
+    @property
+    def precision_setting(self) -> str:
+        """The precision as configured (`auto`, `fp32` or `fp16`)."""
+        return self._precision_setting
+
+    @property
+    def io_binding(self) -> bool:
+        """Whether the tile shape runs through bound, preallocated buffers."""
+        return self._bound is not None
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -401,6 +491,8 @@ class UpscalerRuntime:
             The model output, float32 of shape (N, H * scale, W * scale, 3), not clipped.
         """
         batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self._bound is not None and batch.shape == self._bound.input_shape:
+            return self._bound.run(batch)
         return self._session.run([self._output_name], {self._input_name: batch})[0]
 
     def warm_up(self) -> float:

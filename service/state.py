@@ -13,7 +13,9 @@ if TYPE_CHECKING:
     import anyio
 
     from service.admission import AdmissionGate
+    from service.batching import TileBatcher
     from service.config import Settings
+    from service.encoding import EncodeOptions
     from service.runtime import UpscalerRuntime
 
 
@@ -27,6 +29,10 @@ class ServiceState:
         gate: Admission control for upscales.
         limiter: Worker threads for upscales, as many as `settings.max_concurrency`, kept apart
             from the default thread pool so that other blocking work never waits behind them.
+        encode_options: How responses are encoded.
+        fit_tiles: Whether tiles are fitted to each image (see `service.upscaler.fits_tiles`).
+        batcher: Packs the tiles of concurrent requests into fixed-shape model calls; only with
+            fixed tiles and `tile_batch_size` > 1, None otherwise.
         warmed: Set once the warm-up run succeeded; readiness and upscales wait for it.
         warmup_error: Why warm-up failed, if it did.
     """
@@ -35,6 +41,9 @@ class ServiceState:
     runtime: UpscalerRuntime
     gate: AdmissionGate
     limiter: anyio.CapacityLimiter
+    encode_options: EncodeOptions
+    fit_tiles: bool
+    batcher: TileBatcher | None
     warmed: threading.Event = field(default_factory=threading.Event)
     warmup_error: str | None = None
 

@@ -20,13 +20,19 @@ How the image is cut:
 * Only an axis shorter than the tile must be padded. It is padded at its far end by reflection
   (by repeating the pixel when the axis is one pixel long, where reflection is impossible).
 * The result is written tile by tile into a preallocated uint8 array, so peak memory is the
-  output plus one batch of tiles, not a float32 copy of the whole upscaled image.
+  output plus a few batches of tiles, not a float32 copy of the whole upscaled image.
+* `upscale_tiled` calls a model directly, one padded batch at a time. `upscale_tiled_async`
+  hands groups of tiles to something that answers with futures (the service's micro-batcher,
+  `service.batching`) and keeps a bounded number of groups in flight, so cutting and stitching
+  overlap with the model, and a short last group can share a model call with other requests.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,10 +40,13 @@ import numpy as np
 __all__ = [
     "AxisSpan",
     "TileSpan",
+    "fit_window",
     "pad_to_tile",
     "plan_axis",
     "plan_tiles",
+    "tile_shape",
     "upscale_tiled",
+    "upscale_tiled_async",
 ]
 
 
@@ -116,24 +125,75 @@ def plan_axis(length: int, tile_size: int, overlap: int) -> list[AxisSpan]:
     ]
 
 
-def plan_tiles(height: int, width: int, tile_size: int, overlap: int) -> list[TileSpan]:
-    """Plans the square tiles covering a `height` x `width` image, in row-major order.
+def fit_window(length: int, tile_size: int, overlap: int) -> int:
+    """The window length of `fit` tiling along one axis.
+
+    Fixed tiling runs `tile_size` windows even where a smaller window would do: a 260-pixel axis
+    with 256-pixel tiles costs two full windows, 512 pixels of work. Fit tiling keeps the number
+    of windows that `tile_size` needs but shrinks them all to the smallest common length that
+    still covers the axis with the required overlap (here two windows of 146), and an axis that
+    fits in one tile becomes one window of exactly its length, with no padding. The model then
+    sees a shape that depends on the image, which costs nothing on CPUs; GPU providers tune
+    kernels per shape, so they keep fixed tiles.
+
+    Args:
+        length: Size of the axis in pixels (at least 1).
+        tile_size: Largest window length.
+        overlap: Minimum context kept around every inner seam.
+
+    Returns:
+        The window length, at most `tile_size` (and at most `length`).
+    """
+    _check_geometry(tile_size, overlap)
+    if length < 1:
+        raise ValueError(f"length must be positive, got {length}")
+    if length <= tile_size:
+        return length
+    stride = tile_size - 2 * overlap
+    count = -(-(length - tile_size) // stride) + 1
+    # `count` windows of this length, neighbours sharing 2 * overlap pixels, cover the axis.
+    window = -(-(length + 2 * overlap * (count - 1)) // count)
+    return max(window, 2 * overlap + 1)
+
+
+def tile_shape(
+    height: int, width: int, tile_size: int, overlap: int, *, fit: bool = False
+) -> tuple[int, int]:
+    """(rows, columns) of every tile of an image: `tile_size` square, or fitted (`fit_window`)."""
+    if not fit:
+        _check_geometry(tile_size, overlap)
+        return tile_size, tile_size
+    return fit_window(height, tile_size, overlap), fit_window(width, tile_size, overlap)
+
+
+def _plan_windows(length: int, window: int, overlap: int) -> list[AxisSpan]:
+    if length <= window:
+        return [AxisSpan(start=0, keep_start=0, keep_end=length)]
+    return plan_axis(length, window, overlap)
+
+
+def plan_tiles(
+    height: int, width: int, tile_size: int, overlap: int, *, fit: bool = False
+) -> list[TileSpan]:
+    """Plans the tiles covering a `height` x `width` image, in row-major order.
 
     Args:
         height: Image height in pixels.
         width: Image width in pixels.
-        tile_size: Side of every square tile.
+        tile_size: Side of every square tile (the largest side with `fit`).
         overlap: Minimum context kept around every inner seam (see `plan_axis`).
+        fit: Shrink the tiles to fit this image (see `fit_window`).
 
     Returns:
         One `TileSpan` per tile; their kept rectangles partition the image.
     """
-    row_spans = plan_axis(height, tile_size, overlap)
-    col_spans = plan_axis(width, tile_size, overlap)
+    tile_rows, tile_cols = tile_shape(height, width, tile_size, overlap, fit=fit)
+    row_spans = _plan_windows(height, tile_rows, overlap)
+    col_spans = _plan_windows(width, tile_cols, overlap)
     return [TileSpan(rows=rows, cols=cols) for rows in row_spans for cols in col_spans]
 
 
-def pad_to_tile(image: np.ndarray, tile_size: int) -> np.ndarray:
+def pad_to_tile(image: np.ndarray, tile_size: int | tuple[int, int]) -> np.ndarray:
     """Pads the bottom and right of an image so that both sides are at least `tile_size`.
 
     Reflection continues the image's texture, which gives the model plausible context next to
@@ -143,14 +203,15 @@ def pad_to_tile(image: np.ndarray, tile_size: int) -> np.ndarray:
 
     Args:
         image: Array of shape (H, W, C).
-        tile_size: Minimum size of each spatial axis after padding.
+        tile_size: Minimum size of each spatial axis after padding, or (rows, columns).
 
     Returns:
         The padded array, with the original occupying its top-left corner.
     """
+    sizes = (tile_size, tile_size) if isinstance(tile_size, int) else tile_size
     for axis in (0, 1):
         length = image.shape[axis]
-        missing = tile_size - length
+        missing = sizes[axis] - length
         if missing > 0:
             widths = [(0, 0)] * image.ndim
             widths[axis] = (0, missing)
@@ -160,8 +221,108 @@ def pad_to_tile(image: np.ndarray, tile_size: int) -> np.ndarray:
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
     # The model's output is deliberately not clipped at export, so rounding and clipping to the
-    # displayable range happens here, once, on the pixels that are kept.
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    # displayable range happens here, once, on the pixels that are kept. Clipping before rounding
+    # gives the same result and lets both steps work in one scratch array.
+    scratch = np.clip(values, 0, 255)
+    return np.rint(scratch, out=scratch).astype(np.uint8)
+
+
+def _check_image(image: np.ndarray, scale: int, batch_size: int) -> None:
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
+    if scale < 1:
+        raise ValueError(f"scale must be positive, got {scale}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+
+
+def upscale_tiled_async(
+    image: np.ndarray,
+    submit_tiles: Callable[[np.ndarray], Future[np.ndarray]],
+    *,
+    scale: int,
+    tile_size: int,
+    overlap: int,
+    batch_size: int = 1,
+    in_flight: int = 2,
+    fit: bool = False,
+) -> np.ndarray:
+    """Upscales an image tile by tile through a model that answers with futures.
+
+    Up to `in_flight` groups of tiles are submitted before the oldest is stitched, so that
+    cutting and stitching on the CPU overlap with the model working on the next group (on a
+    GPU, or in a batcher that merges groups of several requests into one model call).
+
+    Args:
+        image: RGB image of shape (H, W, 3), uint8 or float32 with values in 0-255.
+        submit_tiles: Receives a float32 array of k tiles, shape (k, tile_size, tile_size, 3)
+            with 1 <= k <= batch_size (only the last group of an image is short; it is not
+            padded, so whoever batches tiles can fill the rest with other work), and returns a
+            future of the upscaled tiles, shape (k, tile_size * scale, tile_size * scale, 3).
+        scale: Upscaling factor of the model.
+        tile_size: Side of the square tiles, in input pixels.
+        overlap: Context in input pixels kept around each seam and cropped after upscaling.
+        batch_size: Most tiles per submitted group.
+        in_flight: Groups submitted and not yet stitched, at most (1: one at a time).
+        fit: Tiles fitted to this image (`fit_window`) instead of `tile_size` squares.
+
+    Returns:
+        The upscaled image, uint8 of shape (H * scale, W * scale, 3), rounded and clipped.
+
+    Raises:
+        ValueError: On a malformed image or geometry, or when a result has the wrong shape.
+    """
+    image = np.asarray(image)
+    _check_image(image, scale, batch_size)
+    if in_flight < 1:
+        raise ValueError(f"in_flight must be positive, got {in_flight}")
+    height, width = image.shape[:2]
+    tile_rows, tile_cols = tile_shape(height, width, tile_size, overlap, fit=fit)
+    spans = plan_tiles(height, width, tile_size, overlap, fit=fit)
+    padded = pad_to_tile(image, (tile_rows, tile_cols))
+    output = np.empty((height * scale, width * scale, 3), dtype=np.uint8)
+
+    def stitch(group: list[TileSpan], future: Future[np.ndarray]) -> None:
+        upscaled = np.asarray(future.result())
+        expected_shape = (len(group), tile_rows * scale, tile_cols * scale, 3)
+        if upscaled.shape != expected_shape:
+            raise ValueError(
+                f"model returned shape {upscaled.shape} for {len(group)} tile(s) of "
+                f"{tile_cols}x{tile_rows}; expected {expected_shape}"
+            )
+        for span, tile in zip(group, upscaled, strict=True):
+            rows, cols = span.rows, span.cols
+            kept = tile[
+                (rows.keep_start - rows.start) * scale : (rows.keep_end - rows.start) * scale,
+                (cols.keep_start - cols.start) * scale : (cols.keep_end - cols.start) * scale,
+            ]
+            output[
+                rows.keep_start * scale : rows.keep_end * scale,
+                cols.keep_start * scale : cols.keep_end * scale,
+            ] = _to_uint8(kept)
+
+    pending: deque[tuple[list[TileSpan], Future[np.ndarray]]] = deque()
+    try:
+        for first in range(0, len(spans), batch_size):
+            group = spans[first : first + batch_size]
+            # A fresh array per group: a model or batcher that keeps the array it was given
+            # never sees it overwritten by the next group.
+            tiles = np.empty((len(group), tile_rows, tile_cols, 3), dtype=np.float32)
+            for index, span in enumerate(group):
+                tiles[index] = padded[
+                    span.rows.start : span.rows.start + tile_rows,
+                    span.cols.start : span.cols.start + tile_cols,
+                ]
+            pending.append((group, submit_tiles(tiles)))
+            if len(pending) >= in_flight:
+                stitch(*pending.popleft())
+        while pending:
+            stitch(*pending.popleft())
+    finally:
+        # After a failure, work not yet started is dropped rather than computed for nobody.
+        for _, future in pending:
+            future.cancel()
+    return output
 
 
 def upscale_tiled(
@@ -172,6 +333,7 @@ def upscale_tiled(
     tile_size: int,
     overlap: int,
     batch_size: int = 1,
+    fit: bool = False,
 ) -> np.ndarray:
     """Upscales an image of any size by running a model on fixed-shape tiles.
 
@@ -180,10 +342,12 @@ def upscale_tiled(
         run_tiles: The model. It receives a float32 NHWC batch of shape
             (batch_size, tile_size, tile_size, 3) on every call (the last batch is filled up with
             zero tiles) and must return shape (batch_size, tile_size * scale, tile_size * scale, 3).
+            With `fit`, the tiles are (rows, columns) from `tile_shape` instead.
         scale: Upscaling factor of the model.
         tile_size: Side of the square tiles, in input pixels.
         overlap: Context in input pixels kept around each seam and cropped after upscaling.
         batch_size: Tiles per `run_tiles` call.
+        fit: Tiles fitted to this image (`fit_window`) instead of `tile_size` squares.
 
     Returns:
         The upscaled image, uint8 of shape (H * scale, W * scale, 3), rounded and clipped.
@@ -192,42 +356,33 @@ def upscale_tiled(
         ValueError: On a malformed image or geometry, or when `run_tiles` returns the wrong shape.
     """
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
-    if scale < 1:
-        raise ValueError(f"scale must be positive, got {scale}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    height, width = image.shape[:2]
-    spans = plan_tiles(height, width, tile_size, overlap)
-    padded = pad_to_tile(image, tile_size)
+    _check_image(image, scale, batch_size)
 
-    output = np.empty((height * scale, width * scale, 3), dtype=np.uint8)
-    expected_shape = (batch_size, tile_size * scale, tile_size * scale, 3)
-    for first in range(0, len(spans), batch_size):
-        group = spans[first : first + batch_size]
-        # A fresh zero-filled batch per call: unused slots stay zero, and a caller that keeps the
-        # array it was given never sees it overwritten by the next batch.
-        batch = np.zeros((batch_size, tile_size, tile_size, 3), dtype=np.float32)
-        for index, span in enumerate(group):
-            batch[index] = padded[
-                span.rows.start : span.rows.start + tile_size,
-                span.cols.start : span.cols.start + tile_size,
-            ]
+    def run_padded(tiles: np.ndarray) -> Future[np.ndarray]:
+        count, tile_rows, tile_cols = tiles.shape[:3]
+        expected_shape = (batch_size, tile_rows * scale, tile_cols * scale, 3)
+        batch = tiles
+        if count < batch_size:
+            # Every call gets the one fixed shape: the unused slots are zero tiles.
+            batch = np.zeros((batch_size, *tiles.shape[1:]), dtype=np.float32)
+            batch[:count] = tiles
         upscaled = np.asarray(run_tiles(batch))
         if upscaled.shape != expected_shape:
             raise ValueError(
                 f"model returned shape {upscaled.shape} for input {batch.shape}; "
                 f"expected {expected_shape}"
             )
-        for span, tile in zip(group, upscaled, strict=False):
-            rows, cols = span.rows, span.cols
-            kept = tile[
-                (rows.keep_start - rows.start) * scale : (rows.keep_end - rows.start) * scale,
-                (cols.keep_start - cols.start) * scale : (cols.keep_end - cols.start) * scale,
-            ]
-            output[
-                rows.keep_start * scale : rows.keep_end * scale,
-                cols.keep_start * scale : cols.keep_end * scale,
-            ] = _to_uint8(kept)
-    return output
+        future: Future[np.ndarray] = Future()
+        future.set_result(upscaled[:count])
+        return future
+
+    return upscale_tiled_async(
+        image,
+        run_padded,
+        scale=scale,
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        in_flight=1,
+        fit=fit,
+    )

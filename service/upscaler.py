@@ -1,4 +1,4 @@
-"""One upscale from uploaded bytes to PNG bytes: decode, tile through the model, encode.
+"""One upscale from uploaded bytes to image bytes: decode, tile through the model, encode.
 
 This is blocking, CPU-heavy work; the HTTP layer runs it in a worker thread.
 """
@@ -9,23 +9,58 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from service.imaging import decode_image, encode_png, resize_alpha
-from service.tiling import upscale_tiled
+from service.encoding import EncodeOptions, OutputFormat, encode_output
+from service.imaging import decode_image, resize_alpha
+from service.tiling import upscale_tiled, upscale_tiled_async
 
 if TYPE_CHECKING:
+    from service.batching import TileBatcher
     from service.runtime import UpscalerRuntime
+
+#: Groups of tiles a request keeps queued in the batcher: one running, one ready to go, so the
+#: model never waits for the request thread to cut or stitch tiles.
+TILE_GROUPS_IN_FLIGHT = 2
+
+#: Providers that tune kernels for each input shape, and so want one fixed tile shape.
+_SHAPE_TUNED_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
+
+
+def fits_tiles(tile_mode: str, provider: str) -> bool:
+    """Whether tiles are fitted to each image (`fit`) rather than fixed squares.
+
+    `auto` fits them on the CPU provider, where any shape runs at no extra cost and fitted
+    tiles save overlap and padding work, and keeps them fixed on GPU providers, which search
+    kernels for every new shape.
+    """
+    if tile_mode not in ("auto", "fixed", "fit"):
+        raise ValueError(f"tile_mode must be auto, fixed or fit, got {tile_mode!r}")
+    if tile_mode == "auto":
+        return provider not in _SHAPE_TUNED_PROVIDERS
+    return tile_mode == "fit"
 
 
 @dataclass(frozen=True)
 class UpscaleResult:
-    """The encoded output and what the response headers and metrics report about it."""
+    """The encoded output and what the response headers and metrics report about it.
 
-    png: bytes
+    Attributes:
+        content: The encoded image.
+        output_format: Its format.
+        decode_seconds: Time to validate and decode the upload.
+        inference_seconds: Time to upscale all tiles (model runs, plus cutting and stitching,
+            plus any wait for a shared batch).
+        encode_seconds: Time to encode the output (alpha upscaling included).
+    """
+
+    content: bytes
+    output_format: OutputFormat
     input_width: int
     input_height: int
     output_width: int
     output_height: int
+    decode_seconds: float
     inference_seconds: float
+    encode_seconds: float
     provider: str
 
     @property
@@ -45,48 +80,68 @@ def upscale_image_bytes(
     *,
     overlap: int,
     max_input_pixels: int,
-    png_compress_level: int,
+    output_format: OutputFormat = OutputFormat.PNG,
+    encode_options: EncodeOptions | None = None,
+    batcher: TileBatcher | None = None,
+    fit: bool = False,
 ) -> UpscaleResult:
-    """Upscales an uploaded image file and encodes the result as PNG.
+    """Upscales an uploaded image file and encodes the result.
 
     Args:
         data: The uploaded image file.
         runtime: The loaded model.
         overlap: Tile overlap in input pixels (see `service.tiling`).
         max_input_pixels: Largest accepted input, checked before decoding.
-        png_compress_level: zlib level of the output PNG.
+        output_format: Format of the answer.
+        encode_options: Encoder choices and levels (defaults when None).
+        batcher: Micro-batcher in front of `runtime.run` shared by concurrent requests; without
+            one the tiles run directly, one padded batch at a time. Only for fixed tiles.
+        fit: Fit the tiles to the image (see `service.tiling.fit_window`).
 
     Returns:
-        The PNG and its measurements.
+        The encoded image and its measurements.
 
     Raises:
         service.exceptions.UpscalerError: For input the service rejects (see `decode_image`).
     """
-    decoded = decode_image(data, max_pixels=max_input_pixels)
     started = time.perf_counter()
-    upscaled = upscale_tiled(
-        decoded.rgb,
-        runtime.run,
-        scale=runtime.scale,
-        tile_size=runtime.tile_size,
-        overlap=overlap,
-        batch_size=runtime.batch_size,
-    )
-    inference_seconds = time.perf_counter() - started
+    decoded = decode_image(data, max_pixels=max_input_pixels)
+    decoded_at = time.perf_counter()
+    geometry = {
+        "scale": runtime.scale,
+        "tile_size": runtime.tile_size,
+        "overlap": overlap,
+        "batch_size": runtime.batch_size,
+    }
+    if batcher is None:
+        upscaled = upscale_tiled(decoded.rgb, runtime.run, fit=fit, **geometry)
+    elif fit:
+        raise ValueError("fitted tiles vary in shape and cannot go through the tile batcher")
+    else:
+        with batcher.client():
+            upscaled = upscale_tiled_async(
+                decoded.rgb, batcher.submit, in_flight=TILE_GROUPS_IN_FLIGHT, **geometry
+            )
+    upscaled_at = time.perf_counter()
     alpha = None if decoded.alpha is None else resize_alpha(decoded.alpha, runtime.scale)
-    png = encode_png(
+    content = encode_output(
         upscaled,
+        output_format,
+        encode_options or EncodeOptions(),
         alpha=alpha,
         grey=decoded.grey,
         icc_profile=decoded.icc_profile,
-        compress_level=png_compress_level,
     )
+    encoded_at = time.perf_counter()
     return UpscaleResult(
-        png=png,
+        content=content,
+        output_format=output_format,
         input_width=decoded.width,
         input_height=decoded.height,
         output_width=int(upscaled.shape[1]),
         output_height=int(upscaled.shape[0]),
-        inference_seconds=inference_seconds,
+        decode_seconds=decoded_at - started,
+        inference_seconds=upscaled_at - decoded_at,
+        encode_seconds=encoded_at - upscaled_at,
         provider=runtime.primary_provider,
     )

@@ -153,6 +153,12 @@ def _add_export(sub) -> None:
         default=0.05,
         help="largest allowed |onnx - keras| on the 0-255 scale",
     )
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="also write a verified half-precision copy, <stem>_fp16.onnx, beside --out "
+        "(float32 input/output kept; the service runs it on CUDA)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     from training.export import ExportError, export_onnx
 
     try:
-        report = export_onnx(args.checkpoint, args.out, opset=args.opset, tolerance=args.tolerance)
+        report = export_onnx(
+            args.checkpoint, args.out, opset=args.opset, tolerance=args.tolerance, fp16=args.fp16
+        )
     except ExportError as error:
         print(f"export failed: {error}", file=sys.stderr)
         return 1

@@ -134,7 +134,11 @@ def verify_parity(keras_model, onnx_bytes: bytes, tolerance: float, seed: int = 
 
 
 def export_onnx(
-    checkpoint: str | Path, out: str | Path, opset: int = 17, tolerance: float = 0.05
+    checkpoint: str | Path,
+    out: str | Path,
+    opset: int = 17,
+    tolerance: float = 0.05,
+    fp16: bool = False,
 ) -> dict:
     """Exports a checkpoint to a verified ONNX file plus a JSON sidecar of its metadata.
 
@@ -143,12 +147,15 @@ def export_onnx(
         out: Where to write the `.onnx` file; `<out>.json` gets the metadata and parity figure.
         opset: ONNX opset (17 or newer).
         tolerance: Largest allowed |ONNX - Keras| on the 0-255 scale.
+        fp16: Also write the verified half-precision copy `<stem>_fp16.onnx` beside `out`
+            (see `training.precision`); its parity goes into the report.
 
     Returns:
         The metadata written, with the measured parity.
 
     Raises:
-        ExportError: Wrong backend, failed conversion, checker or parity failure.
+        ExportError: Wrong backend, failed conversion, checker or parity failure (of the fp16
+            copy too, when asked for; the fp32 file is kept then).
     """
     import keras
 
@@ -196,6 +203,13 @@ def export_onnx(
     tmp.write_bytes(serialized)
     os.replace(tmp, out)
     report = {**meta, "parity_max_abs_diff": parity, "onnx_file": out.name}
+    if fp16:
+        from training.precision import PrecisionError, convert_to_fp16
+
+        try:
+            report.update(convert_to_fp16(out))
+        except PrecisionError as error:
+            raise ExportError(str(error)) from error
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     log.info("exported %s -> %s (max |onnx - keras| = %.2e)", checkpoint, out, parity)
     return report

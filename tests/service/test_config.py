@@ -23,7 +23,14 @@ def test_defaults() -> None:
     settings = Settings()
     assert settings.model_path == Path("models/edsr_x4.onnx")
     assert settings.providers == list(DEFAULT_PROVIDERS)
-    assert (settings.tile_size, settings.tile_overlap, settings.tile_batch_size) == (128, 16, 1)
+    assert (settings.tile_size, settings.tile_overlap, settings.tile_batch_size) == (192, 16, 1)
+    assert (settings.tile_mode, settings.precision, settings.batch_wait_ms) == ("auto", "auto", 2.0)
+    assert (settings.graph_optimization, settings.cpu_mem_arena) == ("all", True)
+    assert (settings.png_encoder, settings.encode_threads, settings.jpeg_quality) == (
+        "strips",
+        0,
+        92,
+    )
     assert settings.max_upload_bytes == 20 * 1024 * 1024
     assert settings.max_input_pixels == 2048 * 2048
     assert (settings.max_concurrency, settings.max_queue) == (1, 8)
@@ -74,5 +81,41 @@ def test_tile_must_be_larger_than_both_overlaps() -> None:
     ],
 )
 def test_out_of_range_values_are_rejected(field: str, value: int) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**{field: value})
+
+
+def test_performance_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UPSCALER_PRECISION", "fp16")
+    monkeypatch.setenv("UPSCALER_CPU_MEM_ARENA", "false")
+    monkeypatch.setenv("UPSCALER_GRAPH_OPTIMIZATION", "extended")
+    monkeypatch.setenv("UPSCALER_BATCH_WAIT_MS", "0.5")
+    monkeypatch.setenv("UPSCALER_TILE_MODE", "fixed")
+    monkeypatch.setenv("UPSCALER_PNG_ENCODER", "pillow")
+    monkeypatch.setenv("UPSCALER_JPEG_QUALITY", "80")
+    settings = Settings()
+    assert (settings.precision, settings.cpu_mem_arena, settings.graph_optimization) == (
+        "fp16",
+        False,
+        "extended",
+    )
+    assert (settings.batch_wait_ms, settings.tile_mode) == (0.5, "fixed")
+    assert (settings.png_encoder, settings.jpeg_quality) == ("pillow", 80)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("precision", "int8"),
+        ("graph_optimization", "max"),
+        ("tile_mode", "dynamic"),
+        ("png_encoder", "libpng"),
+        ("jpeg_quality", 0),
+        ("jpeg_quality", 101),
+        ("batch_wait_ms", -1),
+        ("encode_threads", -1),
+    ],
+)
+def test_performance_settings_are_validated(field: str, value: object) -> None:
     with pytest.raises(ValidationError):
         Settings(**{field: value})

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from service.tiling import AxisSpan, pad_to_tile, plan_axis, plan_tiles, upscale_tiled
+from service.tiling import (
+    AxisSpan,
+    fit_window,
+    pad_to_tile,
+    plan_axis,
+    plan_tiles,
+    tile_shape,
+    upscale_tiled,
+    upscale_tiled_async,
+)
 from tests.service.helpers import (
     SCALE,
     batch_runner,
@@ -225,3 +236,121 @@ def test_float_input_is_accepted(conv_model_path: Path) -> None:
         image.astype(np.float32), runner, scale=SCALE, tile_size=TILE, overlap=1
     )
     np.testing.assert_array_equal(from_uint8, from_float)
+
+
+# --- Fitted tiles and the asynchronous tiler -----------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [1, 5, 16, 17, 30, 31, 57, 100, 101, 257])
+@pytest.mark.parametrize(("tile_size", "overlap"), [(16, 2), (16, 4), (24, 0)])
+def test_fit_window_needs_no_more_windows_than_fixed_tiles(
+    length: int, tile_size: int, overlap: int
+) -> None:
+    window = fit_window(length, tile_size, overlap)
+    assert window <= min(tile_size, length) or window == 2 * overlap + 1
+    fitted = plan_tiles(length, 1, tile_size, overlap, fit=True)
+    fixed = plan_tiles(length, 1, tile_size, overlap)
+    assert len(fitted) == len(fixed)
+    assert _kept_coverage([span.rows for span in fitted], length) == [1] * length
+    assert all(0 <= span.rows.start <= length - min(window, length) for span in fitted)
+
+
+def test_fit_window_known_values() -> None:
+    assert fit_window(260, 256, 16) == 146  # two windows sharing 32 pixels: 2 * 146 - 32 = 260
+    assert fit_window(100, 256, 16) == 100  # one window, the axis itself: no padding
+    assert tile_shape(260, 100, 256, 16, fit=True) == (146, 100)
+    assert tile_shape(260, 100, 256, 16) == (256, 256)
+
+
+@pytest.mark.parametrize(("height", "width"), ODD_SIZES)
+def test_fitted_tiles_match_whole_image_exactly(
+    conv_model_path: Path, height: int, width: int
+) -> None:
+    image = noise_image(height, width, seed=height * 100 + width)
+    expected = to_uint8(whole_image_runner(conv_model_path)(image))
+    tiled = upscale_tiled(
+        image, batch_runner(conv_model_path), scale=SCALE, tile_size=TILE, overlap=1, fit=True
+    )
+    np.testing.assert_array_equal(tiled, expected)
+
+
+def test_fitted_tiles_have_one_shape_per_image() -> None:
+    shapes = set()
+
+    def record(batch: np.ndarray) -> np.ndarray:
+        shapes.add(batch.shape)
+        return np.zeros((batch.shape[0], batch.shape[1] * SCALE, batch.shape[2] * SCALE, 3))
+
+    upscale_tiled(noise_image(50, 23), record, scale=SCALE, tile_size=TILE, overlap=2, fit=True)
+    rows, cols = tile_shape(50, 23, TILE, 2, fit=True)
+    assert shapes == {(1, rows, cols, 3)}
+
+
+class _LazyFuture(Future):
+    """Computes its result only when asked for it, so the test sees what is still in flight."""
+
+    def __init__(self, compute: Callable[[], np.ndarray]) -> None:
+        super().__init__()
+        self._compute = compute
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        if not self.done():
+            self.set_result(self._compute())
+        return super().result(timeout)
+
+
+def test_async_tiler_keeps_groups_in_flight_and_matches(conv_model_path: Path) -> None:
+    image = noise_image(50, 41)
+    run = batch_runner(conv_model_path)
+    futures: list[_LazyFuture] = []
+    submitted: list[int] = []
+    most_in_flight = 0
+
+    def submit(tiles: np.ndarray) -> Future:
+        nonlocal most_in_flight
+        submitted.append(tiles.shape[0])
+        futures.append(_LazyFuture(lambda: run(tiles)))
+        most_in_flight = max(most_in_flight, sum(not future.done() for future in futures))
+        return futures[-1]
+
+    result = upscale_tiled_async(
+        image, submit, scale=SCALE, tile_size=TILE, overlap=1, batch_size=3, in_flight=2
+    )
+    expected = upscale_tiled(image, run, scale=SCALE, tile_size=TILE, overlap=1, batch_size=3)
+    np.testing.assert_array_equal(result, expected)
+    assert most_in_flight == 2
+    tiles = len(plan_tiles(50, 41, TILE, 1))
+    # The short last group is submitted as is (not padded): a batcher fills it with other work.
+    assert submitted == [3] * (tiles // 3) + ([tiles % 3] if tiles % 3 else [])
+
+
+def test_async_tiler_cancels_pending_work_on_failure() -> None:
+    futures: list[Future] = []
+
+    def submit(tiles: np.ndarray) -> Future:
+        future: Future = Future()
+        if not futures:
+            future.set_exception(RuntimeError("model failed"))
+        futures.append(future)
+        return future
+
+    with pytest.raises(RuntimeError, match="model failed"):
+        upscale_tiled_async(
+            noise_image(40, 40), submit, scale=SCALE, tile_size=TILE, overlap=2, in_flight=3
+        )
+    assert len(futures) == 3
+    assert all(future.cancelled() for future in futures[1:])
+
+
+def test_async_tiler_checks_result_shapes() -> None:
+    def submit(tiles: np.ndarray) -> Future:
+        future: Future = Future()
+        future.set_result(tiles)  # not upscaled
+        return future
+
+    with pytest.raises(ValueError, match="expected"):
+        upscale_tiled_async(noise_image(9, 9), submit, scale=SCALE, tile_size=8, overlap=1)
+    with pytest.raises(ValueError, match="in_flight"):
+        upscale_tiled_async(
+            noise_image(9, 9), submit, scale=SCALE, tile_size=8, overlap=1, in_flight=0
+        )

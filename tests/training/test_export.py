@@ -79,3 +79,52 @@ def test_a_failed_parity_check_writes_no_file(checkpoint, tmp_path):
 def test_old_opsets_are_refused(checkpoint, tmp_path):
     with pytest.raises(ExportError, match="opset"):
         export_onnx(checkpoint, tmp_path / "m.onnx", opset=13)
+
+
+def test_fp16_export_sits_beside_the_fp32_one(exported):
+    pytest.importorskip("onnxconverter_common")
+    from onnx import TensorProto
+
+    from training.precision import convert_to_fp16
+
+    out, _ = exported
+    report = convert_to_fp16(out)
+    fp16 = out.with_name("edsr_x4_fp16.onnx")
+    assert report["fp16_file"] == fp16.name
+    model = onnx.load(fp16)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["precision"] == "fp16" and meta["scale"] == "4" and "training_data" in meta
+    # keep_io_types: the service feeds float32 and reads float32, inside it is half precision.
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert any(init.data_type == TensorProto.FLOAT16 for init in model.graph.initializer)
+    assert report["fp16_parity"]["max_abs_diff"] <= 1.0
+    batch = np.random.default_rng(3).uniform(0, 255, (1, 9, 13, 3)).astype(np.float32)
+    run = [
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+            ["sr"], {"lr": batch}
+        )[0]
+        for path in (out, fp16)
+    ]
+    assert run[1].dtype == np.float32 and np.abs(run[0] - run[1]).max() <= 1.0
+
+
+def test_failed_fp16_parity_writes_no_file(exported, tmp_path):
+    pytest.importorskip("onnxconverter_common")
+    from training.precision import PrecisionError, convert_to_fp16
+
+    out, _ = exported
+    target = tmp_path / "bad_fp16.onnx"
+    with pytest.raises(PrecisionError, match="differs from fp32"):
+        convert_to_fp16(out, target, tolerance=-1.0)
+    assert not target.exists()
+
+
+def test_export_command_with_fp16(checkpoint, tmp_path):
+    pytest.importorskip("onnxconverter_common")
+    from training.__main__ import main
+
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(checkpoint), "--out", str(out), "--fp16"]) == 0
+    assert out.exists() and (tmp_path / "model_fp16.onnx").exists()
+    assert "fp16_parity" in json.loads(out.with_suffix(".json").read_text())

@@ -1,0 +1,126 @@
+"""A super-tiny run of every harness section on the test suite's tiny model, so none can rot.
+
+Nothing here checks a timing: only that each section runs end to end and reports what it
+should (the HTTP section really starts uvicorn in a subprocess).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import (
+    encode_section,
+    gpu_section,
+    http_section,
+    model_section,
+    tiling_section,
+    tuning_section,
+)
+from benchmarks.__main__ import main
+from benchmarks.context import CPU_ONLY, BenchContext, service_settings
+from benchmarks.presets import SMOKE
+from tests.service.helpers import build_model
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_model(tmp_path_factory.mktemp("bench") / "tiny_x4.onnx", hidden_layers=1)
+
+
+@pytest.fixture
+def ctx(tiny_model: Path) -> BenchContext:
+    settings = service_settings(
+        tiny_model, CPU_ONLY, tile_size=16, tile_overlap=4, intra_op_threads=1
+    )
+    return BenchContext(model_path=tiny_model, preset=SMOKE, settings=settings, verbose=False)
+
+
+def test_model_section_compares_engines(ctx: BenchContext) -> None:
+    result = model_section.run(ctx)
+    engines = {row["engine"]: row for row in result["engines"]}
+    assert "onnxruntime" in engines
+    assert result["skipped"]["keras_predict"] == "no --checkpoint given"
+    if "opencv_dnn" in engines:  # OpenCV reads the same ONNX file and must agree with it
+        assert engines["opencv_dnn"]["max_abs_diff_vs_onnxruntime"] < 0.01
+        assert result["speedup_vs_opencv_dnn"] > 0
+    assert result["gflop_per_call"] > 0 and result["sgemm_gflop_per_s"] > 0
+
+
+def test_tiling_section_matches_whole_image(ctx: BenchContext) -> None:
+    result = tiling_section.run(ctx)
+    assert result["service_mode"] == "fit"
+    for mode in ("fit", "fixed"):
+        # The tiny model's receptive field fits in the overlap: tiling is exact.
+        assert result["modes"][mode]["max_abs_diff_vs_whole"] == 0
+        assert result["modes"][mode]["pixel_work"] >= 1.0
+    assert result["tiled_over_whole"] > 0
+
+
+def test_tuning_section_covers_every_variant(ctx: BenchContext) -> None:
+    result = tuning_section.run(ctx)
+    assert len(result["session_options"]) == len(tuning_section.SESSION_VARIANTS)
+    expected = [tile for _, tiles in SMOKE.tile_sweep for tile in tiles]
+    assert [row["tile_size"] for row in result["tile_sizes"]] == expected
+    assert result["concurrency"]["two_over_one"] > 0
+
+
+def test_encode_section_round_trips_lossless_encoders(ctx: BenchContext) -> None:
+    result = encode_section.run(ctx)
+    rows = {row["encoder"]: row for row in result["encoders"]}
+    assert any(name.startswith("strips-png") for name in rows)
+    for row in rows.values():
+        assert row["bytes"] > 0
+        assert row["lossless_round_trip"] in (True, None), row["encoder"]
+
+
+def test_http_section_drives_the_real_service(ctx: BenchContext) -> None:
+    result = http_section.run(ctx)
+    cells = [cell for cell in result["cells"] if "skipped" not in cell]
+    assert len(cells) == len(SMOKE.http_sizes) * len(SMOKE.http_concurrency)
+    for cell in cells:
+        assert set(cell["statuses"]) <= {"200", "503"}
+        assert cell["statuses"].get("200", 0) >= 1
+        assert set(cell["server_split_ms"]) == {"decode", "model", "encode"}
+        assert cell["p50_over_bare"] > 0
+
+
+def test_gpu_section_code_paths_on_the_cpu(ctx: BenchContext) -> None:
+    pytest.importorskip("onnxconverter_common")
+    from training.precision import convert_to_fp16
+
+    convert_to_fp16(ctx.model_path)
+    result = gpu_section.run(ctx, provider="CPUExecutionProvider")
+    assert result["cpu_smoke"] is True
+    assert all("output_mp_per_s" in row for row in result["variants"])
+    assert [row["batch"] for row in result["batched"]] == [1, 2, 4, 8]
+    cells = [cell for cell in result["http"]["cells"] if "skipped" not in cell]
+    assert cells and all(cell["statuses"].get("200", 0) >= 1 for cell in cells)
+
+
+def test_command_line_writes_results(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    status = main(
+        [
+            "--model",
+            str(tiny_model),
+            "--preset",
+            "smoke",
+            "--sections",
+            "tiling,encode",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    assert status == 0
+    results = json.loads((tmp_path / "cpu-smoke.json").read_text())
+    assert results["machine"]["cpus_available"] >= 1
+    assert "onnxruntime-gpu" in results["machine"]["versions"] or "onnxruntime" in str(results)
+    assert {target["name"] for target in results["targets"]}
+    assert "| target |" in capsys.readouterr().out
+
+
+def test_command_line_refuses_a_missing_model(tmp_path: Path) -> None:
+    assert main(["--model", str(tmp_path / "none.onnx")]) == 1

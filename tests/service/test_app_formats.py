@@ -1,0 +1,163 @@
+"""The HTTP layer's performance features: content negotiation, timing headers, tile modes and
+the batcher behind concurrent requests, and what /readyz reports about them."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.config import Settings
+from service.main import create_app
+from service.tiling import upscale_tiled
+from tests.service.helpers import SCALE, encode, noise_image, png_bytes, wait_until_ready
+
+SettingsFactory = Callable[..., Settings]
+
+
+def _post(client: TestClient, data: bytes, accept: str | None = None) -> Any:
+    headers = {"Content-Type": "image/png"}
+    if accept is not None:
+        headers["Accept"] = accept
+    return client.post("/upscale", content=data, headers=headers)
+
+
+def _pixels(response: Any) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(response.content)))
+
+
+@pytest.mark.parametrize(
+    ("accept", "media_type", "image_format"),
+    [
+        (None, "image/png", "PNG"),
+        ("*/*", "image/png", "PNG"),
+        ("image/png", "image/png", "PNG"),
+        ("image/webp", "image/webp", "WEBP"),
+        ("image/jpeg", "image/jpeg", "JPEG"),
+        ("image/avif,image/webp,*/*;q=0.8", "image/webp", "WEBP"),
+    ],
+)
+def test_accept_chooses_the_format(
+    client: TestClient, accept: str | None, media_type: str, image_format: str
+) -> None:
+    response = _post(client, png_bytes(5, 3), accept)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == media_type
+    assert response.headers["vary"] == "Accept"
+    image = Image.open(io.BytesIO(response.content))
+    assert (image.format, image.size) == (image_format, (20, 12))
+
+
+def test_webp_is_the_same_picture_as_png(client: TestClient) -> None:
+    image = Image.fromarray(noise_image(4, 6))
+    image.putalpha(Image.fromarray(noise_image(4, 6, seed=9)[..., 0]))
+    upload = encode(image)
+    png = _pixels(_post(client, upload))
+    webp = _pixels(_post(client, upload, "image/webp"))
+    assert png.shape == webp.shape == (16, 24, 4)
+    assert np.array_equal(png, webp)
+
+
+def test_jpeg_of_a_transparent_image_is_opaque(client: TestClient) -> None:
+    image = Image.fromarray(noise_image(4, 6)).convert("RGBA")
+    image.putalpha(0)  # fully transparent: JPEG shows the white background
+    response = _post(client, encode(image), "image/jpeg")
+    result = Image.open(io.BytesIO(response.content))
+    assert result.mode == "RGB"
+    assert np.asarray(result).min() >= 240
+
+
+def test_unacceptable_accept_is_406_before_the_upload_is_read(client: TestClient) -> None:
+    # The body is empty: a 422 would mean the upload was read before the Accept header.
+    response = client.post(
+        "/upscale", content=b"", headers={"Content-Type": "image/png", "Accept": "image/gif"}
+    )
+    assert response.status_code == 406
+    assert response.headers["content-type"] == "application/json"
+    assert "image/png, image/webp, image/jpeg" in response.json()["detail"]
+
+
+def test_server_timing_splits_the_request(client: TestClient) -> None:
+    response = _post(client, png_bytes(5, 3))
+    parts = dict(
+        item.strip().split(";dur=") for item in response.headers["server-timing"].split(",")
+    )
+    assert set(parts) == {"decode", "model", "encode"}
+    assert all(float(value) >= 0 for value in parts.values())
+
+
+def test_readyz_reports_the_performance_settings(client: TestClient) -> None:
+    body = client.get("/readyz").json()
+    assert (body["precision"], body["precision_setting"]) == ("fp32", "auto")
+    assert body["io_binding"] is False
+    assert body["tile_mode"] == "fit"  # the CPU provider fits tiles to the image
+    assert body["batching"] is None  # one tile per call: nothing to batch
+    assert body["encoding"]["png"].startswith("strips")
+    assert body["encoding"]["formats"] == ["image/png", "image/webp", "image/jpeg"]
+
+
+def test_openapi_documents_formats_and_406(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/upscale"]["post"]
+    assert {"image/png", "image/webp", "image/jpeg"} <= set(
+        operation["responses"]["200"]["content"]
+    )
+    assert "406" in operation["responses"]
+
+
+@pytest.mark.parametrize("tile_mode", ["fit", "fixed"])
+def test_both_tile_modes_serve_the_models_output(
+    make_settings: SettingsFactory, tile_mode: str
+) -> None:
+    pixels = noise_image(30, 40)
+    with TestClient(create_app(make_settings(tile_mode=tile_mode))) as client:
+        wait_until_ready(client)
+        assert client.get("/readyz").json()["tile_mode"] == tile_mode
+        response = _post(client, encode(Image.fromarray(pixels)))
+        runtime = client.app.state.service.runtime
+    # The conv model sees 3x3 pixels: any tiling with overlap 2 equals whole-image inference
+    # (one fitted 64-pixel tile covers this image whole).
+    expected = upscale_tiled(pixels, runtime.run, scale=SCALE, tile_size=64, overlap=2, fit=True)
+    assert np.array_equal(_pixels(response), expected)
+
+
+def test_pillow_png_writer_gives_the_same_pixels(make_settings: SettingsFactory) -> None:
+    upload = png_bytes(7, 5, mode="LA")
+    outputs = []
+    for writer in ("strips", "pillow"):
+        with TestClient(create_app(make_settings(png_encoder=writer))) as client:
+            wait_until_ready(client)
+            outputs.append(_pixels(_post(client, upload)))
+    assert np.array_equal(outputs[0], outputs[1])
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_images(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(
+        tile_mode="fixed",
+        tile_batch_size=4,
+        batch_wait_ms=5,
+        max_concurrency=4,
+        max_queue=16,
+        max_input_pixels=128 * 128,
+    )
+    images = [noise_image(12 + 7 * index, 20 + 5 * index, seed=index) for index in range(6)]
+    with TestClient(create_app(settings)) as client:
+        wait_until_ready(client)
+        runtime = client.app.state.service.runtime
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(
+                pool.map(lambda image: _post(client, encode(Image.fromarray(image))), images)
+            )
+        batching = client.get("/readyz").json()["batching"]
+    assert batching is not None and batching["batches"] > 0
+    for image, response in zip(images, responses, strict=True):
+        assert response.status_code == 200
+        expected = upscale_tiled(image, runtime.run, scale=SCALE, tile_size=16, overlap=2)
+        assert np.array_equal(_pixels(response), expected)

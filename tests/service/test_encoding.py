@@ -1,0 +1,144 @@
+"""Output formats: PNG (both writers), lossless WebP and JPEG, from the pipeline's arrays."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from service.encoding import (
+    EncodeOptions,
+    OutputFormat,
+    PngEncoder,
+    compose,
+    describe_png_writer,
+    encode_jpeg,
+    encode_output,
+    encode_webp_lossless,
+    flatten_on_white,
+    luma,
+)
+from tests.service.helpers import noise_image
+
+RGB = noise_image(24, 30, seed=7)
+ALPHA = noise_image(24, 30, seed=8)[..., 0]
+
+
+def _open(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def _profile(space: str) -> bytes:
+    if space == "sRGB":
+        return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    header = bytearray(128)
+    header[16:20] = b"GRAY"
+    return bytes(header)
+
+
+def test_luma_is_pillows_grey() -> None:
+    assert np.array_equal(luma(RGB), np.asarray(Image.fromarray(RGB).convert("L")))
+
+
+@pytest.mark.parametrize(
+    ("alpha", "grey", "channels"),
+    [(None, False, 3), (ALPHA, False, 4), (None, True, 1), (ALPHA, True, 2)],
+)
+def test_compose_stacks_the_output_channels(alpha, grey: bool, channels: int) -> None:
+    pixels = compose(RGB, alpha, grey)
+    assert pixels.shape == (24, 30, channels) and pixels.flags.c_contiguous
+    if alpha is not None:
+        assert np.array_equal(pixels[..., -1], ALPHA)
+
+
+@pytest.mark.parametrize("grey", [False, True])
+@pytest.mark.parametrize("alpha", [None, ALPHA])
+def test_both_png_writers_give_the_same_image(grey: bool, alpha) -> None:
+    images = [
+        _open(
+            encode_output(
+                RGB, OutputFormat.PNG, EncodeOptions(png_encoder=writer), alpha=alpha, grey=grey
+            )
+        )
+        for writer in PngEncoder
+    ]
+    assert (
+        images[0].mode
+        == images[1].mode
+        == ("L" if grey else "RGB") + ("A" if alpha is not None else "")
+    )
+    assert np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
+
+
+def test_png_carries_the_icc_profile() -> None:
+    profile = _profile("sRGB")
+    data = encode_output(RGB, OutputFormat.PNG, EncodeOptions(), icc_profile=profile)
+    assert _open(data).info["icc_profile"] == profile
+
+
+@pytest.mark.parametrize("alpha", [None, ALPHA])
+def test_webp_is_lossless(alpha) -> None:
+    image = _open(encode_webp_lossless(RGB, alpha=alpha))
+    assert image.format == "WEBP"
+    expected = compose(RGB, alpha)
+    assert np.array_equal(np.asarray(image), expected)
+
+
+def test_webp_writes_grey_as_equal_channels_and_drops_a_grey_profile() -> None:
+    image = _open(encode_webp_lossless(RGB, alpha=ALPHA, grey=True, icc_profile=_profile("GRAY")))
+    pixels = np.asarray(image)
+    assert image.mode == "RGBA"
+    for channel in range(3):
+        assert np.array_equal(pixels[..., channel], luma(RGB))
+    assert "icc_profile" not in image.info
+
+
+def test_webp_keeps_an_rgb_profile() -> None:
+    profile = _profile("sRGB")
+    assert _open(encode_webp_lossless(RGB, icc_profile=profile)).info["icc_profile"] == profile
+
+
+def test_jpeg_flattens_alpha_onto_white() -> None:
+    solid = np.full((24, 32, 3), (30, 120, 200), np.uint8)
+    alpha = np.zeros((24, 32), np.uint8)
+    alpha[:, 16:] = 255
+    image = _open(encode_jpeg(solid, alpha=alpha, quality=95))
+    assert (image.format, image.mode) == ("JPEG", "RGB")
+    pixels = np.asarray(image).astype(int)
+    assert pixels[:, :12].min() >= 245  # transparent half: white (up to JPEG ringing)
+    assert np.abs(pixels[:, 20:] - solid[:, 20:]).max() <= 8  # opaque half: the colour
+
+
+def test_flatten_on_white_blends() -> None:
+    pixels = np.array([[[0, 100, 200]]], np.uint8)
+    assert flatten_on_white(pixels, np.array([[255]], np.uint8)).tolist() == [[[0, 100, 200]]]
+    assert flatten_on_white(pixels, np.array([[0]], np.uint8)).tolist() == [[[255, 255, 255]]]
+    assert flatten_on_white(pixels, np.array([[128]], np.uint8)).tolist() == [[[127, 177, 227]]]
+
+
+def test_jpeg_grey_stays_grey_and_quality_matters() -> None:
+    assert _open(encode_jpeg(RGB, grey=True)).mode == "L"
+    assert len(encode_jpeg(RGB, quality=30)) < len(encode_jpeg(RGB, quality=95))
+
+
+def test_encode_output_dispatches_on_the_format() -> None:
+    options = EncodeOptions(jpeg_quality=80)
+    formats = {
+        output_format: _open(encode_output(RGB, output_format, options)).format
+        for output_format in OutputFormat
+    }
+    assert formats == {
+        OutputFormat.PNG: "PNG",
+        OutputFormat.WEBP: "WEBP",
+        OutputFormat.JPEG: "JPEG",
+    }
+    assert OutputFormat.WEBP.media_type == "image/webp"
+
+
+def test_describe_png_writer() -> None:
+    assert describe_png_writer(EncodeOptions(png_encoder=PngEncoder.PILLOW)).startswith("pillow")
+    assert describe_png_writer(EncodeOptions(encode_threads=3)).endswith("3 threads)")

@@ -1,0 +1,51 @@
+"""Accept header -> output format, per RFC 9110's rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.encoding import OutputFormat
+from service.exceptions import NotAcceptableError
+from service.negotiation import negotiate_format
+
+PNG, WEBP, JPEG = OutputFormat.PNG, OutputFormat.WEBP, OutputFormat.JPEG
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, PNG),
+        ("", PNG),
+        ("*/*", PNG),
+        ("image/*", PNG),
+        ("image/png", PNG),
+        ("image/webp", WEBP),
+        ("IMAGE/WEBP", WEBP),
+        ("image/jpeg", JPEG),
+        ("image/jpg", JPEG),
+        ("image/jpeg;q=0.9, image/webp", WEBP),
+        ("image/webp;q=0.5, image/jpeg;q=0.8", JPEG),
+        ("image/avif,image/webp,*/*;q=0.8", WEBP),  # a browser's image Accept
+        ("text/html, */*;q=0.1", PNG),
+        ("image/png;q=0, */*", WEBP),  # PNG ruled out, the next preference wins
+        ("image/*;q=0.5, image/jpeg", JPEG),
+        ("image/webp;q=1, image/png;q=1", PNG),  # a tie goes to the service's preference
+        ("image/webp; q=abc", WEBP),  # an unreadable q counts as 1
+        (" , ", PNG),
+    ],
+)
+def test_negotiates(accept: str | None, expected: OutputFormat) -> None:
+    assert negotiate_format(accept) is expected
+
+
+@pytest.mark.parametrize(
+    "accept", ["application/json", "image/gif", "text/*", "image/*;q=0", "*/*;q=0, image/bmp"]
+)
+def test_nothing_acceptable(accept: str) -> None:
+    with pytest.raises(NotAcceptableError, match="image/png, image/webp, image/jpeg"):
+        negotiate_format(accept)
+
+
+def test_specific_range_overrides_a_wildcard() -> None:
+    # */* allows everything, but the explicit q=0 for JPEG still rules JPEG out.
+    assert negotiate_format("image/jpeg;q=0, image/png;q=0, */*") is WEBP

@@ -1,0 +1,84 @@
+"""Session, provider and precision choices: pure functions, tested on any machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from service.ortconfig import (
+    GRAPH_OPTIMIZATION_LEVELS,
+    choose_precision,
+    cuda_provider_options,
+    fp16_path_for,
+    session_options,
+)
+
+
+def test_fp16_file_sits_beside_the_model() -> None:
+    assert fp16_path_for("models/edsr_x4.onnx") == Path("models/edsr_x4_fp16.onnx")
+    assert fp16_path_for(Path("/m/a.b.onnx")) == Path("/m/a.b_fp16.onnx")
+
+
+def test_training_writes_where_the_service_looks() -> None:
+    from training.precision import fp16_path_for as training_fp16_path
+
+    assert training_fp16_path("models/edsr_x4.onnx") == fp16_path_for("models/edsr_x4.onnx")
+
+
+@pytest.mark.parametrize(
+    ("setting", "cuda", "available", "expected"),
+    [
+        ("auto", True, True, "fp16"),
+        ("auto", True, False, "fp32"),
+        ("auto", False, True, "fp32"),
+        ("auto", False, False, "fp32"),
+        ("fp32", True, True, "fp32"),
+        ("fp16", False, True, "fp16"),
+    ],
+)
+def test_choose_precision(setting: str, cuda: bool, available: bool, expected: str) -> None:
+    assert choose_precision(setting, cuda_active=cuda, fp16_available=available) == expected
+
+
+def test_unknown_precision_is_refused() -> None:
+    with pytest.raises(ValueError, match="precision"):
+        choose_precision("int8", cuda_active=True, fp16_available=True)
+
+
+def test_session_options() -> None:
+    options = session_options(
+        intra_op_threads=2, inter_op_threads=1, graph_optimization="basic", cpu_mem_arena=False
+    )
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (2, 1)
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert options.enable_cpu_mem_arena is False
+    defaults = session_options()
+    assert defaults.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert defaults.enable_cpu_mem_arena is True
+
+
+@pytest.mark.parametrize("level", sorted(GRAPH_OPTIMIZATION_LEVELS))
+def test_every_optimisation_level_maps(level: str) -> None:
+    assert session_options(graph_optimization=level).graph_optimization_level is not None
+
+
+def test_unknown_optimisation_level_is_refused() -> None:
+    with pytest.raises(ValueError, match="graph_optimization"):
+        session_options(graph_optimization="max")
+
+
+def test_cuda_provider_options() -> None:
+    options = cuda_provider_options()
+    assert options["prefer_nhwc"] == "1"
+    assert options["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+    assert options["arena_extend_strategy"] == "kSameAsRequested"
+    assert options["do_copy_in_default_stream"] == "1"
+    assert all(isinstance(value, str) for value in options.values())
+    other = cuda_provider_options(device_id=1, conv_algo_search="HEURISTIC", prefer_nhwc=False)
+    assert (other["device_id"], other["cudnn_conv_algo_search"], other["prefer_nhwc"]) == (
+        "1",
+        "HEURISTIC",
+        "0",
+    )
