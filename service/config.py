@@ -81,6 +81,13 @@ class Settings(BaseSettings):
         description="Tiles per model call. 1 is best on CPU; GPUs gain from 4-16.",
     )
     max_upload_bytes: int = Field(default=20 * MIB, ge=1, description="Largest request body.")
+    # A client that trickles its upload would otherwise keep a connection and up to
+    # MAX_UPLOAD_BYTES of buffer alive indefinitely; many of them would exhaust memory.
+    upload_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Longest time the whole upload may take to arrive before 408.",
+    )
     # 2048 x 2048 input pixels become an 8192 x 8192 output: 201 MB as RGB uint8 (268 MB with
     # alpha) plus the PNG being encoded. With MAX_CONCURRENCY requests working at once that is the
     # bulk of the service's memory, so this cap is what keeps a 2-4 GB container alive.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Request
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
@@ -16,6 +17,7 @@ from service.exceptions import (
     MissingFieldError,
     NotReadyError,
     UnsupportedMediaTypeError,
+    UploadTimeoutError,
     UploadTooLargeError,
 )
 from service.negotiation import negotiate_format
@@ -103,6 +105,7 @@ async def read_upload(request: Request, state: ReadyState) -> bytes:
 
     Raises:
         UploadTooLargeError: If Content-Length or the bytes received exceed the limit.
+        UploadTimeoutError: If the body takes longer than the upload timeout to arrive.
         UnsupportedMediaTypeError: For any other Content-Type.
         MissingFieldError: If a multipart body lacks the `file` field.
         EmptyUploadError: If no bytes arrived.
@@ -115,18 +118,23 @@ async def read_upload(request: Request, state: ReadyState) -> bytes:
 
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     limited = Request(request.scope, _limited_receive(request.receive, limit))
+    timeout = state.settings.upload_timeout_seconds
     try:
-        if media_type == "multipart/form-data":
-            data = await _read_multipart(limited)
-        elif media_type.startswith("image/") or media_type in _RAW_MEDIA_TYPES:
-            data = await _read_raw(limited)
-        else:
-            raise UnsupportedMediaTypeError(
-                f"Content-Type {media_type!r} is not supported; send multipart/form-data with a "
-                f"{UPLOAD_FIELD!r} field, or the image itself with an image/* Content-Type"
-            )
+        with anyio.fail_after(timeout):
+            if media_type == "multipart/form-data":
+                data = await _read_multipart(limited)
+            elif media_type.startswith("image/") or media_type in _RAW_MEDIA_TYPES:
+                data = await _read_raw(limited)
+            else:
+                raise UnsupportedMediaTypeError(
+                    f"Content-Type {media_type!r} is not supported; send multipart/form-data "
+                    f"with a {UPLOAD_FIELD!r} field, or the image itself with an image/* "
+                    "Content-Type"
+                )
     except ClientDisconnect as exc:
         raise ClientDisconnectedError("the client disconnected during the upload") from exc
+    except TimeoutError as exc:
+        raise UploadTimeoutError(f"the upload did not arrive within {timeout:g} s") from exc
     if not data:
         raise EmptyUploadError("the upload is empty")
     return data

@@ -25,6 +25,7 @@ from service.exceptions import (
     OverloadedError,
     UnsupportedImageError,
     UnsupportedMediaTypeError,
+    UploadTimeoutError,
     UploadTooLargeError,
     UpscalerError,
 )
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 #: Status code for each domain exception. Subclasses inherit their base's code.
 ERROR_STATUS: dict[type[UpscalerError], int] = {
     UploadTooLargeError: 413,
+    UploadTimeoutError: 408,
     ImageTooLargeError: 413,
     NotAcceptableError: 406,
     UnsupportedMediaTypeError: 415,
@@ -66,6 +68,7 @@ UPSCALE_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     406: _documented(
         "The Accept header allows none of image/png, image/webp, image/jpeg (nor */*, image/*)."
     ),
+    408: _documented("The upload did not arrive within UPSCALER_UPLOAD_TIMEOUT_SECONDS."),
     413: _documented(
         "Request body over UPSCALER_MAX_UPLOAD_BYTES, or image dimensions over "
         "UPSCALER_MAX_INPUT_PIXELS (decompression bombs included; nothing is decoded)."

@@ -29,6 +29,10 @@ class UploadTooLargeError(UpscalerError):
         self.limit_bytes = limit_bytes
 
 
+class UploadTimeoutError(UpscalerError):
+    """The request body did not arrive within the configured time."""
+
+
 class ImageTooLargeError(UpscalerError):
     """The image's declared dimensions exceed the pixel limit (decompression bombs included)."""
 

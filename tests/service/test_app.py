@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -347,11 +348,15 @@ async def _asgi_post(
     chunks: list[bytes],
     headers: dict[str, str],
     consumed: list[int],
+    chunk_delay: float = 0.0,
 ) -> tuple[int, dict[str, str], bytes]:
-    """Calls the app directly, streaming `chunks`, then reporting a disconnected client."""
+    """Calls the app directly, streaming `chunks` (`chunk_delay` seconds apart), then reporting a
+    disconnected client."""
     messages: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
+        if chunk_delay:
+            await asyncio.sleep(chunk_delay)
         if consumed[0] < len(chunks):
             consumed[0] += 1
             more = consumed[0] < len(chunks)
@@ -398,6 +403,25 @@ def test_upload_limit_is_enforced_while_streaming(make_settings: SettingsFactory
 
     assert asyncio.run(scenario()) == 413
     assert consumed[0] <= 5
+
+
+def test_a_trickling_upload_times_out_with_408(make_settings: SettingsFactory) -> None:
+    app = create_app(make_settings(upload_timeout_seconds=0.3))
+    chunks = [b"\x00" * 16] * 1000  # At 0.05 s a chunk this would take 50 s to arrive.
+    consumed = [0]
+
+    async def scenario() -> tuple[int, bytes]:
+        async with app.router.lifespan_context(app):
+            await anyio.to_thread.run_sync(app.state.service.warmed.wait, 30)
+            status, _, body = await _asgi_post(
+                app, chunks, {"content-type": "image/png"}, consumed, chunk_delay=0.05
+            )
+            return status, body
+
+    status, body = asyncio.run(scenario())
+    assert status == 408
+    assert json.loads(body)["detail"].startswith("the upload did not arrive within")
+    assert consumed[0] < 100
 
 
 def test_client_gone_while_queued_costs_no_inference(make_settings: SettingsFactory) -> None:
