@@ -107,6 +107,44 @@ def test_output_matches_direct_tiled_inference(client: TestClient) -> None:
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(response.content))), expected)
 
 
+def test_quality_max_averages_the_eight_flips_and_rotations(client: TestClient) -> None:
+    from service.ensemble import self_ensemble
+    from service.tiling import upscale_tiled
+
+    pixels = noise_image(30, 40)
+    response = client.post(
+        "/upscale",
+        params={"quality": "max"},
+        files={"file": ("p.png", encode(Image.fromarray(pixels)))},
+    )
+    assert response.status_code == 200
+    assert response.headers["X-Upscaler-Quality"] == "max"
+    runtime = client.app.state.service.runtime
+    averaged = self_ensemble(
+        lambda image: upscale_tiled(image, runtime.run, scale=SCALE, tile_size=16, overlap=2),
+        pixels,
+    )
+    expected = np.clip(np.round(averaged), 0, 255).astype(np.uint8)
+    got = np.asarray(Image.open(io.BytesIO(response.content)))
+    assert got.shape == (120, 160, 3)
+    # The random-weight test model is not flip-equivariant, so the ensemble differs from one run.
+    assert not np.array_equal(
+        got,
+        np.asarray(
+            Image.open(io.BytesIO(_post_file(client, encode(Image.fromarray(pixels))).content))
+        ),
+    )
+    assert np.abs(got.astype(int) - expected).max() <= 1
+
+
+def test_unknown_quality_is_a_422(client: TestClient) -> None:
+    response = client.post(
+        "/upscale", params={"quality": "ultra"}, files={"file": ("p.png", png_bytes(8, 8))}
+    )
+    assert response.status_code == 422
+    assert "detail" in response.json()
+
+
 @pytest.mark.parametrize(
     ("mode", "image_format", "expected_mode"),
     [
