@@ -82,6 +82,13 @@ def _add_train(sub) -> None:
         help="stop after this many validations without gain (0 = never)",
     )
     p.add_argument(
+        "--init-from",
+        default="",
+        metavar="MODEL",
+        help="start from the weights of this .keras checkpoint or fp32 .onnx export (e.g. "
+        "models/edsr_x4.onnx) to fine-tune; the architecture flags must match it",
+    )
+    p.add_argument(
         "--mixed-precision",
         choices=("off", "float16", "bfloat16"),
         default=defaults.mixed_precision,

@@ -9,6 +9,7 @@ export and the service) feeds raw pixel values and never has to know the constan
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 # The DIV2K training-set RGB mean that the reference EDSR implementation subtracts. Keeping the
@@ -156,24 +157,88 @@ def describe_edsr(model: keras.Model) -> dict:
     }
 
 
-def load_edsr(path, dtype: str = "float32") -> keras.Model:
-    """Loads an EDSR `.keras` checkpoint for inference, computing in `dtype` whatever precision
-    policy it was trained under (a mixed-bfloat16 checkpoint still evaluates in float32).
-
-    Args:
-        path: A `.keras` file saved by training (optimizer state, if any, is ignored).
-        dtype: The compute and variable dtype of the returned model.
-
-    Returns:
-        An uncompiled EDSR model with the checkpoint's weights.
-    """
-    trained = keras.models.load_model(path, compile=False)
-    arch = describe_edsr(trained)
+def _build_in(dtype: str, arch: dict) -> keras.Model:
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(dtype)
     try:
-        model = build_edsr(arch["scale"], arch["filters"], arch["blocks"], arch["res_scale"])
+        return build_edsr(arch["scale"], arch["filters"], arch["blocks"], arch["res_scale"])
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def _load_onnx_export(path, dtype: str) -> keras.Model:
+    """Rebuilds the Keras model of an fp32 ONNX export from its metadata and Conv weights.
+
+    tf2onnx keeps one ONNX Conv per Keras Conv2D, in the network's order (the graph is a chain
+    of convolutions with skips, so the topological order is unique), with kernels in ONNX's
+    OIHW layout instead of Keras' HWIO.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if meta.get("precision", "fp32") != "fp32":
+        raise ValueError(f"{path} is a {meta['precision']} export; use the fp32 file")
+    try:
+        arch = {
+            "scale": int(meta["scale"]),
+            "filters": int(meta["filters"]),
+            "blocks": int(meta["blocks"]),
+            "res_scale": float(meta.get("res_scale", 1.0)),
+        }
+    except KeyError as error:
+        raise ValueError(
+            f"{path} lacks the EDSR metadata {error} of `python -m training export`"
+        ) from error
+    model = _build_in(dtype, arch)
+    initializers = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    convs = [node for node in proto.graph.node if node.op_type == "Conv"]
+    layers_ = [layer for layer in model.layers if isinstance(layer, layers.Conv2D)]
+    if len(convs) != len(layers_):
+        raise ValueError(f"{path} has {len(convs)} convolutions, the model {len(layers_)}")
+    for node, layer in zip(convs, layers_, strict=True):
+        kernel = initializers[node.input[1]].transpose(2, 3, 1, 0)
+        # tf2onnx drops a bias that is all zeros (an untrained layer) from the Conv node.
+        has_bias = len(node.input) > 2 and node.input[2]
+        bias = initializers[node.input[2]] if has_bias else np.zeros(kernel.shape[-1], np.float32)
+        layer.set_weights([kernel, bias])
+    _check_against_onnx(model, proto, path)
+    return model
+
+
+def _check_against_onnx(model: keras.Model, proto, path) -> None:
+    """Raises ValueError unless the rebuilt model reproduces the ONNX file's output: graph
+    optimisers may fold constants into convolutions (tf2onnx does for all-zero biases), which
+    reading kernels back cannot undo."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    probe = np.random.default_rng(0).uniform(0, 255, (1, 11, 13, 3)).astype(np.float32)
+    expected = session.run(None, {session.get_inputs()[0].name: probe})[0]
+    worst = float(np.abs(np.asarray(model(probe, training=False)) - expected).max())
+    if worst > 0.05:
+        raise ValueError(
+            f"weights read back from {path} do not reproduce it (max diff {worst:.3g})"
+        )
+
+
+def load_edsr(path, dtype: str = "float32") -> keras.Model:
+    """Loads an EDSR model for inference or fine-tuning, computing in `dtype` whatever precision
+    policy it was trained under (a mixed-bfloat16 checkpoint still evaluates in float32).
+
+    Args:
+        path: A `.keras` file saved by training (optimizer state, if any, is ignored), or an fp32
+            `.onnx` file written by `python -m training export` (such as the shipped
+            `models/edsr_x4.onnx`), whose weights are read back into Keras.
+        dtype: The compute and variable dtype of the returned model.
+
+    Returns:
+        An uncompiled EDSR model with the file's weights.
+    """
+    if str(path).endswith(".onnx"):
+        return _load_onnx_export(path, dtype)
+    trained = keras.models.load_model(path, compile=False)
+    model = _build_in(dtype, describe_edsr(trained))
     model.set_weights(trained.get_weights())
     return model

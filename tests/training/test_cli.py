@@ -45,6 +45,11 @@ def test_train_export_evaluate_from_the_command_line(image_folder, tmp_path, cap
     result = json.loads(capsys.readouterr().out)
     assert result["sets"][0]["images"] == 6
 
+    # Fine-tuning starts from the exported model's weights.
+    tuned = tmp_path / "tuned"
+    assert main([*_tiny_train_args(image_folder, tuned), "--init-from", str(onnx_path)]) == 0
+    assert json.loads((tuned / "config.json").read_text())["init_from"] == str(onnx_path)
+
 
 @pytest.mark.slow
 def test_training_runs_on_the_jax_backend(image_folder, tmp_path):

@@ -128,3 +128,29 @@ def test_export_command_with_fp16(checkpoint, tmp_path):
     assert main(["export", str(checkpoint), "--out", str(out), "--fp16"]) == 0
     assert out.exists() and (tmp_path / "model_fp16.onnx").exists()
     assert "fp16_parity" in json.loads(out.with_suffix(".json").read_text())
+
+
+def test_an_export_loads_back_into_keras_with_the_same_weights(tmp_path):
+    from training.model import load_edsr
+
+    # Trained layers have non-zero biases; give the tiny model some so nothing is folded away.
+    model = build_edsr(filters=8, blocks=1)
+    rng = np.random.default_rng(0)
+    model.set_weights(
+        [w + rng.normal(0, 0.01, w.shape).astype(np.float32) for w in model.get_weights()]
+    )
+    model.save(tmp_path / "trained.keras")
+    export_onnx(tmp_path / "trained.keras", tmp_path / "trained.onnx")
+    restored = load_edsr(tmp_path / "trained.onnx")
+    for mine, theirs in zip(restored.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_an_export_that_cannot_be_read_back_exactly_is_refused(exported):
+    from training.model import load_edsr
+
+    # The untrained fixture's all-zero biases let tf2onnx fold the input scaling into the first
+    # convolution, so its kernels no longer equal the Keras ones: the check must notice.
+    out, _ = exported
+    with pytest.raises(ValueError, match="do not reproduce"):
+        load_edsr(out)
