@@ -18,7 +18,7 @@ from benchmarks.images import png_file
 from benchmarks.measure import megapixels_per_second, percentile, ratio, time_call
 from benchmarks.server import Reply, drive, running_service, status_counts
 from service.config import Settings
-from service.encoding import EncodeOptions, OutputFormat, PngEncoder, encode_output
+from service.encoding import EncodeOptions, OutputFormat, encode_output
 from service.tiling import upscale_tiled
 
 
@@ -52,15 +52,6 @@ def plan_cell(
     return count, estimate
 
 
-def _encode_options(settings: Settings) -> EncodeOptions:
-    return EncodeOptions(
-        png_encoder=PngEncoder(settings.png_encoder),
-        png_compress_level=settings.png_compress_level,
-        encode_threads=settings.encode_threads,
-        jpeg_quality=settings.jpeg_quality,
-    )
-
-
 def bare_model_and_encode(ctx: BenchContext, image: np.ndarray) -> dict[str, Any]:
     """Times the tiled upscale and the PNG encode of `image` in this process."""
     runtime, settings = ctx.runtime, ctx.settings
@@ -81,7 +72,7 @@ def bare_model_and_encode(ctx: BenchContext, image: np.ndarray) -> dict[str, Any
         repeats,
         warmup,
     )
-    options = _encode_options(settings)
+    options = EncodeOptions.from_settings(settings)
     encode_timing, _ = time_call(
         lambda: encode_output(upscaled, OutputFormat.PNG, options), ctx.preset.repeats
     )

@@ -18,12 +18,16 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from service.imaging import encode_png
 from service.pngstream import encode_png_strips
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 
 class OutputFormat(StrEnum):
@@ -61,6 +65,16 @@ class EncodeOptions:
     png_compress_level: int = 1
     encode_threads: int = 0
     jpeg_quality: int = 92
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EncodeOptions:
+        """The encoder choices the service's settings name."""
+        return cls(
+            png_encoder=PngEncoder(settings.png_encoder),
+            png_compress_level=settings.png_compress_level,
+            encode_threads=settings.encode_threads,
+            jpeg_quality=settings.jpeg_quality,
+        )
 
 
 #: libwebp's fastest lossless settings (`method` 0; in lossless mode `quality` is the effort),

@@ -26,7 +26,7 @@ from service.admission import AdmissionGate
 from service.batching import TileBatcher
 from service.config import Settings
 from service.deps import UPLOAD_FIELD, NegotiatedFormat, ReadyState, UploadedBytes
-from service.encoding import EncodeOptions, OutputFormat, PngEncoder, describe_png_writer
+from service.encoding import EncodeOptions, OutputFormat, describe_png_writer
 from service.errors import UPSCALE_ERROR_RESPONSES, install_error_handlers
 from service.exceptions import ClientDisconnectedError, ModelLoadError
 from service.imaging import inspect_image
@@ -217,15 +217,6 @@ def _batcher(settings: Settings, runtime: UpscalerRuntime, fit: bool) -> TileBat
     )
 
 
-def _encode_options(settings: Settings) -> EncodeOptions:
-    return EncodeOptions(
-        png_encoder=PngEncoder(settings.png_encoder),
-        png_compress_level=settings.png_compress_level,
-        encode_threads=settings.encode_threads,
-        jpeg_quality=settings.jpeg_quality,
-    )
-
-
 class Quality(enum.StrEnum):
     """The `quality` query parameter of `/upscale`."""
 
@@ -296,7 +287,7 @@ def create_app(
                 settings.max_concurrency, settings.max_queue, settings.retry_after_seconds
             ),
             limiter=anyio.CapacityLimiter(settings.max_concurrency),
-            encode_options=_encode_options(settings),
+            encode_options=EncodeOptions.from_settings(settings),
             fit_tiles=fit,
             batcher=_batcher(settings, runtime, fit),
         )
