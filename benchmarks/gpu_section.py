@@ -17,7 +17,6 @@ without a GPU; the figures then mean nothing and the report marks them `cpu-smok
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from benchmarks.context import BenchContext
 from benchmarks.images import benchmark_set, psnr_y
 from benchmarks.measure import megapixels_per_second, time_call
 from service.iobinding import BoundRunner
-from service.ortconfig import cuda_provider_options, fp16_path_for
+from service.ortconfig import cuda_provider_options, cuda_usable, fp16_path_for
 from service.runtime import UpscalerRuntime
 from service.tiling import upscale_tiled
 
@@ -48,17 +47,6 @@ GPU_HTTP_SETTINGS: dict[str, Any] = {
     "max_queue": 16,
     "precision": "auto",
 }
-
-
-def cuda_usable() -> bool:
-    """Whether onnxruntime can really run the CUDA provider here (driver and libraries)."""
-    if CUDA not in ort.get_available_providers():
-        return False
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
 
 
 def _provider_entries(provider: str, tuned: bool) -> list[Any]:

@@ -7,6 +7,7 @@ docs/benchmarks.md.
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +28,21 @@ GRAPH_OPTIMIZATION_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
 # ORT_ENABLE_LAYOUT (between extended and all) only exists in recent onnxruntime releases.
 if hasattr(ort.GraphOptimizationLevel, "ORT_ENABLE_LAYOUT"):
     GRAPH_OPTIMIZATION_LEVELS["layout"] = ort.GraphOptimizationLevel.ORT_ENABLE_LAYOUT
+
+
+def cuda_usable() -> bool:
+    """Whether onnxruntime can really run the CUDA provider here.
+
+    onnxruntime-gpu lists `CUDAExecutionProvider` as available on every host, GPU or not, and
+    falls back to the CPU at session creation; the NVIDIA driver library is what tells them apart.
+    """
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
 
 
 def fp16_path_for(model_path: str | Path) -> Path:

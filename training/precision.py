@@ -13,7 +13,6 @@ since that is where the fp16 model is meant to serve.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import warnings
@@ -21,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+# The fp16 file must sit where the service looks for it, and speak the export's contract.
+from service.ortconfig import cuda_usable, fp16_path_for
+from training.export import INPUT_NAME, OUTPUT_NAME, PARITY_SHAPES
+
 log = logging.getLogger(__name__)
 
-#: Must match `service.ortconfig.FP16_SUFFIX`, where the service looks for the file.
-FP16_SUFFIX = "_fp16"
-INPUT_NAME = "lr"
-OUTPUT_NAME = "sr"
-PARITY_SHAPES = ((1, 37, 53, 3), (2, 19, 30, 3))
 #: Largest allowed |fp16 - fp32| on the 0-255 scale. fp16 has an 11-bit significand, so values
 #: near 255 are stored to within 0.125, and errors add up over 37 convolutions; on a real image
 #: the two outputs differ by at most 0.6 (60 dB PSNR). One grey level is invisible.
@@ -38,27 +36,12 @@ class PrecisionError(RuntimeError):
     """The fp16 copy could not be made or failed its verification."""
 
 
-def fp16_path_for(path: str | Path) -> Path:
-    """`models/edsr_x4.onnx` -> `models/edsr_x4_fp16.onnx`."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}{FP16_SUFFIX}{path.suffix}")
-
-
-def _cuda_driver_present() -> bool:
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
-
-
 def _parity_providers() -> list[list[str]]:
-    import onnxruntime as ort
 
     provider_sets = [["CPUExecutionProvider"]]
     # onnxruntime-gpu lists CUDA as available even on hosts without a GPU, then logs an error
     # and falls back; asking for it only where an NVIDIA driver exists keeps CPU exports quiet.
-    if "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_driver_present():
+    if cuda_usable():
         provider_sets.append(["CUDAExecutionProvider", "CPUExecutionProvider"])
     return provider_sets
 

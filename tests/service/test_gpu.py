@@ -6,38 +6,27 @@ machine with `python -m pytest -m gpu tests/service`.
 
 from __future__ import annotations
 
-import ctypes
 import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.config import Settings
 from service.main import create_app
+from service.ortconfig import cuda_usable
 from service.runtime import UpscalerRuntime
 from tests.service.helpers import CPU_ONLY, batch_runner, noise_image, png_bytes, wait_until_ready
 
 CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def _cuda_really_runs() -> bool:
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
-
-
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not _cuda_really_runs(), reason="needs the CUDA provider and a GPU"),
+    pytest.mark.skipif(not cuda_usable(), reason="needs the CUDA provider and a GPU"),
 ]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 from pathlib import Path
 
@@ -15,16 +14,9 @@ from onnx import TensorProto, helper
 from service import runtime as runtime_module
 from service.config import Settings
 from service.exceptions import ModelLoadError
+from service.ortconfig import cuda_usable
 from service.runtime import UpscalerRuntime, resolve_providers
 from tests.service.helpers import CPU_ONLY, SCALE
-
-
-def _cuda_driver_present() -> bool:
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
 
 
 def _runtime(path: Path, **options: object) -> UpscalerRuntime:
@@ -80,7 +72,7 @@ def test_cpu_only_is_not_a_fallback(conv_model_path: Path) -> None:
     assert runtime.fallback_reason is None
 
 
-@pytest.mark.skipif(_cuda_driver_present(), reason="this host has a CUDA driver")
+@pytest.mark.skipif(cuda_usable(), reason="this host has a CUDA driver")
 def test_default_providers_fall_back_to_cpu_without_cuda(
     conv_model_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

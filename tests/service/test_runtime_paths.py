@@ -7,7 +7,6 @@ path runs on the CPU provider with CPU buffers, the same code the CUDA path runs
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import shutil
 import threading
@@ -18,16 +17,9 @@ import pytest
 
 from service.exceptions import ModelLoadError
 from service.iobinding import BoundRunner
+from service.ortconfig import cuda_usable
 from service.runtime import UpscalerRuntime
 from tests.service.helpers import CPU_ONLY, SCALE, batch_runner, noise_image
-
-
-def _cuda_driver_present() -> bool:
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture
@@ -73,7 +65,7 @@ def test_unknown_precision_is_a_load_error(conv_model_path: Path) -> None:
         _runtime(conv_model_path, precision="int8")
 
 
-@pytest.mark.skipif(_cuda_driver_present(), reason="this host has a CUDA driver")
+@pytest.mark.skipif(cuda_usable(), reason="this host has a CUDA driver")
 def test_auto_falls_back_to_fp32_when_cuda_does_not_really_run(
     model_pair, caplog: pytest.LogCaptureFixture
 ) -> None:
