@@ -20,10 +20,9 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--data",
         action="append",
-        required=True,
         metavar="DIR",
         help="training images: a folder (searched recursively; DIV2K layout "
-        "recognised) or a file; repeat for several",
+        "recognised) or a file; repeat for several (not needed with --resume)",
     )
     p.add_argument(
         "--val-data",
@@ -181,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         from training.train import train
 
+        # A resumed run reads its data folders from its config.json, so only a new run needs them.
+        if not args.data and not args.resume:
+            parser.error("train: --data is required (except with --resume)")
+
         fields = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
+        fields["data"] = fields["data"] or []
         state = train(TrainConfig(**fields), resume=args.resume)
         print(
             json.dumps(

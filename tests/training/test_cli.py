@@ -51,6 +51,23 @@ def test_train_export_evaluate_from_the_command_line(image_folder, tmp_path, cap
     assert json.loads((tuned / "config.json").read_text())["init_from"] == str(onnx_path)
 
 
+def test_resume_needs_only_the_run_folder_and_the_new_step_total(image_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_tiny_train_args(image_folder, run)) == 0
+    capsys.readouterr()
+
+    assert main(["train", "--out", str(run), "--resume", "--steps", "3", "--verbose", "0"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 3
+    assert json.loads((run / "config.json").read_text())["data"] == [str(image_folder)]
+
+
+def test_a_new_run_without_data_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert "--data is required" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_training_runs_on_the_jax_backend(image_folder, tmp_path):
     pytest.importorskip("jax")
