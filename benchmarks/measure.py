@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,39 @@ def time_call(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> tuple[Timi
         result = fn()
         seconds.append(time.perf_counter() - started)
     return Timing.of(seconds), result
+
+
+def time_interleaved(
+    calls: Mapping[str, Callable[[], Any]], repeat: int, warmup: int = 1
+) -> dict[str, tuple[Timing, Any]]:
+    """Times several calls round-robin, so that their ratios survive a machine that drifts.
+
+    On a shared VM the speed of the cores wanders by 10-30 % over a minute (other tenants, clock
+    changes). Timing each call's repeats back to back puts that drift into the ratio between
+    calls; taking turns, one sample of each per round and the starting call rotated each round,
+    exposes every call to the same conditions and to no fixed ordering (caches, allocator state).
+
+    Args:
+        calls: The calls to compare, by name.
+        repeat: Timed samples per call.
+        warmup: Untimed calls of each, before the timed rounds.
+
+    Returns:
+        Each name's timing summary and last result, in the order of `calls`.
+    """
+    names = list(calls)
+    results: dict[str, Any] = dict.fromkeys(names)
+    for _ in range(warmup):
+        for name in names:
+            results[name] = calls[name]()
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(max(1, repeat)):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            results[name] = calls[name]()
+            seconds[name].append(time.perf_counter() - started)
+    return {name: (Timing.of(seconds[name]), results[name]) for name in names}
 
 
 def megapixels_per_second(pixels: int, seconds: float) -> float:

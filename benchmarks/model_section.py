@@ -13,7 +13,13 @@ from typing import Any
 import numpy as np
 
 from benchmarks.context import BenchContext
-from benchmarks.measure import conv_flops, megapixels_per_second, ratio, sgemm_gflops, time_call
+from benchmarks.measure import (
+    conv_flops,
+    megapixels_per_second,
+    ratio,
+    sgemm_gflops,
+    time_interleaved,
+)
 
 
 def _engine_row(
@@ -62,11 +68,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     ctx.log(f"model: sgemm {sgemm:.0f} GFLOP/s; {flops / 1e9:.1f} GFLOP per {side}² call")
 
     runtime = ctx.runtime
-    timing, reference = time_call(lambda: runtime.run(batch), ctx.preset.repeats)
-    rows = [_engine_row("onnxruntime", timing, reference, reference, flops, sgemm)]
-    rows[0]["providers"] = list(runtime.providers)
-    ctx.log(f"model: onnxruntime {timing.median * 1000:.0f} ms")
-
+    engines: dict[str, Any] = {"onnxruntime": runtime.run}
     baselines: dict[str, Any] = {"opencv_dnn": lambda: _opencv_forward(ctx.model_path)}
     if ctx.checkpoint is not None:
         baselines["keras_predict"] = lambda: _keras_predict(ctx.checkpoint)
@@ -76,13 +78,24 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     for name, build in baselines.items():
         try:
             engine = build()
-            timing, output = time_call(lambda engine=engine: engine(batch), ctx.preset.repeats)
+            engine(batch)  # fails here, not inside the timed rounds, if the engine cannot run
         except Exception as exc:  # a missing optional package must not sink the whole run
             skipped[name] = f"{type(exc).__name__}: {exc}"
             ctx.log(f"model: {name} skipped ({skipped[name]})")
             continue
+        engines[name] = engine
+
+    # The engines take turns, so a machine that speeds up or slows down mid-run shifts them all.
+    timings = time_interleaved(
+        {name: lambda engine=engine: engine(batch) for name, engine in engines.items()},
+        ctx.preset.repeats,
+    )
+    reference = timings["onnxruntime"][1]
+    rows = []
+    for name, (timing, output) in timings.items():
         rows.append(_engine_row(name, timing, output, reference, flops, sgemm))
         ctx.log(f"model: {name} {timing.median * 1000:.0f} ms")
+    rows[0]["providers"] = list(runtime.providers)
 
     by_name = {row["engine"]: row["time_ms"]["median"] for row in rows}
     ort_ms = by_name["onnxruntime"]

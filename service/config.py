@@ -62,11 +62,18 @@ class Settings(BaseSettings):
         description="Side of the square LR tile fed to the model (the largest tile with fitted "
         "tiles). 192 suits CPUs (0.75 GB per call); GPUs take 256-512 with TILE_BATCH_SIZE 4-8.",
     )
+    # Measured with the shipped model on 300x300 crops of four Set14 photos, fitted 96-pixel tiles
+    # against one whole-image call (uint8 outputs): overlap 4 differs by up to 7 grey levels;
+    # from 8 on, the largest difference is 1 grey level (a rounding flip), on 0.09-0.14 % of the
+    # pixels at 8 (77-79 dB PSNR against whole-image inference) and 0.0004 % at 16 (102-105 dB).
+    # 8 keeps the seams invisible and does 11 % less pixel work than 16 on a 512x512 input (three
+    # 192-pixel tiles per side: 1.13x the image's pixels against 1.27x).
     tile_overlap: int = Field(
-        default=16,
+        default=8,
         ge=0,
         description="LR pixels of context kept on each inner side of a tile and cropped away "
-        "after upscaling, so that tiles join without seams.",
+        "after upscaling, so that tiles join without seams (from 8 on, tiled output is within 1 "
+        "grey level of whole-image inference).",
     )
     tile_mode: Literal["auto", "fixed", "fit"] = Field(
         default="auto",

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from benchmarks.http_section import estimated_seconds, plan_cell, requests_for, summarise
-from benchmarks.measure import Timing, conv_flops, megapixels_per_second, percentile, ratio
+from benchmarks.measure import (
+    Timing,
+    conv_flops,
+    megapixels_per_second,
+    percentile,
+    ratio,
+    time_interleaved,
+)
 from benchmarks.report import plot_latency, summary_markdown
 from benchmarks.server import Reply, parse_server_timing, settings_environment, status_counts
 from benchmarks.targets import evaluate
@@ -33,6 +40,20 @@ def test_rates_and_ratios() -> None:
     assert megapixels_per_second(10, 0) == 0.0
     assert ratio(3.0, 2.0) == 1.5
     assert ratio(None, 2.0) is None and ratio(1.0, 0) is None
+
+
+def test_interleaved_timing_takes_turns_and_rotates_who_goes_first() -> None:
+    order: list[str] = []
+
+    def call(name: str):
+        return lambda: order.append(name) or name
+
+    timings = time_interleaved({"a": call("a"), "b": call("b"), "c": call("c")}, repeat=3)
+
+    # One warm-up each, then three rounds, each starting one call later.
+    assert order == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert list(timings) == ["a", "b", "c"]
+    assert all(timing.samples == 3 and result == name for name, (timing, result) in timings.items())
 
 
 def test_conv_flops_counts_every_convolution(tmp_path: Path) -> None:

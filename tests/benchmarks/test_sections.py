@@ -55,6 +55,8 @@ def test_tiling_section_matches_whole_image(ctx: BenchContext) -> None:
     for mode in ("fit", "fixed"):
         # The tiny model's receptive field fits in the overlap: tiling is exact.
         assert result["modes"][mode]["max_abs_diff_vs_whole"] == 0
+        assert result["modes"][mode]["fraction_differing_vs_whole"] == 0
+        assert result["modes"][mode]["psnr_vs_whole_db"] is None
         assert result["modes"][mode]["pixel_work"] >= 1.0
     assert result["tiled_over_whole"] > 0
 

@@ -23,7 +23,7 @@ def test_defaults() -> None:
     settings = Settings()
     assert settings.model_path == Path("models/edsr_x4.onnx")
     assert settings.providers == list(DEFAULT_PROVIDERS)
-    assert (settings.tile_size, settings.tile_overlap, settings.tile_batch_size) == (192, 16, 1)
+    assert (settings.tile_size, settings.tile_overlap, settings.tile_batch_size) == (192, 8, 1)
     assert (settings.tile_mode, settings.precision, settings.batch_wait_ms) == ("auto", "auto", 2.0)
     assert (settings.graph_optimization, settings.cpu_mem_arena) == ("all", True)
     assert (settings.png_encoder, settings.encode_threads, settings.jpeg_quality) == (
