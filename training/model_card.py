@@ -4,8 +4,12 @@ models on both kinds of LR, the training curve, and a before/after picture.
 Usage (from the repository root):
     python -m training.model_card --model models/edsr_x4.onnx --run RUN_DIR \
         --bench ../shared/data/bench/Set5 ../shared/data/bench/Set14 ../shared/data/bench/BSD100 \
-        --peers ../shared/data/peers --out models/edsr_x4.json \
+        --peers ../shared/data/peers --out models/edsr_x4.json --self-ensemble \
         --curve models/training_curve.png --picture docs/images/before_after.png
+
+A model trained in stages (each `--init-from` the previous stage's `best.keras`) passes every
+stage's run folder, in order, as repeated `--run`; `--previous OLD_CARD.json` keeps the replaced
+model's figures in the tables and in the new card.
 
 It writes the JSON (the export's metadata plus every figure) and prints the markdown tables that
 `models/README.md` shows, so the card can be regenerated after every retraining.
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.ensemble import self_ensemble
 from training import data
 from training.evaluate import Upscaler, evaluate_folder, load_upscaler
 
@@ -42,6 +47,9 @@ PUBLISHED = {
         "BSD100": (27.57, 0.7357),
     },
 }
+
+THIS_MODEL = "EDSR x4 (this model)"
+THIS_MODEL_ENSEMBLE = "EDSR x4 (this model), self-ensemble"
 
 PEERS = {"FSRCNN": ("FSRCNN_x4.pb", "fsrcnn"), "ESPCN": ("ESPCN_x4.pb", "espcn")}
 
@@ -66,8 +74,17 @@ def benchmark(
     bench: list[Path],
     scale: int,
     lr_kinds: tuple[str, ...] = data.LR_KINDS,
+    standard_only: frozenset[str] = frozenset(),
 ) -> dict:
     """Scores every method on every set for every LR kind.
+
+    Args:
+        methods: The upscalers to score, by name.
+        bench: Benchmark set folders.
+        scale: Upscaling factor.
+        lr_kinds: LR kinds to score on (`data.LR_KINDS`).
+        standard_only: Names of methods scored on the standard (`pil`) LR only, such as the
+            8-times-slower self-ensemble.
 
     Returns:
         {lr_kind: {method: {set: {"psnr", "ssim", "seconds_per_image"}}}}, with a "bicubic" method
@@ -77,6 +94,8 @@ def benchmark(
     for kind in lr_kinds:
         table: dict = {"bicubic": {}}
         for name, method in methods.items():
+            if kind != "pil" and name in standard_only:
+                continue
             table[name] = {}
             for folder in bench:
                 row = evaluate_folder(method, folder, scale, lr_kind=kind)
@@ -93,12 +112,19 @@ def benchmark(
     return results
 
 
-def markdown_table(results: dict, kind: str, sets: list[str]) -> str:
-    """The PSNR / SSIM table for one LR kind, with the published figures beside (standard LR)."""
+def markdown_table(results: dict, kind: str, sets: list[str], previous: dict | None = None) -> str:
+    """The PSNR / SSIM table for one LR kind, with the previous model's rows (when given) and the
+    published figures (standard LR) beside."""
     header = "| method | " + " | ".join(sets) + " |"
     lines = [header, "|---|" + "---|" * len(sets)]
-    for method, per_set in results[kind].items():
-        cells = [f"{per_set[s]['psnr']:.2f} / {per_set[s]['ssim']:.4f}" for s in sets]
+    rows = dict(results[kind])
+    for method, per_set in (previous or {}).get(kind, {}).items():
+        rows[f"{method}, previous model"] = per_set
+    for method, per_set in rows.items():
+        cells = [
+            f"{per_set[s]['psnr']:.2f} / {per_set[s]['ssim']:.4f}" if s in per_set else "–"
+            for s in sets
+        ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     if kind == "pil":
         for method, figures in PUBLISHED.items():
@@ -109,14 +135,55 @@ def markdown_table(results: dict, kind: str, sets: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _previous_rows(previous_card: dict) -> dict:
+    """{lr_kind: {method: {set: figures}}} of the replaced model's own rows (plain and
+    self-ensemble), taken from its card."""
+    results = previous_card.get("evaluation", {}).get("results", {})
+    return {
+        kind: {
+            method: per_set
+            for method, per_set in table.items()
+            if method.startswith("EDSR x4 (this model)")
+        }
+        for kind, table in results.items()
+    }
+
+
 def read_history(run_dir: Path) -> list[dict]:
     """The run's history.csv rows with numeric values."""
     with (run_dir / "history.csv").open() as handle:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
 
 
-def plot_curve(history: list[dict], out: Path) -> None:
-    """Training L1 loss and validation PSNR against steps, one PNG."""
+def chain_histories(run_dirs: list[Path]) -> tuple[list[dict], list[float]]:
+    """The histories of a model's training stages on one step axis.
+
+    A stage after the first fine-tunes the previous stage's best checkpoint (`--init-from
+    RUN/best.keras`), so its steps are counted from the previous stage's best step, and the
+    previous stage's rows after that step (which the shipped weights never saw) are dropped.
+
+    Returns:
+        The chained rows (with `step` on the common axis) and the step at which each later
+        stage begins.
+    """
+    rows: list[dict] = []
+    boundaries: list[float] = []
+    offset = 0.0
+    for index, run_dir in enumerate(run_dirs):
+        if index:
+            previous_best = float(
+                json.loads((run_dirs[index - 1] / "state.json").read_text())["best_step"]
+            )
+            offset += previous_best
+            rows = [row for row in rows if row["step"] <= offset]
+            boundaries.append(offset)
+        rows += [{**row, "step": row["step"] + offset} for row in read_history(run_dir)]
+    return rows, boundaries
+
+
+def plot_curve(history: list[dict], out: Path, boundaries: list[float] = ()) -> None:
+    """Training L1 loss and validation PSNR against steps, one PNG; a dashed line marks where
+    each later training stage starts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,6 +191,8 @@ def plot_curve(history: list[dict], out: Path) -> None:
 
     steps = [row["step"] for row in history]
     fig, loss_axis = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for boundary in boundaries:
+        loss_axis.axvline(boundary, color="grey", linestyle="--", linewidth=1)
     loss_axis.plot(steps, [row["loss"] for row in history], color="tab:blue", label="train L1")
     loss_axis.set_xlabel("step")
     loss_axis.set_ylabel("training L1 loss (0-255 scale)", color="tab:blue")
@@ -178,11 +247,26 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", required=True, help="the exported .onnx model")
-    parser.add_argument("--run", help="the run folder (history.csv, config.json, state.json)")
+    parser.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        help="the run folder (history.csv, config.json, state.json); repeat, in order, for a "
+        "model trained in stages, each fine-tuning the previous stage's best.keras",
+    )
     parser.add_argument("--bench", nargs="+", required=True, help="benchmark set folders")
     parser.add_argument("--peers", help="folder with the OpenCV peer models (.pb)")
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--curve", help="training-curve PNG to write")
+    parser.add_argument(
+        "--self-ensemble",
+        action="store_true",
+        help="also score the model's self-ensemble (8 flips/rotations averaged; standard LR only)",
+    )
+    parser.add_argument(
+        "--previous",
+        help="the card JSON of the model this one replaces: its figures are kept beside the new",
+    )
     parser.add_argument("--picture", help="before/after PNG to write")
     parser.add_argument(
         "--picture-image", help="HR image for the picture (default: first of the first set)"
@@ -200,12 +284,17 @@ def main(argv: list[str] | None = None) -> int:
                 methods[f"OpenCV {name}"] = opencv_peer(
                     Path(args.peers) / file, algorithm, model.scale
                 )
-    methods["EDSR x4 (this model)"] = model
+    methods[THIS_MODEL] = model
+    if args.self_ensemble:
+        methods[THIS_MODEL_ENSEMBLE] = lambda lr: self_ensemble(model, lr)
     bench = [Path(b) for b in args.bench]
-    results = benchmark(methods, bench, model.scale)
+    # Read before anything is written: --previous may name the file --out overwrites.
+    previous = json.loads(Path(args.previous).read_text()) if args.previous else None
+    results = benchmark(methods, bench, model.scale, standard_only=frozenset({THIS_MODEL_ENSEMBLE}))
 
     sidecar = Path(args.model).with_suffix(".json")
     card = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    previous_rows = _previous_rows(previous) if previous else None
     card["evaluation"] = {
         "protocol": "Y (BT.601) PSNR / SSIM, x4, 4px border shaved, HR cropped to a multiple of 4,"
         " SR rounded to uint8",
@@ -217,14 +306,25 @@ def main(argv: list[str] | None = None) -> int:
         "published": PUBLISHED,
         "cpu": platform.processor() or platform.machine(),
     }
-    if args.run:
-        run = Path(args.run)
-        card["training"] = {
-            "config": json.loads((run / "config.json").read_text()),
-            "state": json.loads((run / "state.json").read_text()),
+    if previous:
+        card["previous_model"] = {
+            "results": previous_rows,
+            "metadata": {k: v for k, v in previous.items() if isinstance(v, str)},
+            "training": previous.get("training"),
         }
+    if args.run:
+        runs = [Path(run) for run in args.run]
+        stages = [
+            {
+                "config": json.loads((run / "config.json").read_text()),
+                "state": json.loads((run / "state.json").read_text()),
+            }
+            for run in runs
+        ]
+        card["training"] = {**stages[-1], "stages": stages}
         if args.curve:
-            plot_curve(read_history(run), Path(args.curve))
+            history, boundaries = chain_histories(runs)
+            plot_curve(history, Path(args.curve), boundaries)
     if args.picture:
         image = (
             Path(args.picture_image)
@@ -240,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         ("cv2", "OpenCV LR (INTER_CUBIC)"),
     ):
         print(f"\n### {title}\n")
-        print(markdown_table(results, kind, sets))
-    seconds = {s: results["pil"]["EDSR x4 (this model)"][s]["seconds_per_image"] for s in sets}
+        print(markdown_table(results, kind, sets, previous_rows))
+    seconds = {s: results["pil"][THIS_MODEL][s]["seconds_per_image"] for s in sets}
     print("\nEDSR CPU seconds per image:", json.dumps(seconds))
     return 0
 
