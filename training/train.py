@@ -194,11 +194,21 @@ def train(config: TrainConfig, resume: bool = False) -> RunState:
     """
     config, state = _prepare_run_dir(config, resume)
     config.validate()
-    run_dir = Path(config.out)
+    # The precision policy is global to Keras: set it for this run whatever an earlier run in
+    # this process left behind, and put the caller's back afterwards.
+    caller_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(
+        "float32" if config.mixed_precision == "off" else f"mixed_{config.mixed_precision}"
+    )
+    try:
+        return _train(config, state, resume)
+    finally:
+        keras.mixed_precision.set_global_policy(caller_policy)
 
+
+def _train(config: TrainConfig, state: RunState, resume: bool) -> RunState:
+    run_dir = Path(config.out)
     keras.utils.set_random_seed(config.seed)
-    if config.mixed_precision != "off":
-        keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
 
     sources = data.discover_sources(config.data, config.scale)
     train_sources, val_sources = _split_validation(config, sources)

@@ -86,3 +86,20 @@ def test_init_from_starts_with_the_given_weights(tiny_config, tmp_path):
     tuned = keras.models.load_model(tmp_path / "tuned" / "last.keras")
     for wa, wb in zip(base.get_weights(), tuned.get_weights(), strict=True):
         np.testing.assert_allclose(wa, wb)
+
+
+def test_a_mixed_precision_run_leaves_the_callers_precision_policy_alone(tiny_config, tmp_path):
+    import keras
+
+    train(tiny_config(tmp_path / "bf16", steps=2, eval_every=2, mixed_precision="bfloat16"))
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+    # A float32 run after it trains in float32 even if the caller left a mixed policy set.
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        train(tiny_config(tmp_path / "fp32", steps=2, eval_every=2))
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model = keras.saving.load_model(tmp_path / "fp32" / "last.keras")
+    assert {layer.compute_dtype for layer in model.layers} == {"float32"}
