@@ -1,0 +1,211 @@
+"""One-factor-at-a-time training ablation: which of data, schedule, patch size and precision
+moves the model, measured with the same steps and the same evaluation for every variant.
+
+Every variant is the `base` run with one thing changed:
+
+| variant | change from `base` |
+|---|---|
+| `base` | `--data` + `--extra-data`, cosine decay to zero, `--patch-size` HR patches, float32 |
+| `data-no-extra` | without `--extra-data` (the 291-image set alone, when that is `--data`) |
+| `piecewise` | constant learning rate, halved at 1/2 and again at 3/4 of the run |
+| `patch-large` | HR patches of `--large-patch-size` (LR 64 at x4, against base's LR 48) |
+| `bf16` | mixed bfloat16 (float32 weights and output) |
+
+Each variant trains through `python -m training train` in its own process (so nothing global,
+such as the Keras precision policy or the backend, leaks from one to the next) into
+`OUT/<variant>`, then its `best.keras` is scored by `python -m training evaluate` on the
+benchmark sets. Checkpoints are chosen on the validation images only, never on the benchmarks.
+A rerun with the same `--out` resumes unfinished variants and skips finished ones, so the
+ablation can be spread over several sessions on a GPU machine. Results go to
+`OUT/ablation.json` and a markdown table (PSNR and the difference from `base`) is printed.
+
+Usage (from the repository root):
+    python -m training.ablation --data ../shared/data/train \
+        --extra-data ../shared/data/train-extra --val-data HELD_OUT_FILES... \
+        --bench ../shared/data/bench/Set5 ../shared/data/bench/Set14 ../shared/data/bench/BSD100 \
+        --out runs/ablation --steps 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+VARIANTS = ("base", "data-no-extra", "piecewise", "patch-large", "bf16")
+
+
+@dataclass(frozen=True)
+class AblationPlan:
+    """What every variant shares; `train_args` derives each variant's command line from it."""
+
+    data: tuple[str, ...]
+    extra_data: tuple[str, ...]
+    val_data: tuple[str, ...]
+    out: Path
+    steps: int
+    eval_every: int
+    batch_size: int = 16
+    patch_size: int = 192
+    large_patch_size: int = 256
+    lr: float = 2e-4
+    filters: int = 64
+    blocks: int = 16
+    seed: int = 1
+
+    def train_args(self, variant: str) -> list[str]:
+        """The `python -m training train` arguments of a new run of `variant`."""
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        data = self.data if variant == "data-no-extra" else self.data + self.extra_data
+        patch_size = self.large_patch_size if variant == "patch-large" else self.patch_size
+        args = [f"--data={folder}" for folder in data]
+        args += [f"--val-data={item}" for item in self.val_data]
+        args += [
+            f"--out={self.out / variant}",
+            f"--steps={self.steps}",
+            f"--eval-every={self.eval_every}",
+            f"--batch-size={self.batch_size}",
+            f"--patch-size={patch_size}",
+            f"--lr={self.lr}",
+            f"--filters={self.filters}",
+            f"--blocks={self.blocks}",
+            f"--seed={self.seed}",
+            "--patience=0",
+            "--verbose=2",
+        ]
+        if variant == "piecewise":
+            args += [
+                "--lr-schedule=piecewise",
+                "--lr-boundaries",
+                str(self.steps // 2),
+                str(self.steps * 3 // 4),
+            ]
+        else:
+            args.append("--lr-schedule=cosine")
+        args.append(f"--mixed-precision={'bfloat16' if variant == 'bf16' else 'off'}")
+        return args
+
+
+def _run_state(run_dir: Path) -> dict | None:
+    state_file = run_dir / "state.json"
+    return json.loads(state_file.read_text()) if state_file.exists() else None
+
+
+def train_variant(plan: AblationPlan, variant: str) -> dict:
+    """Trains (or resumes, or skips when finished) one variant; returns its final state."""
+    run_dir = plan.out / variant
+    state = _run_state(run_dir)
+    if state is not None and state["step"] >= plan.steps:
+        return state
+    if state is None:
+        args = plan.train_args(variant)
+    else:
+        args = [f"--out={run_dir}", "--resume", f"--steps={plan.steps}", "--verbose=2"]
+    command = [sys.executable, "-m", "training", "train", *args]
+    print("$", shlex.join(command), flush=True)
+    subprocess.run(command, check=True)
+    return _run_state(run_dir) or {}
+
+
+def evaluate_variant(plan: AblationPlan, variant: str, bench: Sequence[str]) -> dict:
+    """Scores a variant's best checkpoint on the benchmark sets: {set: {"psnr", "ssim"}}."""
+    checkpoint = plan.out / variant / "best.keras"
+    command = [sys.executable, "-m", "training", "evaluate", str(checkpoint), "--json"]
+    command += ["--data", *bench]
+    finished = subprocess.run(command, check=True, capture_output=True, text=True)
+    report = json.loads(finished.stdout)
+    return {
+        row["set"]: {"psnr": round(row["psnr"], 3), "ssim": round(row["ssim"], 4)}
+        for row in report["sets"]
+    }
+
+
+def markdown_table(results: dict, sets: Sequence[str]) -> str:
+    """Y-PSNR per set and its difference from `base`, one row per variant."""
+    lines = [
+        "| variant | best step | validation PSNR | " + " | ".join(sets) + " |",
+        "|---|---|---|" + "---|" * len(sets),
+    ]
+    base = results.get("base", {}).get("bench", {})
+    for variant, result in results.items():
+        cells = []
+        for name in sets:
+            psnr = result["bench"][name]["psnr"]
+            delta = (
+                ""
+                if variant == "base" or name not in base
+                else f" ({psnr - base[name]['psnr']:+.2f})"
+            )
+            cells.append(f"{psnr:.2f}{delta}")
+        state = result["state"]
+        lines.append(
+            f"| {variant} | {state.get('best_step', '–')} | "
+            f"{state.get('best_val_psnr', float('nan')):.3f} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.ablation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data", nargs="+", required=True, help="the base training set")
+    parser.add_argument("--extra-data", nargs="+", default=[], help="data the base run adds")
+    parser.add_argument("--val-data", nargs="+", default=[], help="held-out validation images")
+    parser.add_argument("--bench", nargs="+", required=True, help="benchmark set folders")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the variants' runs")
+    parser.add_argument("--steps", type=int, required=True, help="training steps per variant")
+    parser.add_argument("--eval-every", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--patch-size", type=int, default=192, help="base HR patch side")
+    parser.add_argument("--large-patch-size", type=int, default=256, help="patch-large's side")
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--filters", type=int, default=64)
+    parser.add_argument("--blocks", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="a subset to run"
+    )
+    args = parser.parse_args(argv)
+    plan = AblationPlan(
+        data=tuple(args.data),
+        extra_data=tuple(args.extra_data),
+        val_data=tuple(args.val_data),
+        out=args.out,
+        steps=args.steps,
+        eval_every=args.eval_every,
+        batch_size=args.batch_size,
+        patch_size=args.patch_size,
+        large_patch_size=args.large_patch_size,
+        lr=args.lr,
+        filters=args.filters,
+        blocks=args.blocks,
+        seed=args.seed,
+    )
+    plan.out.mkdir(parents=True, exist_ok=True)
+    results_file = plan.out / "ablation.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    for variant in args.variants:
+        state = train_variant(plan, variant)
+        results[variant] = {
+            "command": "python -m training train " + shlex.join(plan.train_args(variant)),
+            "state": state,
+            "bench": evaluate_variant(plan, variant, args.bench),
+        }
+        # Written after every variant, so an interrupted ablation keeps what it measured.
+        results_file.write_text(json.dumps(results, indent=2) + "\n")
+    ordered = {variant: results[variant] for variant in VARIANTS if variant in results}
+    print(markdown_table(ordered, [Path(folder).name for folder in args.bench]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
