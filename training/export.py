@@ -66,6 +66,9 @@ def run_metadata(checkpoint: Path) -> dict[str, str]:
         meta["train_images"] = str(config.get("train_images", "unknown"))
         meta["patch_size"] = str(config.get("patch_size", "unknown"))
         meta["batch_size"] = str(config.get("batch_size", "unknown"))
+        if config.get("init_from"):
+            # A fine-tuned model's steps count from these weights, not from scratch.
+            meta["init_from"] = str(config["init_from"])
     if (folder / STATE_FILE).exists():
         state = json.loads((folder / STATE_FILE).read_text())
         step = state.get("best_step") if checkpoint.name == "best.keras" else state.get("step")

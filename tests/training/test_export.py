@@ -69,6 +69,17 @@ def test_metadata_describes_the_model(exported):
     assert report["scale"] == "4"
 
 
+def test_a_fine_tuned_models_metadata_names_its_starting_weights(tmp_path):
+    from training.export import run_metadata
+
+    run = tmp_path
+    config = run / "config.json"
+    config.write_text(json.dumps({"data": ["photos"], "init_from": "runs/first/best.keras"}))
+    assert run_metadata(run / "best.keras")["init_from"] == "runs/first/best.keras"
+    config.write_text(json.dumps({"data": ["photos"], "init_from": ""}))
+    assert "init_from" not in run_metadata(run / "best.keras")
+
+
 def test_a_failed_parity_check_writes_no_file(checkpoint, tmp_path):
     out = tmp_path / "bad.onnx"
     with pytest.raises(ExportError, match="differs from Keras"):
