@@ -191,8 +191,15 @@ def plot_curve(history: list[dict], out: Path, boundaries: list[float] = ()) -> 
 
     steps = [row["step"] for row in history]
     fig, loss_axis = plt.subplots(figsize=(8, 4.5), dpi=100)
-    for boundary in boundaries:
+    for stage, boundary in enumerate(boundaries, start=2):
         loss_axis.axvline(boundary, color="grey", linestyle="--", linewidth=1)
+        loss_axis.annotate(
+            f" stage {stage}",
+            (boundary, 1),
+            xycoords=("data", "axes fraction"),
+            va="top",
+            color="grey",
+        )
     loss_axis.plot(steps, [row["loss"] for row in history], color="tab:blue", label="train L1")
     loss_axis.set_xlabel("step")
     loss_axis.set_ylabel("training L1 loss (0-255 scale)", color="tab:blue")
