@@ -119,7 +119,7 @@ def markdown_table(results: dict, kind: str, sets: list[str], previous: dict | N
     lines = [header, "|---|" + "---|" * len(sets)]
     rows = dict(results[kind])
     for method, per_set in (previous or {}).get(kind, {}).items():
-        rows[f"{method}, previous model"] = per_set
+        rows[method.replace(THIS_MODEL, "EDSR x4 (previous model)")] = per_set
     for method, per_set in rows.items():
         cells = [
             f"{per_set[s]['psnr']:.2f} / {per_set[s]['ssim']:.4f}" if s in per_set else "–"

@@ -124,8 +124,8 @@ def test_model_card_keeps_the_previous_models_figures_and_scores_the_self_ensemb
     assert [stage["state"]["step"] for stage in card["training"]["stages"]] == [2, 2]
     assert card["previous_model"]["metadata"]["steps"] == "7"
     printed = capsys.readouterr().out
-    assert "| EDSR x4 (this model), previous model | 1.00 / 0.5000 |" in printed
-    assert "| EDSR x4 (this model), previous model | 2.00 / 0.2500 |" in printed
+    assert "| EDSR x4 (previous model) | 1.00 / 0.5000 |" in printed
+    assert "| EDSR x4 (previous model) | 2.00 / 0.2500 |" in printed
     assert (tmp_path / "curve.png").stat().st_size > 0
 
 
