@@ -29,6 +29,7 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import subprocess
@@ -175,20 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         "--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="a subset to run"
     )
     args = parser.parse_args(argv)
+    # Every plan field has a flag of the same name; list-valued flags become tuples.
     plan = AblationPlan(
-        data=tuple(args.data),
-        extra_data=tuple(args.extra_data),
-        val_data=tuple(args.val_data),
-        out=args.out,
-        steps=args.steps,
-        eval_every=args.eval_every,
-        batch_size=args.batch_size,
-        patch_size=args.patch_size,
-        large_patch_size=args.large_patch_size,
-        lr=args.lr,
-        filters=args.filters,
-        blocks=args.blocks,
-        seed=args.seed,
+        **{
+            name: tuple(value) if isinstance(value, list) else value
+            for name, value in vars(args).items()
+            if name in {field.name for field in dataclasses.fields(AblationPlan)}
+        }
     )
     plan.out.mkdir(parents=True, exist_ok=True)
     results_file = plan.out / "ablation.json"
