@@ -8,6 +8,9 @@ export and the service) feeds raw pixel values and never has to know the constan
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import keras
 import numpy as np
 from keras import layers, ops
@@ -157,13 +160,22 @@ def describe_edsr(model: keras.Model) -> dict:
     }
 
 
-def _build_in(dtype: str, arch: dict) -> keras.Model:
+@contextmanager
+def dtype_policy_scope(policy: str) -> Iterator[None]:
+    """Sets Keras' global dtype policy (e.g. `float32`, `mixed_bfloat16`) for a block and puts
+    the caller's back afterwards, so that one run or load never leaks its precision into the
+    next one in the same process."""
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(dtype)
+    keras.config.set_dtype_policy(policy)
     try:
-        return build_edsr(arch["scale"], arch["filters"], arch["blocks"], arch["res_scale"])
+        yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def _build_in(dtype: str, arch: dict) -> keras.Model:
+    with dtype_policy_scope(dtype):
+        return build_edsr(arch["scale"], arch["filters"], arch["blocks"], arch["res_scale"])
 
 
 def _load_onnx_export(path, dtype: str) -> keras.Model:

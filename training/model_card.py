@@ -141,9 +141,7 @@ def _previous_rows(previous_card: dict) -> dict:
     results = previous_card.get("evaluation", {}).get("results", {})
     return {
         kind: {
-            method: per_set
-            for method, per_set in table.items()
-            if method.startswith("EDSR x4 (this model)")
+            method: per_set for method, per_set in table.items() if method.startswith(THIS_MODEL)
         }
         for kind, table in results.items()
     }

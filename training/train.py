@@ -27,7 +27,7 @@ import keras
 from training import data
 from training.config import TrainConfig
 from training.metrics import psnr_metric
-from training.model import build_edsr
+from training.model import build_edsr, dtype_policy_scope
 
 log = logging.getLogger(__name__)
 
@@ -195,15 +195,10 @@ def train(config: TrainConfig, resume: bool = False) -> RunState:
     config, state = _prepare_run_dir(config, resume)
     config.validate()
     # The precision policy is global to Keras: set it for this run whatever an earlier run in
-    # this process left behind, and put the caller's back afterwards.
-    caller_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(
-        "float32" if config.mixed_precision == "off" else f"mixed_{config.mixed_precision}"
-    )
-    try:
+    # this process left behind.
+    policy = "float32" if config.mixed_precision == "off" else f"mixed_{config.mixed_precision}"
+    with dtype_policy_scope(policy):
         return _train(config, state, resume)
-    finally:
-        keras.mixed_precision.set_global_policy(caller_policy)
 
 
 def _train(config: TrainConfig, state: RunState, resume: bool) -> RunState:
