@@ -229,7 +229,10 @@ def _check_against_onnx(model: keras.Model, proto, path) -> None:
     probe = np.random.default_rng(0).uniform(0, 255, (1, 11, 13, 3)).astype(np.float32)
     expected = session.run(None, {session.get_inputs()[0].name: probe})[0]
     worst = float(np.abs(np.asarray(model(probe, training=False)) - expected).max())
-    if worst > 0.05:
+    # On a GPU, JAX (and TensorFlow) run float32 convolutions in TF32 by default, which moved
+    # this probe's output by 0.14 grey levels on an H100; a weight read back wrongly moves it by
+    # whole grey levels, so half a grey level separates the two.
+    if worst > 0.5:
         raise ValueError(
             f"weights read back from {path} do not reproduce it (max diff {worst:.3g})"
         )
