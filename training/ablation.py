@@ -16,7 +16,8 @@ such as the Keras precision policy or the backend, leaks from one to the next) i
 `OUT/<variant>`, then its `best.keras` is scored by `python -m training evaluate` on the
 benchmark sets. Checkpoints are chosen on the validation images only, never on the benchmarks.
 A rerun with the same `--out` resumes unfinished variants and skips finished ones, so the
-ablation can be spread over several sessions on a GPU machine. Results go to
+ablation can be spread over several sessions on a GPU machine; `--parallel N` trains N variants
+at once, which a GPU has room for. Results go to
 `OUT/ablation.json` and a markdown table (PSNR and the difference from `base`) is printed.
 
 Usage (from the repository root):
@@ -34,6 +35,7 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,20 +100,57 @@ def _run_state(run_dir: Path) -> dict | None:
     return json.loads(state_file.read_text()) if state_file.exists() else None
 
 
-def train_variant(plan: AblationPlan, variant: str) -> dict:
-    """Trains (or resumes, or skips when finished) one variant; returns its final state."""
+def train_command(plan: AblationPlan, variant: str) -> list[str] | None:
+    """The command that trains (or resumes) `variant`, or None when it has finished."""
     run_dir = plan.out / variant
     state = _run_state(run_dir)
     if state is not None and state["step"] >= plan.steps:
-        return state
+        return None
     if state is None:
         args = plan.train_args(variant)
     else:
         args = [f"--out={run_dir}", "--resume", f"--steps={plan.steps}", "--verbose=2"]
-    command = [sys.executable, "-m", "training", "train", *args]
-    print("$", shlex.join(command), flush=True)
-    subprocess.run(command, check=True)
-    return _run_state(run_dir) or {}
+    return [sys.executable, "-m", "training", "train", *args]
+
+
+def train_variants(plan: AblationPlan, variants: Sequence[str], parallel: int = 1) -> dict:
+    """Trains the unfinished variants, up to `parallel` at a time, and returns each one's state.
+
+    One EDSR baseline run leaves much of a GPU idle: two runs side by side on one H100 took 11
+    and 9 ms a step against 7.5 ms alone, 1.5 times the steps per second in all. Side-by-side
+    runs write their output to `OUT/<variant>.log` instead of the terminal.
+
+    Raises:
+        subprocess.CalledProcessError: A variant's training failed (the others still finish).
+    """
+    pending = [(v, command) for v in variants if (command := train_command(plan, v)) is not None]
+    running: list[tuple[str, subprocess.Popen, object]] = []
+    failed: list[tuple[str, list[str], int]] = []
+
+    def reap(entry) -> None:
+        variant, process, log = entry
+        if process.wait() != 0:
+            failed.append((variant, process.args, process.returncode))
+        if log is not None:
+            log.close()
+
+    while pending or running:
+        while pending and len(running) < max(1, parallel):
+            variant, command = pending.pop(0)
+            print("$", shlex.join(command), flush=True)
+            log = open(plan.out / f"{variant}.log", "a") if parallel > 1 else None  # noqa: SIM115
+            running.append((variant, subprocess.Popen(command, stdout=log, stderr=log), log))
+        # Refill a slot as soon as any run ends, not only the oldest.
+        while not (done := [entry for entry in running if entry[1].poll() is not None]):
+            time.sleep(0.5)
+        for entry in done:
+            running.remove(entry)
+            reap(entry)
+    if failed:
+        variant, command, code = failed[0]
+        print(f"variant {variant} failed (exit {code})", file=sys.stderr)
+        raise subprocess.CalledProcessError(code, command)
+    return {variant: _run_state(plan.out / variant) or {} for variant in variants}
 
 
 def evaluate_variant(plan: AblationPlan, variant: str, bench: Sequence[str]) -> dict:
@@ -175,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="a subset to run"
     )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="variants trained at once (they share the GPU; output goes to OUT/<variant>.log)",
+    )
     args = parser.parse_args(argv)
     # Every plan field has a flag of the same name; list-valued flags become tuples.
     plan = AblationPlan(
@@ -187,11 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     plan.out.mkdir(parents=True, exist_ok=True)
     results_file = plan.out / "ablation.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    states = train_variants(plan, args.variants, args.parallel)
     for variant in args.variants:
-        state = train_variant(plan, variant)
         results[variant] = {
             "command": "python -m training train " + shlex.join(plan.train_args(variant)),
-            "state": state,
+            "state": states[variant],
             "bench": evaluate_variant(plan, variant, args.bench),
         }
         # Written after every variant, so an interrupted ablation keeps what it measured.

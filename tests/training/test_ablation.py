@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,33 @@ def test_a_tiny_ablation_trains_scores_and_resumes(image_folder, tmp_path, capsy
     mtime = (out / "base" / "best.keras").stat().st_mtime
     assert ablation(args) == 0
     assert (out / "base" / "best.keras").stat().st_mtime == mtime
+
+
+def test_variants_can_train_side_by_side(image_folder, tmp_path):
+    out = tmp_path / "ablation"
+    args = ["--data", str(image_folder), "--bench", str(image_folder), "--out", str(out)]
+    args += ["--steps", "2", "--eval-every", "2", "--batch-size", "2", "--patch-size", "32"]
+    args += ["--filters", "4", "--blocks", "1", "--variants", "base", "piecewise"]
+    assert ablation([*args, "--parallel", "2"]) == 0
+
+    results = json.loads((out / "ablation.json").read_text())
+    for variant in ("base", "piecewise"):
+        assert results[variant]["state"]["step"] == 2
+        # Side-by-side runs keep their output apart, one log each.
+        assert "training on" in (out / f"{variant}.log").read_text()
+
+
+def test_a_failed_variant_fails_the_ablation_after_the_others_finish(tmp_path, monkeypatch):
+    from training import ablation as module
+
+    plan = _plan(tmp_path, out=tmp_path)
+    commands = {
+        "base": [sys.executable, "-c", "raise SystemExit(3)"],
+        "bf16": [sys.executable, "-c", "open('bf16-ran', 'w').close()"],
+    }
+    monkeypatch.setattr(module, "train_command", lambda plan, variant: commands[variant])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        module.train_variants(plan, ["base", "bf16"], parallel=2)
+    assert failure.value.returncode == 3
+    assert (tmp_path / "bf16-ran").exists()
