@@ -118,7 +118,9 @@ def _add_evaluate(sub) -> None:
         help="score a model by the standard SR protocol",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("model", help="a .keras or .onnx model")
+    # Optional here so that a model written after the --data folders, which argparse would take
+    # as one more folder, can be found there (see `_model_after_data`).
+    p.add_argument("model", nargs="?", help="a .keras or .onnx model")
     p.add_argument(
         "--data",
         nargs="+",
@@ -167,6 +169,20 @@ def _add_export(sub) -> None:
     )
 
 
+MODEL_SUFFIXES = (".keras", ".onnx")
+
+
+def _model_after_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Moves a model given after `--data DIR ...` (where argparse files it as a folder) to
+    `args.model`, or exits with a usage error when no model was given at all."""
+    if args.model is None and args.data and args.data[-1].endswith(MODEL_SUFFIXES):
+        args.model = args.data.pop()
+    if args.model is None:
+        parser.error("evaluate: give the model to score (a .keras or .onnx file)")
+    if not args.data:
+        parser.error("evaluate: --data needs at least one benchmark folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
@@ -200,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "evaluate":
         from training.evaluate import evaluate_sets, format_table, load_upscaler
+
+        _model_after_data(parser, args)
 
         upscaler = load_upscaler(args.model, tile_size=args.tile_size)
         results = evaluate_sets(

@@ -86,3 +86,27 @@ def test_training_runs_on_the_jax_backend(image_folder, tmp_path):
     assert config["backend"] == "jax"
     assert state["step"] == 2
     assert (run / "best.keras").is_file()
+
+
+@pytest.fixture
+def tiny_keras_model(tmp_path) -> Path:
+    from training.model import build_edsr
+
+    path = tmp_path / "tiny.keras"
+    build_edsr(scale=4, filters=4, blocks=1).save(path)
+    return path
+
+
+def test_evaluate_finds_a_model_written_after_the_data_folders(
+    image_folder, tiny_keras_model, capsys
+):
+    # argparse would file the model as one more --data folder; the command takes it back.
+    assert main(["evaluate", "--data", str(image_folder), str(tiny_keras_model), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sets"][0]["images"] == 6
+
+
+def test_evaluate_without_a_model_is_a_usage_error(image_folder, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--data", str(image_folder)])
+    assert exit_.value.code == 2
+    assert "give the model to score" in capsys.readouterr().err
