@@ -17,8 +17,10 @@ such as the Keras precision policy or the backend, leaks from one to the next) i
 benchmark sets. Checkpoints are chosen on the validation images only, never on the benchmarks.
 A rerun with the same `--out` resumes unfinished variants and skips finished ones, so the
 ablation can be spread over several sessions on a GPU machine; `--parallel N` trains N variants
-at once, which a GPU has room for. Results go to
-`OUT/ablation.json` and a markdown table (PSNR and the difference from `base`) is printed.
+at once, which a GPU has room for. Without `--bench` the variants only train (on a GPU machine
+that lacks the benchmark sets, say); a rerun with `--bench` finds them finished and scores them.
+Results go to `OUT/ablation.json` and a markdown table (PSNR and the difference from `base`) is
+printed.
 
 Usage (from the repository root):
     python -m training.ablation --data ../shared/data/train \
@@ -200,7 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", nargs="+", required=True, help="the base training set")
     parser.add_argument("--extra-data", nargs="+", default=[], help="data the base run adds")
     parser.add_argument("--val-data", nargs="+", default=[], help="held-out validation images")
-    parser.add_argument("--bench", nargs="+", required=True, help="benchmark set folders")
+    parser.add_argument(
+        "--bench",
+        nargs="+",
+        default=[],
+        help="benchmark set folders; without them the variants only train (score them later, "
+        "on another machine if need be, by rerunning with --bench)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="folder for the variants' runs")
     parser.add_argument("--steps", type=int, required=True, help="training steps per variant")
     parser.add_argument("--eval-every", type=int, default=1000)
@@ -233,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     results_file = plan.out / "ablation.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     states = train_variants(plan, args.variants, args.parallel)
+    if not args.bench:
+        print(json.dumps(states, indent=2))
+        return 0
     for variant in args.variants:
         results[variant] = {
             "command": "python -m training train " + shlex.join(plan.train_args(variant)),

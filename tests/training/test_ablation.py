@@ -106,3 +106,15 @@ def test_a_failed_variant_fails_the_ablation_after_the_others_finish(tmp_path, m
         module.train_variants(plan, ["base", "bf16"], parallel=2)
     assert failure.value.returncode == 3
     assert (tmp_path / "bf16-ran").exists()
+
+
+def test_without_benchmarks_the_variants_only_train(image_folder, tmp_path, capsys):
+    out = tmp_path / "ablation"
+    args = ["--data", str(image_folder), "--out", str(out), "--steps", "1", "--eval-every", "1"]
+    args += ["--batch-size", "2", "--patch-size", "32", "--filters", "4", "--blocks", "1"]
+    assert ablation([*args, "--variants", "base"]) == 0
+
+    printed = capsys.readouterr().out  # the training command line, then the states as JSON
+    assert json.loads(printed[printed.index("\n{") + 1 :])["base"]["step"] == 1
+    assert (out / "base" / "best.keras").exists()
+    assert not (out / "ablation.json").exists()
