@@ -1,6 +1,6 @@
 """Command line: `python -m benchmarks [--quick] [--model PATH] [--checkpoint PATH] ...`.
 
-Runs the sections in order (model, tiling, tuning, encode, http, gpu), writes
+Runs the sections in order (model, tiling, tuning, encode, memory, http, gpu), writes
 `<out>/<name>.json` with every figure, the machine and the versions, `<out>/<name>_latency.png`,
 and prints the targets table. `--quick` runs a reduced set in under 3 minutes on 2 cores.
 """
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("model", "tiling", "tuning", "encode", "http", "gpu")
+SECTIONS = ("model", "tiling", "tuning", "encode", "memory", "http", "gpu")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -64,6 +64,7 @@ def _sections() -> dict[str, Callable[[Any], dict[str, Any]]]:
         encode_section,
         gpu_section,
         http_section,
+        memory_section,
         model_section,
         tiling_section,
         tuning_section,
@@ -74,6 +75,7 @@ def _sections() -> dict[str, Callable[[Any], dict[str, Any]]]:
         "tiling": tiling_section.run,
         "tuning": tuning_section.run,
         "encode": encode_section.run,
+        "memory": memory_section.run,
         "http": http_section.run,
         "gpu": gpu_section.run,
     }

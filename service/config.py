@@ -95,13 +95,36 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest time the whole upload may take to arrive before 408.",
     )
+    # Request bodies are read before a request queues for a slot (so uploads overlap with the
+    # running upscale), and a raw body is held in memory while it arrives: without this bound,
+    # clients that send ~20 MiB and then stall grew the process by 20 MiB each (measured: 100
+    # such connections, +1.6 GB). 16 x 20 MiB caps upload buffers at ~320 MB.
+    max_concurrent_uploads: int = Field(
+        default=16,
+        ge=1,
+        description="Request bodies received at once; more get 503 with Retry-After before any "
+        "byte is read. With MAX_UPLOAD_BYTES this bounds the memory uploads can hold.",
+    )
     # 2048 x 2048 input pixels become an 8192 x 8192 output: 201 MB as RGB uint8 (268 MB with
-    # alpha) plus the PNG being encoded. With MAX_CONCURRENCY requests working at once that is the
-    # bulk of the service's memory, so this cap is what keeps a 2-4 GB container alive.
+    # alpha) plus the file being encoded. With MAX_CONCURRENCY requests working at once that is
+    # the bulk of the service's memory, so this cap is what keeps a 2-4 GB container alive.
+    # Measured at this limit (`python -m benchmarks --sections memory`, docs/benchmarks.md),
+    # one request's pipeline adds 0.33 GB for RGB to PNG, 0.94 GB for RGBA to PNG, 0.83 GB for
+    # RGBA to JPEG and 1.98 GB for RGBA to lossless WebP (libwebp's own buffers), on top of the
+    # model's 0.75 GB for 192-pixel tiles and ~0.6 GB for the idle process.
     max_input_pixels: int = Field(
         default=2048 * 2048,
         ge=1,
         description="Largest decoded input (width x height). The output has 16x as many.",
+    )
+    # quality=max runs the model 8 times. Bounding its input to 1/8 of the largest standard
+    # input keeps its worst case to the same model work as the largest standard upscale (on 2 CPU
+    # cores a 1024 x 1024 input took 22 s, so 2048 x 2048 about 1.5 minutes), not 8 times that.
+    max_ensemble_input_pixels: int = Field(
+        default=2048 * 2048 // 8,
+        ge=1,
+        description="Largest input (width x height) for `quality=max` (8 model runs); larger "
+        "ones get 413. The default gives it the model work of the largest standard upscale.",
     )
     # Measured on 2 cores: four images upscaled one at a time took 2.34 s, two at a time 2.60 s
     # (both sharing onnxruntime's intra-op threads): concurrency lowers CPU throughput.

@@ -1,11 +1,16 @@
-"""FastAPI dependencies: the shared service state, readiness, and the size-limited upload."""
+"""FastAPI dependencies: the shared service state, readiness, the query and Accept header, and
+the size-limited upload.
+
+The endpoint declares them in the order they run, cheapest first: the query and the Accept
+header are checked before a single byte of the body is read.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import anyio
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
@@ -14,13 +19,15 @@ from service.encoding import OutputFormat
 from service.exceptions import (
     ClientDisconnectedError,
     EmptyUploadError,
+    InvalidParameterError,
     MissingFieldError,
     NotReadyError,
     UnsupportedMediaTypeError,
     UploadTimeoutError,
     UploadTooLargeError,
 )
-from service.negotiation import negotiate_format
+from service.negotiation import acceptable_formats
+from service.quality import Quality
 from service.state import ServiceState
 
 #: Name of the multipart field that carries the image.
@@ -105,6 +112,7 @@ async def read_upload(request: Request, state: ReadyState) -> bytes:
 
     Raises:
         UploadTooLargeError: If Content-Length or the bytes received exceed the limit.
+        OverloadedError: If as many bodies as allowed are already being received.
         UploadTimeoutError: If the body takes longer than the upload timeout to arrive.
         UnsupportedMediaTypeError: For any other Content-Type.
         MissingFieldError: If a multipart body lacks the `file` field.
@@ -117,20 +125,24 @@ async def read_upload(request: Request, state: ReadyState) -> bytes:
         raise UploadTooLargeError(limit)
 
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "multipart/form-data" and not (
+        media_type.startswith("image/") or media_type in _RAW_MEDIA_TYPES
+    ):
+        raise UnsupportedMediaTypeError(
+            f"Content-Type {media_type!r} is not supported; send multipart/form-data with a "
+            f"{UPLOAD_FIELD!r} field, or the image itself with an image/* Content-Type"
+        )
     limited = Request(request.scope, _limited_receive(request.receive, limit))
     timeout = state.settings.upload_timeout_seconds
     try:
-        with anyio.fail_after(timeout):
-            if media_type == "multipart/form-data":
-                data = await _read_multipart(limited)
-            elif media_type.startswith("image/") or media_type in _RAW_MEDIA_TYPES:
-                data = await _read_raw(limited)
-            else:
-                raise UnsupportedMediaTypeError(
-                    f"Content-Type {media_type!r} is not supported; send multipart/form-data "
-                    f"with a {UPLOAD_FIELD!r} field, or the image itself with an image/* "
-                    "Content-Type"
-                )
+        # Bodies are read before the request queues for an upscale, so the number being read at
+        # once is bounded separately: each can hold up to `limit` bytes while it arrives.
+        async with state.uploads.slot():
+            with anyio.fail_after(timeout):
+                if media_type == "multipart/form-data":
+                    data = await _read_multipart(limited)
+                else:
+                    data = await _read_raw(limited)
     except ClientDisconnect as exc:
         raise ClientDisconnectedError("the client disconnected during the upload") from exc
     except TimeoutError as exc:
@@ -143,16 +155,48 @@ async def read_upload(request: Request, state: ReadyState) -> bytes:
 UploadedBytes = Annotated[bytes, Depends(read_upload)]
 
 
-def output_format(request: Request) -> OutputFormat:
-    """The response format the Accept header asks for (PNG by default).
+def accepted_formats(request: Request) -> tuple[OutputFormat, ...]:
+    """The response formats the Accept header allows, most wanted first (PNG by default).
 
-    Declared before the upload in the endpoint, so a request that accepts nothing the service
-    can write is refused before its body is read.
+    The endpoint picks among them once it knows the image's size (WebP and JPEG have size
+    limits). Declared before the upload, so a request that accepts nothing the service can
+    write is refused before its body is read.
 
     Raises:
         NotAcceptableError: If the Accept header rules out PNG, WebP and JPEG alike.
     """
-    return negotiate_format(request.headers.get("accept"))
+    return acceptable_formats(request.headers.get("accept"))
 
 
-NegotiatedFormat = Annotated[OutputFormat, Depends(output_format)]
+AcceptedFormats = Annotated[tuple[OutputFormat, ...], Depends(accepted_formats)]
+
+
+def requested_quality(
+    quality: Annotated[
+        str,
+        Query(
+            description="`standard`, or `max` for the self-ensemble: 8 model runs averaged "
+            "(8x the time, slightly sharper; inputs up to UPSCALER_MAX_ENSEMBLE_INPUT_PIXELS).",
+            json_schema_extra={"enum": [member.value for member in Quality]},
+        ),
+    ] = Quality.STANDARD.value,
+) -> Quality:
+    """The `quality` query parameter.
+
+    Parsed here rather than by FastAPI's validation so that a bad value is refused before the
+    upload is read (FastAPI reads every dependency, the body included, before it reports
+    validation errors) and with the service's one error shape, `{"detail": "..."}`.
+
+    Raises:
+        InvalidParameterError: For anything but `standard` or `max`.
+    """
+    try:
+        return Quality(quality)
+    except ValueError:
+        allowed = " or ".join(repr(member.value) for member in Quality)
+        raise InvalidParameterError(
+            f"query parameter quality={quality!r} is not valid; use {allowed}"
+        ) from None
+
+
+RequestedQuality = Annotated[Quality, Depends(requested_quality)]

@@ -43,6 +43,17 @@ class OutputFormat(StrEnum):
         return f"image/{self.value}"
 
 
+#: Largest width or height each format can store: libwebp's limit for WebP (VP8L stores 14-bit
+#: dimensions), libjpeg's JPEG_MAX_DIMENSION (65500, below the format's 16-bit fields), and PNG's
+#: 31-bit fields. Pillow fails with an obscure encoder error past them (measured with Pillow 12:
+#: 16384 and 65501 pixels fail), so the service checks before upscaling.
+MAX_SIDE: dict[OutputFormat, int] = {
+    OutputFormat.PNG: 2**31 - 1,
+    OutputFormat.WEBP: 16383,
+    OutputFormat.JPEG: 65500,
+}
+
+
 class PngEncoder(StrEnum):
     """Implementations of the PNG output."""
 
@@ -91,14 +102,22 @@ WEBP_LOSSLESS_OPTIONS: dict[str, object] = {
 _GREY_ICC_SPACE = b"GRAY"
 
 
+#: Rows converted at a time by `luma` and `flatten_on_white`: their integer temporaries are a
+#: few times the size of the pixels, which for whole 8192 x 8192 outputs came to gigabytes.
+_ROWS_PER_BLOCK = 256
+
+
 def luma(rgb: np.ndarray) -> np.ndarray:
     """Greyscale from RGB with Pillow's `convert("L")` formula (ITU-R 601-2, fixed point).
 
     The same integer arithmetic as Pillow, so every encoder produces the grey Pillow would.
     """
-    channels = rgb.astype(np.uint32)
-    total = channels[..., 0] * 19595 + channels[..., 1] * 38470 + channels[..., 2] * 7471
-    return ((total + 0x8000) >> 16).astype(np.uint8)
+    grey = np.empty(rgb.shape[:2], dtype=np.uint8)
+    for start in range(0, rgb.shape[0], _ROWS_PER_BLOCK):
+        channels = rgb[start : start + _ROWS_PER_BLOCK].astype(np.uint32)
+        total = channels[..., 0] * 19595 + channels[..., 1] * 38470 + channels[..., 2] * 7471
+        grey[start : start + _ROWS_PER_BLOCK] = (total + 0x8000) >> 16
+    return grey
 
 
 def compose(rgb: np.ndarray, alpha: np.ndarray | None = None, grey: bool = False) -> np.ndarray:
@@ -137,10 +156,18 @@ def encode_webp_lossless(
 
 
 def flatten_on_white(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Composites colour (H, W, C) with alpha (H, W) onto a white background, rounding."""
-    weight = alpha.astype(np.float32)[..., np.newaxis] / 255.0
-    blended = pixels.astype(np.float32) * weight + 255.0 * (1.0 - weight)
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    """Composites colour (H, W, C) with alpha (H, W) onto a white background, rounding.
+
+    Exact integer arithmetic: (p * a + 255 * (255 - a)) / 255, rounded to the nearest integer
+    (the division never ends in exactly one half, so there are no ties to break).
+    """
+    flattened = np.empty(pixels.shape, dtype=np.uint8)
+    for start in range(0, pixels.shape[0], _ROWS_PER_BLOCK):
+        rows = slice(start, start + _ROWS_PER_BLOCK)
+        weight = alpha[rows].astype(np.uint32)[..., np.newaxis]
+        blended = pixels[rows] * weight + 255 * (255 - weight)
+        flattened[rows] = (blended + 127) // 255
+    return flattened
 
 
 def encode_jpeg(

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -18,6 +19,7 @@ from service.exceptions import (
     CorruptImageError,
     EmptyUploadError,
     ImageTooLargeError,
+    InvalidParameterError,
     MissingFieldError,
     ModelLoadError,
     NotAcceptableError,
@@ -41,6 +43,7 @@ ERROR_STATUS: dict[type[UpscalerError], int] = {
     UnsupportedMediaTypeError: 415,
     UnsupportedImageError: 415,
     EmptyUploadError: 422,
+    InvalidParameterError: 422,
     MissingFieldError: 422,
     CorruptImageError: 422,
     NotReadyError: 503,
@@ -66,23 +69,28 @@ def _documented(description: str) -> dict[str, Any]:
 UPSCALE_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _documented("Malformed multipart body."),
     406: _documented(
-        "The Accept header allows none of image/png, image/webp, image/jpeg (nor */*, image/*)."
+        "The Accept header allows none of image/png, image/webp, image/jpeg (nor */*, image/*), "
+        "or the output is too large for every format it allows (WebP holds at most 16383 "
+        "pixels a side, JPEG 65500)."
     ),
     408: _documented("The upload did not arrive within UPSCALER_UPLOAD_TIMEOUT_SECONDS."),
     413: _documented(
-        "Request body over UPSCALER_MAX_UPLOAD_BYTES, or image dimensions over "
-        "UPSCALER_MAX_INPUT_PIXELS (decompression bombs included; nothing is decoded)."
+        "Request body over UPSCALER_MAX_UPLOAD_BYTES, image dimensions over "
+        "UPSCALER_MAX_INPUT_PIXELS (decompression bombs included; nothing is decoded) or, with "
+        "quality=max, over UPSCALER_MAX_ENSEMBLE_INPUT_PIXELS."
     ),
     415: _documented(
         "Content-Type is neither multipart/form-data nor image/*, or the file is not an image "
         "in a supported format (JPEG, PNG, WebP, BMP, TIFF, GIF) or pixel mode."
     ),
     422: _documented(
-        "Empty upload, missing `file` field, or a truncated/corrupt file of a supported format."
+        "Empty upload, missing `file` field, a truncated/corrupt file of a supported format, "
+        "or an unknown `quality`."
     ),
     503: _documented(
-        "Model still warming up, or all inference slots and the queue are full. "
-        "Carries a Retry-After header."
+        "Model still warming up, all inference slots and the queue are full, or "
+        "UPSCALER_MAX_CONCURRENT_UPLOADS bodies are already arriving. Carries a Retry-After "
+        "header."
     ),
 }
 
@@ -107,6 +115,21 @@ async def _handle_upscaler_error(request: Request, exc: Exception) -> JSONRespon
     return JSONResponse({"detail": exc.detail}, status_code=status, headers=headers)
 
 
+def _describe_validation_error(error: dict[str, Any]) -> str:
+    # ("query", "quality") reads "query 'quality'"; a bare ("body",) reads "body".
+    source, *path = [str(part) for part in error.get("loc", ())] or ["request"]
+    where = f"{source} {'.'.join(path)!r}" if path else source
+    return f"{where}: {error.get('msg', 'invalid')}"
+
+
+async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    # FastAPI's own 422 body is a list of error objects; the service promises one shape for
+    # every error, {"detail": "<message>"}, so the list is folded into one sentence.
+    assert isinstance(exc, RequestValidationError)
+    message = "; ".join(_describe_validation_error(error) for error in exc.errors())
+    return JSONResponse({"detail": message or "invalid request"}, status_code=422)
+
+
 async def _handle_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Starlette logs the traceback itself after this response is sent; the client only learns
     # that it was not its fault.
@@ -116,4 +139,5 @@ async def _handle_unexpected_error(request: Request, exc: Exception) -> JSONResp
 def install_error_handlers(app: FastAPI) -> None:
     """Registers the JSON error handlers on `app`."""
     app.add_exception_handler(UpscalerError, _handle_upscaler_error)
+    app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(Exception, _handle_unexpected_error)

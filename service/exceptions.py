@@ -53,6 +53,10 @@ class UnsupportedImageError(UpscalerError):
     """The bytes are not an image, or an image in a format or pixel mode the service rejects."""
 
 
+class InvalidParameterError(UpscalerError):
+    """A query parameter has a value the service does not know."""
+
+
 class NotAcceptableError(UpscalerError):
     """The Accept header rules out every image format the service can answer with."""
 

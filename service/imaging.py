@@ -10,10 +10,11 @@ Mode handling, in short:
 * RGB, YCbCr -> RGB; CMYK -> RGB (through its ICC profile when it has one).
 * RGBA, RGBa, PA, P or RGB with a transparent colour -> RGB plus alpha.
 * L, 1 -> grey; LA, La, L with a transparent colour -> grey plus alpha.
-* 16-bit greyscale (I;16*, I) -> 8-bit grey by scaling with 255/65535 (that is, 1/257) and
-  rounding, so white stays white. 16-bit colour PNGs are reduced to 8 bits by Pillow itself while
-  decoding (it keeps the high byte).
-* Anything else (32-bit float, LAB, HSV...) is rejected as unsupported.
+* 16-bit greyscale (I;16*, and I from PNG) -> 8-bit grey by scaling with 255/65535 (that is,
+  1/257) and rounding, so white stays white. 16-bit colour PNGs are reduced to 8 bits by
+  Pillow itself while decoding (it keeps the high byte).
+* Anything else (32-bit float or integer, signed samples, LAB, HSV...) is rejected as
+  unsupported.
 
 Grey images are upscaled as RGB with three equal channels and turned back into grey; alpha is
 upscaled separately with bicubic interpolation, since the model only knows colour.
@@ -128,11 +129,35 @@ def _signature_format(data: bytes) -> str | None:
     return None
 
 
+def _plugin_refusal(data: bytes, image_format: str) -> str | None:
+    """Why the format's own Pillow plugin refuses the data (`Image.open` hides the reason)."""
+    opener = Image.OPEN.get(image_format)
+    if opener is None:
+        return None
+    try:
+        opener[0](io.BytesIO(data), "").close()
+    except Exception as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
 def _unreadable(data: bytes) -> CorruptImageError | UnsupportedImageError:
     """Explains why Pillow could not open bytes with one of the accepted formats."""
+    accepted = "JPEG, PNG, WebP, BMP, TIFF or GIF"
     claimed = _signature_format(data)
     if claimed is not None:
-        return CorruptImageError(f"the data starts like a {claimed} file but its header is damaged")
+        reason = _plugin_refusal(data, claimed)
+        # A well-formed file in a variant Pillow cannot decode (a float16 TIFF, say) is the
+        # client's choice of format, not damage: 415, not 422.
+        if reason and any(word in reason.lower() for word in ("unknown pixel mode", "unsupported")):
+            return UnsupportedImageError(
+                f"this {claimed} file stores its pixels in a way the service cannot read "
+                f"({reason}); send 8- or 16-bit integer pixels"
+            )
+        suffix = f" ({reason})" if reason else ""
+        return CorruptImageError(
+            f"the data starts like a {claimed} file but its header is damaged{suffix}"
+        )
     # Ask Pillow about every format it knows, only to name the format in the message. Opening
     # reads just the header, and the pixels are never loaded.
     try:
@@ -140,10 +165,20 @@ def _unreadable(data: bytes) -> CorruptImageError | UnsupportedImageError:
             other_format = image.format
     except Exception:
         other_format = None
-    accepted = "JPEG, PNG, WebP, BMP, TIFF or GIF"
     if other_format:
         return UnsupportedImageError(f"{other_format} images are not supported; send {accepted}")
     return UnsupportedImageError(f"the upload is not an image in a supported format ({accepted})")
+
+
+def _metadata_too_large(exc: Exception) -> ImageTooLargeError | None:
+    # Pillow refuses compressed PNG chunks (ICC profiles, text) that inflate past
+    # PngImagePlugin.MAX_TEXT_CHUNK, 1 MiB: a safety limit against zip bombs, not damage.
+    if isinstance(exc, ValueError) and "MAX_TEXT_CHUNK" in str(exc):
+        return ImageTooLargeError(
+            "the image's embedded metadata (an ICC profile or a text chunk) inflates to more "
+            "than the 1 MiB the service accepts; remove the metadata and send it again"
+        )
+    return None
 
 
 def _open(data: bytes) -> Image.Image:
@@ -157,7 +192,9 @@ def _open(data: bytes) -> Image.Image:
     except UnidentifiedImageError as exc:
         raise _unreadable(data) from exc
     except Exception as exc:  # malformed headers raise many unrelated types inside Pillow
-        raise CorruptImageError(f"the image header is truncated or damaged: {exc}") from exc
+        raise _metadata_too_large(exc) or CorruptImageError(
+            f"the image header is truncated or damaged: {exc}"
+        ) from exc
 
 
 def _header_info(image: Image.Image, max_pixels: int) -> ImageInfo:
@@ -237,6 +274,14 @@ def _compatible_icc(icc_profile: bytes | None, grey: bool) -> bytes | None:
 def _decode_loaded(image: Image.Image, info: ImageInfo) -> DecodedImage:
     icc_profile = image.info.get("icc_profile") or None
     alpha: np.ndarray | None = None
+    if image.mode == "I" and info.format != "PNG":
+        # Mode I holds 32-bit signed integers. PNG samples are at most 16-bit unsigned (older
+        # Pillow versions open 16-bit grey PNGs as I), but a TIFF in mode I stores signed
+        # 16-bit or 32-bit samples, which no 0-65535 scaling would render correctly.
+        raise UnsupportedImageError(
+            f"this {info.format} file has signed or 32-bit integer pixels, which are not "
+            "supported; send 8- or 16-bit unsigned images"
+        )
     if image.mode in _SIXTEEN_BIT_GREY_MODES:
         grey, luma = True, _to_sixteen_bit_grey(image)
     else:
@@ -294,12 +339,16 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
             # pixels are decoded from a second, fresh object below.
             image.verify()
         except Exception as exc:
-            raise CorruptImageError(f"{info.format} file is truncated or corrupt: {exc}") from exc
+            raise _metadata_too_large(exc) or CorruptImageError(
+                f"{info.format} file is truncated or corrupt: {exc}"
+            ) from exc
     with _open(data) as image:
         try:
             image.load()
         except Exception as exc:
-            raise CorruptImageError(f"{info.format} file is truncated or corrupt: {exc}") from exc
+            raise _metadata_too_large(exc) or CorruptImageError(
+                f"{info.format} file is truncated or corrupt: {exc}"
+            ) from exc
         try:
             ImageOps.exif_transpose(image, in_place=True)
         except Exception as exc:  # a damaged EXIF block should not cost the picture

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
 import numpy as np
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,12 +25,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.admission import AdmissionGate
 from service.batching import TileBatcher
 from service.config import Settings
-from service.deps import UPLOAD_FIELD, NegotiatedFormat, ReadyState, UploadedBytes
+from service.deps import (
+    UPLOAD_FIELD,
+    AcceptedFormats,
+    ReadyState,
+    RequestedQuality,
+    UploadedBytes,
+)
 from service.encoding import EncodeOptions, OutputFormat, describe_png_writer
 from service.errors import UPSCALE_ERROR_RESPONSES, install_error_handlers
-from service.exceptions import ClientDisconnectedError, ModelLoadError
+from service.exceptions import ClientDisconnectedError, ImageTooLargeError, ModelLoadError
 from service.imaging import inspect_image
 from service.metrics import ServiceMetrics
+from service.negotiation import choose_format_for_size
+from service.quality import Quality
 from service.runtime import UpscalerRuntime
 from service.state import ServiceState
 from service.upscaler import UpscaleResult, fits_tiles, upscale_image_bytes
@@ -217,15 +225,6 @@ def _batcher(settings: Settings, runtime: UpscalerRuntime, fit: bool) -> TileBat
     )
 
 
-class Quality(enum.StrEnum):
-    """The `quality` query parameter of `/upscale`."""
-
-    STANDARD = "standard"
-    #: Self-ensemble: the model runs on the 8 flips and rotations of the image and the results
-    #: are averaged. 8 times the compute for about 0.1 dB (the EDSR paper's "+" figures).
-    MAX = "max"
-
-
 def _response_headers(result: UpscaleResult) -> dict[str, str]:
     timing = ", ".join(
         f"{name};dur={seconds * 1000:.1f}"
@@ -244,6 +243,34 @@ def _response_headers(result: UpscaleResult) -> dict[str, str]:
         # Caches must not serve a WebP to a client that asked for PNG.
         "Vary": "Accept",
     }
+
+
+#: How often a running upscale checks whether its client is still there.
+DISCONNECT_POLL_SECONDS = 0.5
+
+
+@contextlib.asynccontextmanager
+async def _cancel_when_disconnected(request: Request) -> AsyncIterator[threading.Event]:
+    """Yields an event that is set when the client disconnects, for the worker thread to poll.
+
+    The upscale runs in a thread that cannot be cancelled from the event loop; it checks this
+    event between groups of tiles instead (see `upscale_image_bytes`), so a client that gives
+    up stops costing model time within one group of tiles.
+    """
+    cancel = threading.Event()
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+        cancel.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield cancel
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
 
 
 def create_app(
@@ -286,6 +313,7 @@ def create_app(
             gate=AdmissionGate(
                 settings.max_concurrency, settings.max_queue, settings.retry_after_seconds
             ),
+            uploads=AdmissionGate(settings.max_concurrent_uploads, 0, settings.retry_after_seconds),
             limiter=anyio.CapacityLimiter(settings.max_concurrency),
             encode_options=EncodeOptions.from_settings(settings),
             fit_tiles=fit,
@@ -334,38 +362,43 @@ def create_app(
     async def upscale(
         request: Request,
         state: ReadyState,
-        output_format: NegotiatedFormat,
+        formats: AcceptedFormats,
+        quality: RequestedQuality,
         data: UploadedBytes,
-        quality: Annotated[
-            Quality,
-            Query(
-                description="`standard`, or `max` for the self-ensemble: 8 model runs averaged "
-                "(8x the time, slightly sharper)."
-            ),
-        ] = Quality.STANDARD,
     ) -> Response:
         # Reading the header is cheap and rejects bad or oversized files before they queue.
-        await run_in_threadpool(inspect_image, data, max_pixels=settings.max_input_pixels)
+        info = await run_in_threadpool(inspect_image, data, max_pixels=settings.max_input_pixels)
+        ensemble = quality is Quality.MAX
+        if ensemble and info.pixels > settings.max_ensemble_input_pixels:
+            raise ImageTooLargeError(
+                f"quality=max runs the model 8 times, so it takes images of up to "
+                f"{settings.max_ensemble_input_pixels} pixels; this one is {info.width}x"
+                f"{info.height} = {info.pixels} pixels: send it with quality=standard"
+            )
+        scale = state.runtime.scale
+        output_format = choose_format_for_size(formats, info.width * scale, info.height * scale)
         async with state.gate.slot():
             # A client that gave up while queued must not cost an inference.
             if await request.is_disconnected():
                 raise ClientDisconnectedError("the client disconnected while queued")
             with metrics.inflight.track_inprogress():
-                result = await anyio.to_thread.run_sync(
-                    partial(
-                        upscale_image_bytes,
-                        data,
-                        state.runtime,
-                        overlap=settings.tile_overlap,
-                        max_input_pixels=settings.max_input_pixels,
-                        output_format=output_format,
-                        encode_options=state.encode_options,
-                        batcher=state.batcher,
-                        fit=state.fit_tiles,
-                        ensemble=quality is Quality.MAX,
-                    ),
-                    limiter=state.limiter,
-                )
+                async with _cancel_when_disconnected(request) as cancel:
+                    result = await anyio.to_thread.run_sync(
+                        partial(
+                            upscale_image_bytes,
+                            data,
+                            state.runtime,
+                            overlap=settings.tile_overlap,
+                            max_input_pixels=settings.max_input_pixels,
+                            output_format=output_format,
+                            encode_options=state.encode_options,
+                            batcher=state.batcher,
+                            fit=state.fit_tiles,
+                            ensemble=ensemble,
+                            cancel=cancel,
+                        ),
+                        limiter=state.limiter,
+                    )
         metrics.observe_upscale(result.input_pixels, result.output_pixels, result.inference_seconds)
         return Response(
             content=result.content,
@@ -393,6 +426,11 @@ def create_app(
         if not state.ready:
             return JSONResponse({"status": "warming_up", **description}, status_code=503)
         return JSONResponse({"status": "ready", **description})
+
+    # HEAD too, as load balancers and uptime checkers often probe with it (same status, no
+    # body); left out of the OpenAPI page, where it would only repeat the GET operations.
+    for path, probe in (("/healthz", healthz), ("/readyz", readyz)):
+        app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def prometheus_metrics(request: Request) -> Response:

@@ -5,11 +5,17 @@ range that matches it (`image/webp` beats `image/*` beats `*/*`); the highest qu
 go to the service's order of preference (PNG, then WebP, then JPEG), and `q=0` rules a format
 out. No header, an empty one, `*/*` and `image/*` all mean PNG. Plain string work, no HTTP
 framework.
+
+The ranking is kept, not only the winner: WebP and JPEG cannot hold every image the service may
+produce (see `service.encoding.MAX_SIDE`), so once the image's size is known
+`choose_format_for_size` falls back to the client's next acceptable format.
 """
 
 from __future__ import annotations
 
-from service.encoding import OutputFormat
+import math
+
+from service.encoding import MAX_SIDE, OutputFormat
 from service.exceptions import NotAcceptableError
 
 #: Media type of each format, in the order of preference used to break ties.
@@ -33,9 +39,11 @@ def _parse(header: str) -> list[tuple[str, float]]:
             name, _, value = param.partition("=")
             if name.strip().lower() == "q":
                 try:
-                    quality = min(max(float(value.strip()), 0.0), 1.0)
+                    quality = float(value.strip())
                 except ValueError:
                     quality = 1.0
+                # "nan" and "inf" parse as floats but are no more valid than "abc".
+                quality = min(max(quality, 0.0), 1.0) if math.isfinite(quality) else 1.0
         ranges.append((media_range.lower(), quality))
     return ranges
 
@@ -63,28 +71,77 @@ def _quality(ranges: list[tuple[str, float]], media_types: tuple[str, ...]) -> f
     return best_quality
 
 
-def negotiate_format(accept: str | None) -> OutputFormat:
-    """Chooses the output format for an `Accept` header.
+def acceptable_formats(accept: str | None) -> tuple[OutputFormat, ...]:
+    """Ranks the formats an `Accept` header allows, most wanted first.
 
     Args:
         accept: The header's value, or None when the request has none.
 
     Returns:
-        The format to answer with.
+        Every format with a quality above 0, by falling quality; ties in the service's order of
+        preference (PNG, WebP, JPEG).
 
     Raises:
         NotAcceptableError: When the header rules out every format the service can write.
     """
     if accept is None or not accept.strip():
-        return OutputFormat.PNG
+        return tuple(MEDIA_TYPES)
     ranges = _parse(accept)
     if not ranges:
-        return OutputFormat.PNG
+        return tuple(MEDIA_TYPES)
     scored = [(_quality(ranges, types), fmt) for fmt, types in MEDIA_TYPES.items()]
-    quality, chosen = max(scored, key=lambda item: item[0])  # max keeps the first of equals
-    if quality <= 0:
+    # sorted() is stable, so formats of equal quality keep the order of preference.
+    ranked = tuple(fmt for quality, fmt in sorted(scored, key=lambda item: -item[0]) if quality > 0)
+    if not ranked:
         offered = ", ".join(types[0] for types in MEDIA_TYPES.values())
         raise NotAcceptableError(
             f"cannot answer with any type in Accept: {accept!r}; the service offers {offered}"
         )
-    return chosen
+    return ranked
+
+
+def negotiate_format(accept: str | None) -> OutputFormat:
+    """Chooses the output format for an `Accept` header, whatever the image's size.
+
+    Args:
+        accept: The header's value, or None when the request has none.
+
+    Returns:
+        The most wanted format.
+
+    Raises:
+        NotAcceptableError: When the header rules out every format the service can write.
+    """
+    return acceptable_formats(accept)[0]
+
+
+def choose_format_for_size(
+    formats: tuple[OutputFormat, ...], width: int, height: int
+) -> OutputFormat:
+    """The most wanted of `formats` that can hold an image of `width` x `height` pixels.
+
+    Checked before the model runs, so a request whose output no acceptable format can hold is
+    refused at once instead of after minutes of upscaling.
+
+    Args:
+        formats: Acceptable formats, most wanted first (from `acceptable_formats`).
+        width: Output width in pixels.
+        height: Output height in pixels.
+
+    Returns:
+        The chosen format.
+
+    Raises:
+        NotAcceptableError: When every acceptable format is too small for the image.
+    """
+    side = max(width, height)
+    for output_format in formats:
+        if side <= MAX_SIDE[output_format]:
+            return output_format
+    limits = ", ".join(
+        f"{MEDIA_TYPES[fmt][0]} at most {MAX_SIDE[fmt]} pixels a side" for fmt in formats
+    )
+    raise NotAcceptableError(
+        f"the output, {width}x{height} pixels, is too large for the accepted formats "
+        f"({limits}); accept image/png for images this large"
+    )

@@ -27,6 +27,8 @@ class ServiceState:
         settings: The settings the app was built with.
         runtime: The loaded model.
         gate: Admission control for upscales.
+        uploads: Bounds the request bodies being received at once (no queue: beyond the bound,
+            503), since each may hold up to `settings.max_upload_bytes` in memory.
         limiter: Worker threads for upscales, as many as `settings.max_concurrency`, kept apart
             from the default thread pool so that other blocking work never waits behind them.
         encode_options: How responses are encoded.
@@ -40,6 +42,7 @@ class ServiceState:
     settings: Settings
     runtime: UpscalerRuntime
     gate: AdmissionGate
+    uploads: AdmissionGate
     limiter: anyio.CapacityLimiter
     encode_options: EncodeOptions
     fit_tiles: bool

@@ -247,6 +247,7 @@ def upscale_tiled_async(
     batch_size: int = 1,
     in_flight: int = 2,
     fit: bool = False,
+    interrupt: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """Upscales an image tile by tile through a model that answers with futures.
 
@@ -266,6 +267,9 @@ def upscale_tiled_async(
         batch_size: Most tiles per submitted group.
         in_flight: Groups submitted and not yet stitched, at most (1: one at a time).
         fit: Tiles fitted to this image (`fit_window`) instead of `tile_size` squares.
+        interrupt: Called before each group of tiles is cut; whatever it raises abandons the
+            upscale (the service raises when the client has gone), and the groups already
+            submitted are cancelled.
 
     Returns:
         The upscaled image, uint8 of shape (H * scale, W * scale, 3), rounded and clipped.
@@ -305,6 +309,8 @@ def upscale_tiled_async(
     pending: deque[tuple[list[TileSpan], Future[np.ndarray]]] = deque()
     try:
         for first in range(0, len(spans), batch_size):
+            if interrupt is not None:
+                interrupt()
             group = spans[first : first + batch_size]
             # A fresh array per group: a model or batcher that keeps the array it was given
             # never sees it overwritten by the next group.
@@ -335,6 +341,7 @@ def upscale_tiled(
     overlap: int,
     batch_size: int = 1,
     fit: bool = False,
+    interrupt: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """Upscales an image of any size by running a model on fixed-shape tiles.
 
@@ -349,6 +356,7 @@ def upscale_tiled(
         overlap: Context in input pixels kept around each seam and cropped after upscaling.
         batch_size: Tiles per `run_tiles` call.
         fit: Tiles fitted to this image (`fit_window`) instead of `tile_size` squares.
+        interrupt: Called before each model call; whatever it raises abandons the upscale.
 
     Returns:
         The upscaled image, uint8 of shape (H * scale, W * scale, 3), rounded and clipped.
@@ -386,4 +394,5 @@ def upscale_tiled(
         batch_size=batch_size,
         in_flight=1,
         fit=fit,
+        interrupt=interrupt,
     )

@@ -5,6 +5,7 @@ This is blocking, CPU-heavy work; the HTTP layer runs it in a worker thread.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -12,7 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from service.encoding import EncodeOptions, OutputFormat, encode_output
-from service.ensemble import self_ensemble
+from service.ensemble import self_ensemble_uint8
+from service.exceptions import ClientDisconnectedError
 from service.imaging import decode_image, resize_alpha
 from service.tiling import upscale_tiled, upscale_tiled_async
 
@@ -88,6 +90,7 @@ def upscale_image_bytes(
     batcher: TileBatcher | None = None,
     fit: bool = False,
     ensemble: bool = False,
+    cancel: threading.Event | None = None,
 ) -> UpscaleResult:
     """Upscales an uploaded image file and encodes the result.
 
@@ -109,6 +112,7 @@ def upscale_image_bytes(
 
     Raises:
         service.exceptions.UpscalerError: For input the service rejects (see `decode_image`).
+        service.exceptions.ClientDisconnectedError: When `cancel` was set during the work.
     """
     started = time.perf_counter()
     decoded = decode_image(data, max_pixels=max_input_pixels)
@@ -122,20 +126,27 @@ def upscale_image_bytes(
     if batcher is not None and fit:
         raise ValueError("fitted tiles vary in shape and cannot go through the tile batcher")
 
+    def stop_if_cancelled() -> None:
+        if cancel is not None and cancel.is_set():
+            raise ClientDisconnectedError("the client disconnected; the upscale was abandoned")
+
     def upscale_rgb(rgb: np.ndarray) -> np.ndarray:
         if batcher is None:
-            return upscale_tiled(rgb, runtime.run, fit=fit, **geometry)
+            return upscale_tiled(rgb, runtime.run, fit=fit, interrupt=stop_if_cancelled, **geometry)
         with batcher.client():
             return upscale_tiled_async(
-                rgb, batcher.submit, in_flight=TILE_GROUPS_IN_FLIGHT, **geometry
+                rgb,
+                batcher.submit,
+                in_flight=TILE_GROUPS_IN_FLIGHT,
+                interrupt=stop_if_cancelled,
+                **geometry,
             )
 
-    if ensemble:
-        averaged = self_ensemble(upscale_rgb, decoded.rgb)
-        upscaled = np.clip(np.round(averaged), 0, 255).astype(np.uint8)
-    else:
-        upscaled = upscale_rgb(decoded.rgb)
+    upscaled = (
+        self_ensemble_uint8(upscale_rgb, decoded.rgb) if ensemble else upscale_rgb(decoded.rgb)
+    )
     upscaled_at = time.perf_counter()
+    stop_if_cancelled()
     alpha = None if decoded.alpha is None else resize_alpha(decoded.alpha, runtime.scale)
     content = encode_output(
         upscaled,

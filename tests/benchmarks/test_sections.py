@@ -15,6 +15,7 @@ from benchmarks import (
     encode_section,
     gpu_section,
     http_section,
+    memory_section,
     model_section,
     tiling_section,
     tuning_section,
@@ -100,6 +101,14 @@ def test_gpu_section_code_paths_on_the_cpu(ctx: BenchContext) -> None:
     assert [row["batch"] for row in result["batched"]] == [1, 2, 4, 8]
     cells = [cell for cell in result["http"]["cells"] if "skipped" not in cell]
     assert cells and all(cell["statuses"].get("200", 0) >= 1 for cell in cells)
+
+
+def test_memory_section_measures_every_case_in_its_own_process(ctx: BenchContext) -> None:
+    result = memory_section.run(ctx)
+    assert len(result["cases"]) == len(memory_section.CASES)
+    for case in result["cases"]:
+        assert case["input"].startswith("32x32")
+        assert case["growth_mb"] >= 0
 
 
 def test_command_line_writes_results(tiny_model: Path, tmp_path: Path, capsys) -> None:

@@ -156,6 +156,30 @@ def raw_png(width: int, height: int, colour_type: int, rows: bytes) -> bytes:
     )
 
 
+def raw_tiff(bits: int, sample_format: int, samples: int = 1, side: int = 4) -> bytes:
+    """A little-endian TIFF of zeros written by hand, with any bit depth and sample format.
+
+    Pillow writes neither 16-bit float nor 3-channel float TIFFs, which other tools do.
+    `sample_format` is the TIFF SampleFormat tag: 1 unsigned, 2 signed integer, 3 float.
+    """
+    from PIL import TiffImagePlugin
+
+    data = bytes(side * side * samples * bits // 8)
+    directory = TiffImagePlugin.ImageFileDirectory_v2()
+    directory[256] = side  # ImageWidth
+    directory[257] = side  # ImageLength
+    directory[258] = (bits,) * samples  # BitsPerSample
+    directory[259] = 1  # Compression: none
+    directory[262] = 1 if samples == 1 else 2  # PhotometricInterpretation: grey or RGB
+    # StripOffsets: relative to the end of the directory, where Pillow's writer places the data.
+    directory[273] = 0
+    directory[277] = samples  # SamplesPerPixel
+    directory[278] = side  # RowsPerStrip
+    directory[279] = len(data)  # StripByteCounts
+    directory[339] = (sample_format,) * samples  # SampleFormat
+    return b"II*\x00" + struct.pack("<I", 8) + directory.tobytes(8) + data
+
+
 def wait_until_ready(client: TestClient) -> None:
     """Blocks until the app's background warm-up has finished."""
     state = client.app.state.service

@@ -137,12 +137,24 @@ def test_quality_max_averages_the_eight_flips_and_rotations(client: TestClient) 
     assert np.abs(got.astype(int) - expected).max() <= 1
 
 
-def test_unknown_quality_is_a_422(client: TestClient) -> None:
+def test_unknown_quality_is_a_422_with_the_one_error_shape(client: TestClient) -> None:
     response = client.post(
         "/upscale", params={"quality": "ultra"}, files={"file": ("p.png", png_bytes(8, 8))}
     )
-    assert response.status_code == 422
-    assert "detail" in response.json()
+    _assert_error(response, 422, "quality='ultra' is not valid; use 'standard' or 'max'")
+
+
+def test_quality_max_has_its_own_pixel_limit(make_settings: SettingsFactory) -> None:
+    with TestClient(create_app(make_settings(max_ensemble_input_pixels=100))) as client:
+        wait_until_ready(client)
+        small, large = png_bytes(10, 10), png_bytes(11, 10)
+        assert _post_file(client, large).status_code == 200  # standard quality: no such limit
+        ok = client.post("/upscale", params={"quality": "max"}, files={"file": ("a.png", small)})
+        assert ok.status_code == 200
+        refused = client.post(
+            "/upscale", params={"quality": "max"}, files={"file": ("a.png", large)}
+        )
+        _assert_error(refused, 413, "quality=max runs the model 8 times")
 
 
 @pytest.mark.parametrize(
@@ -271,12 +283,42 @@ def test_wrong_method_is_json(client: TestClient) -> None:
     assert "detail" in response.json()
 
 
+def test_unacceptable_format_for_the_output_size_is_refused_before_upscaling(
+    make_settings: SettingsFactory,
+) -> None:
+    # 4100 x 1 upscales to 16400 x 4: one pixel too wide... for WebP by 17, within PNG's reach.
+    with TestClient(create_app(make_settings(max_input_pixels=5000))) as client:
+        wait_until_ready(client)
+        wide = png_bytes(4100, 1)
+        refused = client.post(
+            "/upscale",
+            content=wide,
+            headers={"Content-Type": "image/png", "Accept": "image/webp"},
+        )
+        _assert_error(refused, 406, "16400x4 pixels, is too large")
+        assert "upscaler_inference_seconds_count 0.0" in client.get("/metrics").text
+        fallback = client.post(
+            "/upscale",
+            content=wide,
+            headers={"Content-Type": "image/png", "Accept": "image/webp, image/png;q=0.5"},
+        )
+        assert fallback.status_code == 200
+        assert fallback.headers["content-type"] == "image/png"
+
+
 # --- Readiness and start-up ----------------------------------------------------------------------
 
 
 def test_healthz(client: TestClient) -> None:
     response = client.get("/healthz")
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_probes_answer_head_requests(client: TestClient, path: str) -> None:
+    response = client.head(path)
+    assert response.status_code == 200
+    assert response.content == b""
 
 
 def test_not_ready_before_the_model_is_loaded(make_settings: SettingsFactory) -> None:
@@ -387,18 +429,22 @@ async def _asgi_post(
     headers: dict[str, str],
     consumed: list[int],
     chunk_delay: float = 0.0,
+    query: bytes = b"",
+    gone: asyncio.Event | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """Calls the app directly, streaming `chunks` (`chunk_delay` seconds apart), then reporting a
-    disconnected client."""
+    disconnected client: at once, or once `gone` is set (until then the client is there)."""
     messages: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
-        if chunk_delay:
-            await asyncio.sleep(chunk_delay)
         if consumed[0] < len(chunks):
+            if chunk_delay:
+                await asyncio.sleep(chunk_delay)
             consumed[0] += 1
             more = consumed[0] < len(chunks)
             return {"type": "http.request", "body": chunks[consumed[0] - 1], "more_body": more}
+        if gone is not None:
+            await gone.wait()
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
@@ -412,7 +458,7 @@ async def _asgi_post(
         "scheme": "http",
         "path": "/upscale",
         "raw_path": b"/upscale",
-        "query_string": b"",
+        "query_string": query,
         "root_path": "",
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
         "client": ("testclient", 50000),
@@ -485,6 +531,83 @@ def test_client_gone_while_queued_costs_no_inference(make_settings: SettingsFact
 
     assert asyncio.run(scenario()) == 499
     assert runtimes[0].calls == 0
+    assert app.state.metrics.requests.labels(status="499")._value.get() == 1
+
+
+def test_bad_quality_is_refused_before_the_upload_is_read(make_settings: SettingsFactory) -> None:
+    app = create_app(make_settings())
+    consumed = [0]
+
+    async def scenario() -> tuple[int, bytes]:
+        async with app.router.lifespan_context(app):
+            await anyio.to_thread.run_sync(app.state.service.warmed.wait, 30)
+            status, _, body = await _asgi_post(
+                app, [png_bytes()], {"content-type": "image/png"}, consumed, query=b"quality=x"
+            )
+            return status, body
+
+    status, body = asyncio.run(scenario())
+    assert status == 422
+    assert "quality='x'" in json.loads(body)["detail"]
+    assert consumed[0] == 0
+
+
+def test_uploads_beyond_the_concurrent_limit_get_503(make_settings: SettingsFactory) -> None:
+    # One slow upload holds the only upload slot; a second upload is refused before being read.
+    app = create_app(make_settings(max_concurrent_uploads=1, upload_timeout_seconds=5))
+    slow_consumed, refused_consumed = [0], [0]
+
+    async def scenario() -> tuple[int, dict[str, str], int]:
+        async with app.router.lifespan_context(app):
+            await anyio.to_thread.run_sync(app.state.service.warmed.wait, 30)
+            slow = asyncio.create_task(
+                _asgi_post(app, [b"\x00"] * 20, {"content-type": "image/png"}, slow_consumed, 0.05)
+            )
+            while slow_consumed[0] == 0:
+                await asyncio.sleep(0.01)
+            status, headers, _ = await _asgi_post(
+                app, [png_bytes()], {"content-type": "image/png"}, refused_consumed
+            )
+            slow_status, _, _ = await slow
+            return status, headers, slow_status
+
+    status, headers, slow_status = asyncio.run(scenario())
+    assert (status, headers["retry-after"]) == (503, "5")
+    assert refused_consumed[0] == 0
+    assert slow_status == 415  # the slow one was read to the end (and is no image)
+
+
+def test_client_gone_during_the_upscale_stops_it(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 48x48 is nine 16-pixel tiles. The client leaves while the first tile is in the model;
+    # the rest are never run.
+    import service.main
+
+    monkeypatch.setattr(service.main, "DISCONNECT_POLL_SECONDS", 0.01)
+    app = create_app(make_settings(), runtime_factory=GatedRuntime.from_settings)
+    runtimes: list[GatedRuntime] = []
+
+    async def scenario() -> int:
+        async with app.router.lifespan_context(app):
+            state = app.state.service
+            runtimes.append(state.runtime)
+            await anyio.to_thread.run_sync(state.warmed.wait, 30)
+            state.runtime.blocking = True
+            gone = asyncio.Event()
+            request = asyncio.create_task(
+                _asgi_post(app, [png_bytes(48, 48)], {"content-type": "image/png"}, [0], gone=gone)
+            )
+            await anyio.to_thread.run_sync(state.runtime.entered.wait, 30)
+            gone.set()
+            # The watcher polls every 10 ms: give it a few polls before the tile completes.
+            await asyncio.sleep(0.2)
+            state.runtime.release.set()
+            status, _, _ = await request
+            return status
+
+    assert asyncio.run(scenario()) == 499
+    assert runtimes[0].calls == 1
     assert app.state.metrics.requests.labels(status="499")._value.get() == 1
 
 

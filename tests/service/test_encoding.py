@@ -120,6 +120,24 @@ def test_flatten_on_white_blends() -> None:
     assert flatten_on_white(pixels, np.array([[128]], np.uint8)).tolist() == [[[127, 177, 227]]]
 
 
+def test_flatten_on_white_rounds_every_colour_and_alpha_exactly() -> None:
+    # Every (colour, alpha) pair, against exact rational arithmetic rounded to the nearest.
+    colour, alpha = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    pixels = np.repeat(colour[..., np.newaxis], 3, axis=2).astype(np.uint8)
+    expected = np.rint((colour * alpha + 255 * (255 - alpha)) / 255)
+    flattened = flatten_on_white(pixels, alpha.astype(np.uint8))
+    assert flattened.dtype == np.uint8
+    assert np.array_equal(flattened[..., 1], expected)
+
+
+def test_luma_and_flatten_cover_images_taller_than_one_block() -> None:
+    # Both work in blocks of rows; an image of several blocks must come out whole.
+    tall = np.random.default_rng(3).integers(0, 256, (600, 5, 3), dtype=np.uint8)
+    assert np.array_equal(luma(tall), np.asarray(Image.fromarray(tall).convert("L")))
+    opaque = np.full(tall.shape[:2], 255, dtype=np.uint8)
+    assert np.array_equal(flatten_on_white(tall, opaque), tall)
+
+
 def test_jpeg_grey_stays_grey_and_quality_matters() -> None:
     assert _open(encode_jpeg(RGB, grey=True)).mode == "L"
     assert len(encode_jpeg(RGB, quality=30)) < len(encode_jpeg(RGB, quality=95))

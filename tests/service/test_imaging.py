@@ -16,7 +16,7 @@ from service.exceptions import (
     UnsupportedImageError,
 )
 from service.imaging import decode_image, encode_png, inspect_image, resize_alpha
-from tests.service.helpers import encode, noise_image, raw_png
+from tests.service.helpers import encode, noise_image, raw_png, raw_tiff
 
 LIMIT = 10_000
 
@@ -177,6 +177,34 @@ def test_unsupported_pixel_mode() -> None:
     image = Image.fromarray(np.zeros((2, 2), dtype=np.float32))
     with pytest.raises(UnsupportedImageError, match="mode F"):
         decode_image(encode(image, "TIFF"), max_pixels=LIMIT)
+
+
+@pytest.mark.parametrize(("bits", "sample_format", "samples"), [(16, 3, 1), (32, 3, 3), (64, 3, 1)])
+def test_a_sound_tiff_with_float_samples_is_unsupported_not_corrupt(
+    bits: int, sample_format: int, samples: int
+) -> None:
+    # Pillow cannot open these at all; they are still well-formed files, so 415 and not 422.
+    with pytest.raises(UnsupportedImageError, match="stores its pixels in a way"):
+        decode_image(raw_tiff(bits, sample_format, samples), max_pixels=LIMIT)
+
+
+@pytest.mark.parametrize(("bits", "sample_format"), [(16, 2), (32, 2), (32, 1)])
+def test_signed_or_32_bit_integer_tiff_is_unsupported(bits: int, sample_format: int) -> None:
+    # Pillow opens these as mode I; scaling them as unsigned 16-bit would wreck the picture.
+    with pytest.raises(UnsupportedImageError, match="signed or 32-bit integer"):
+        decode_image(raw_tiff(bits, sample_format), max_pixels=LIMIT)
+
+
+def test_unsigned_sixteen_bit_tiff_is_decoded() -> None:
+    decoded = decode_image(raw_tiff(16, 1), max_pixels=LIMIT)
+    assert decoded.grey and decoded.rgb.shape == (4, 4, 3)
+
+
+def test_png_metadata_over_pillows_safety_limit_is_too_large_not_corrupt() -> None:
+    # A 3 MB ICC profile deflates to a few kilobytes; Pillow refuses to inflate it past 1 MiB.
+    huge_profile = bytes(40) + b"RGB " + bytes(3 * 1024 * 1024)
+    with pytest.raises(ImageTooLargeError, match="embedded metadata"):
+        decode_image(encode(_rgb(), icc_profile=huge_profile), max_pixels=LIMIT)
 
 
 def test_truncated_png_is_corrupt() -> None:

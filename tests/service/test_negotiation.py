@@ -6,7 +6,7 @@ import pytest
 
 from service.encoding import OutputFormat
 from service.exceptions import NotAcceptableError
-from service.negotiation import negotiate_format
+from service.negotiation import acceptable_formats, choose_format_for_size, negotiate_format
 
 PNG, WEBP, JPEG = OutputFormat.PNG, OutputFormat.WEBP, OutputFormat.JPEG
 
@@ -31,6 +31,8 @@ PNG, WEBP, JPEG = OutputFormat.PNG, OutputFormat.WEBP, OutputFormat.JPEG
         ("image/*;q=0.5, image/jpeg", JPEG),
         ("image/webp;q=1, image/png;q=1", PNG),  # a tie goes to the service's preference
         ("image/webp; q=abc", WEBP),  # an unreadable q counts as 1
+        ("image/webp;q=nan", WEBP),  # so does one that is not a finite number
+        ("image/jpeg;q=inf, image/png;q=0.5", JPEG),
         (" , ", PNG),
     ],
 )
@@ -49,3 +51,24 @@ def test_nothing_acceptable(accept: str) -> None:
 def test_specific_range_overrides_a_wildcard() -> None:
     # */* allows everything, but the explicit q=0 for JPEG still rules JPEG out.
     assert negotiate_format("image/jpeg;q=0, image/png;q=0, */*") is WEBP
+
+
+def test_formats_are_ranked_by_quality_then_preference() -> None:
+    assert acceptable_formats(None) == (PNG, WEBP, JPEG)
+    assert acceptable_formats("image/jpeg, image/webp;q=0.5") == (JPEG, WEBP)
+    assert acceptable_formats("image/webp, */*;q=0.1") == (WEBP, PNG, JPEG)
+
+
+def test_an_output_too_large_for_the_first_choice_falls_back_to_the_next() -> None:
+    formats = acceptable_formats("image/webp, image/png;q=0.5")
+    assert choose_format_for_size(formats, 16383, 100) is WEBP
+    assert choose_format_for_size(formats, 16384, 100) is PNG
+    assert choose_format_for_size((JPEG,), 100, 65500) is JPEG
+
+
+@pytest.mark.parametrize(("formats", "side"), [((WEBP,), 16384), ((JPEG, WEBP), 65501)])
+def test_an_output_too_large_for_every_accepted_format_is_not_acceptable(
+    formats: tuple[OutputFormat, ...], side: int
+) -> None:
+    with pytest.raises(NotAcceptableError, match="too large for the accepted formats"):
+        choose_format_for_size(formats, side, 4)

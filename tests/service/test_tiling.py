@@ -354,3 +354,39 @@ def test_async_tiler_checks_result_shapes() -> None:
         upscale_tiled_async(
             noise_image(9, 9), submit, scale=SCALE, tile_size=8, overlap=1, in_flight=0
         )
+
+
+class _AbandonedError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_interrupt_abandons_the_upscale_between_model_calls(batched: bool) -> None:
+    # 40x40 needs nine 16-pixel tiles; the interrupt fires once two calls have run.
+    calls = []
+
+    def model(tiles: np.ndarray) -> np.ndarray:
+        calls.append(len(tiles))
+        return tiles.repeat(SCALE, axis=1).repeat(SCALE, axis=2)
+
+    def interrupt() -> None:
+        if len(calls) >= 2:
+            raise _AbandonedError
+
+    image = noise_image(40, 40)
+    with pytest.raises(_AbandonedError):
+        if batched:
+
+            def submit(tiles: np.ndarray) -> Future[np.ndarray]:
+                future: Future[np.ndarray] = Future()
+                future.set_result(model(tiles))
+                return future
+
+            upscale_tiled_async(
+                image, submit, scale=SCALE, tile_size=TILE, overlap=OVERLAP, interrupt=interrupt
+            )
+        else:
+            upscale_tiled(
+                image, model, scale=SCALE, tile_size=TILE, overlap=OVERLAP, interrupt=interrupt
+            )
+    assert len(calls) == 2
