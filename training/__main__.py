@@ -6,8 +6,9 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
-from training.config import TrainConfig
+from training.config import CONFIG_FILE, TrainConfig
 
 
 def _add_train(sub) -> None:
@@ -26,10 +27,12 @@ def _add_train(sub) -> None:
     )
     p.add_argument(
         "--val-data",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
-        metavar="DIR",
-        help="validation images (folder or file, repeatable); excluded from training",
+        metavar="PATH",
+        help="validation images: folders or files, several after one flag or the flag "
+        "repeated; excluded from training",
     )
     p.add_argument(
         "--val-holdout",
@@ -44,7 +47,12 @@ def _add_train(sub) -> None:
         help="validate on centred HR crops of this size (0 = whole images)",
     )
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
-    p.add_argument("--steps", type=int, default=defaults.steps, help="total training steps")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"total training steps (default: {defaults.steps}; with --resume, the run's own)",
+    )
     p.add_argument(
         "--eval-every",
         type=int,
@@ -172,6 +180,15 @@ def _add_export(sub) -> None:
 MODEL_SUFFIXES = (".keras", ".onnx")
 
 
+def _saved_steps(run_dir: str) -> int:
+    """The step total a run folder was last given (the default when there is no run yet, which
+    `train` then reports as nothing to resume)."""
+    config_path = Path(run_dir) / CONFIG_FILE
+    if not config_path.is_file():
+        return TrainConfig.steps
+    return TrainConfig.load(Path(run_dir)).steps
+
+
 def _model_after_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Moves a model given after `--data DIR ...` (where argparse files it as a folder) to
     `args.model`, or exits with a usage error when no model was given at all."""
@@ -200,9 +217,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.data and not args.resume:
             parser.error("train: --data is required (except with --resume)")
 
+        if args.steps is None:
+            args.steps = _saved_steps(args.out) if args.resume else TrainConfig.steps
         fields = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
         fields["data"] = fields["data"] or []
-        state = train(TrainConfig(**fields), resume=args.resume)
+        try:
+            state = train(TrainConfig(**fields), resume=args.resume)
+        except (ValueError, FileNotFoundError, FileExistsError) as error:
+            # Mistakes in the flags or the folders: a sentence, not a traceback.
+            print(f"train failed: {error}", file=sys.stderr)
+            return 2
         print(
             json.dumps(
                 {
@@ -231,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from training.export import ExportError, export_onnx
 
+    if not Path(args.checkpoint).is_file():
+        print(f"export failed: no checkpoint at {args.checkpoint}", file=sys.stderr)
+        return 1
     try:
         report = export_onnx(
             args.checkpoint, args.out, opset=args.opset, tolerance=args.tolerance, fp16=args.fp16

@@ -177,6 +177,10 @@ def load_pair(source: ImageSource, scale: int, lr_kind: str = "pil") -> ImagePai
             match its HR image.
     """
     hr = modcrop(load_rgb(source.hr_path), scale)
+    if min(hr.shape[:2]) == 0:
+        raise UnreadableImageError(
+            f"{source.hr_path} is narrower or shorter than {scale} pixels: too small for x{scale}"
+        )
     if source.lr_path is None:
         lr = degrade(hr, scale, lr_kind)
     else:

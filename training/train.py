@@ -49,6 +49,10 @@ class RunState:
     stopped_early: bool = False
     # Wall-clock seconds spent in fit(), summed over every resume (validation included).
     train_seconds: float = 0.0
+    # Batches per epoch when `epoch` was counted: a resume that makes the run longer can change
+    # it (a run shorter than --eval-every has one short epoch), and then `epoch` is converted.
+    # 0 in run folders written before this field existed.
+    steps_per_epoch: int = 0
 
     def save(self, run_dir: Path) -> None:
         _atomic_write_text(run_dir / STATE_FILE, json.dumps(dataclasses.asdict(self), indent=2))
@@ -169,29 +173,69 @@ def _prepare_run_dir(config: TrainConfig, resume: bool) -> tuple[TrainConfig, Ru
         if not (run_dir / STATE_FILE).exists():
             raise FileNotFoundError(f"nothing to resume: {run_dir / STATE_FILE} does not exist")
         saved = TrainConfig.load(run_dir)
+        state = RunState.load(run_dir)
         # Only the length of the run may change on resume; everything else is the run's own.
         if config.steps != saved.steps:
             log.info("changing the run length from %d to %d steps", saved.steps, config.steps)
+        if state.stopped_early and config.steps > saved.steps:
+            # Asking for more steps than an early-stopped run had is asking it to go on.
+            log.info("extending an early-stopped run: the patience count starts again")
+            state.stopped_early, state.wait = False, 0
         saved.steps = config.steps
         saved.verbose = config.verbose
-        return saved, RunState.load(run_dir)
+        # The run lives where it was found: a copied or moved run folder must not write into
+        # the folder its config.json was first written in.
+        saved.out = config.out
+        return saved, state
     if (run_dir / STATE_FILE).exists():
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume or a new --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     return config, RunState()
 
 
+def _align_epochs(state: RunState, wanted: int) -> int:
+    """Chooses the batches per epoch for this (possibly resumed) run and re-counts
+    `state.epoch` in them.
+
+    Normally that is `wanted` (one epoch per evaluation interval). A run first trained for
+    fewer steps than --eval-every had one short epoch; extended, its batches so far need not be
+    a whole number of intervals, so the interval becomes their greatest common divisor (it
+    still divides the total, which is a multiple of `wanted`).
+
+    Returns:
+        The batches per epoch to train with.
+    """
+    if state.steps_per_epoch in (0, wanted):
+        state.steps_per_epoch = wanted
+        return wanted
+    trained = state.epoch * state.steps_per_epoch
+    steps_per_epoch = math.gcd(trained, wanted)
+    if steps_per_epoch != wanted:
+        log.info(
+            "evaluating every %d steps instead of %d, to line up with the %d already trained",
+            steps_per_epoch,
+            wanted,
+            trained,
+        )
+    state.epoch, state.steps_per_epoch = trained // steps_per_epoch, steps_per_epoch
+    return steps_per_epoch
+
+
 def train(config: TrainConfig, resume: bool = False) -> RunState:
     """Trains (or resumes) a run and returns its final state.
 
     Args:
-        config: What to train. On resume, only `steps` (the new total) and `verbose` are taken
-            from it; the rest comes from the run folder's config.json.
+        config: What to train. On resume, only `out` (where the run folder is now), `steps`
+            (the new total; more steps than an early-stopped run had restart its patience
+            count) and `verbose` are taken from it; the rest comes from the run folder's
+            config.json.
         resume: Continue the run in `config.out` from its latest state.
 
     Returns:
         The run state after the last evaluation.
     """
+    if not resume:
+        config.validate()  # before the run folder is created, so a typo leaves nothing behind
     config, state = _prepare_run_dir(config, resume)
     config.validate()
     # The precision policy is global to Keras: set it for this run whatever an earlier run in
@@ -220,7 +264,7 @@ def _train(config: TrainConfig, state: RunState, resume: bool) -> RunState:
         config.backend,
     )
 
-    steps_per_epoch = min(config.eval_every, config.steps)
+    steps_per_epoch = _align_epochs(state, min(config.eval_every, config.steps))
     epochs = config.steps // steps_per_epoch
     if state.epoch >= epochs or state.stopped_early:
         log.info("run already complete at step %d", state.step)
@@ -263,6 +307,10 @@ def _train(config: TrainConfig, state: RunState, resume: bool) -> RunState:
         train_stream,
         epochs=epochs,
         initial_epoch=state.epoch,
+        # TrainingPatches draws each epoch's batches from (seed, epoch, index) itself. Keras'
+        # own shuffle would reorder them with Python's global RNG, which a resume reseeds, so a
+        # resumed run would see the same batches in another order than an uninterrupted one.
+        shuffle=False,
         validation_data=val_stream,
         callbacks=callbacks,
         verbose=config.verbose,

@@ -61,6 +61,34 @@ def test_resume_needs_only_the_run_folder_and_the_new_step_total(image_folder, t
     assert json.loads((run / "config.json").read_text())["data"] == [str(image_folder)]
 
 
+def test_resume_without_steps_keeps_the_runs_length(image_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_tiny_train_args(image_folder, run)) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--verbose", "0"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
+    assert json.loads((run / "config.json").read_text())["steps"] == 2
+
+
+def test_several_validation_files_after_one_flag(image_folder, tmp_path):
+    run = tmp_path / "run"
+    files = [str(image_folder / "a.png"), str(image_folder / "c.bmp")]
+    assert main([*_tiny_train_args(image_folder, run), "--val-data", *files]) == 0
+    assert json.loads((run / "config.json").read_text())["val_data"] == files
+
+
+def test_inconsistent_flags_are_a_message_and_leave_no_run_folder(image_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*_tiny_train_args(image_folder, run), "--patch-size", "30"]) == 2
+    assert "train failed: --patch-size 30 must be a multiple of --scale" in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_export_of_a_missing_checkpoint_is_a_message(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "none.keras"), "--out", str(tmp_path / "m.onnx")]) == 1
+    assert "no checkpoint at" in capsys.readouterr().err
+
+
 def test_a_new_run_without_data_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--out", str(tmp_path / "run")])

@@ -67,6 +67,16 @@ def test_load_pairs_skips_unreadable_and_too_small_images_with_warnings(tmp_path
     assert "small.png" in caplog.text
 
 
+def test_an_image_smaller_than_the_scale_is_skipped_not_fatal(tmp_path, photo, caplog):
+    # Cropped to a multiple of 4, a 3-pixel-wide image has no pixels left.
+    Image.fromarray(photo(64, 64)).save(tmp_path / "good.png")
+    Image.fromarray(photo(5, 3)).save(tmp_path / "sliver.png")
+    with caplog.at_level(logging.WARNING):
+        pairs = load_pairs(discover_sources([tmp_path], 4), scale=4)
+    assert [p.name for p in pairs] == ["good.png"]
+    assert "sliver.png is narrower or shorter than 4 pixels" in caplog.text
+
+
 def test_plain_folder_is_searched_recursively_for_every_format(image_folder):
     names = sorted(s.hr_path.name for s in discover_sources([image_folder], 4))
     assert names == ["a.png", "b.jpg", "c.bmp", "d.webp", "e.tif", "f.png"]

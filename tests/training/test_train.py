@@ -33,19 +33,53 @@ def test_validation_images_never_train(tiny_config, image_folder, tmp_path):
     assert saved["train_images"] == 5
 
 
+def _weights(run_dir):
+    return keras.models.load_model(run_dir / "last.keras").get_weights()
+
+
 def test_resume_ends_where_an_uninterrupted_run_ends(tiny_config, tmp_path):
-    straight = train(tiny_config(tmp_path / "straight", steps=8))
-    train(tiny_config(tmp_path / "resumed", steps=4))
-    resumed = train(tiny_config(tmp_path / "resumed", steps=8), resume=True)
+    # Four batches an epoch, so a resume that replayed them in another order would show.
+    straight = train(tiny_config(tmp_path / "straight", steps=8, eval_every=4))
+    train(tiny_config(tmp_path / "resumed", steps=4, eval_every=4))
+    resumed = train(tiny_config(tmp_path / "resumed", steps=8, eval_every=4), resume=True)
     assert resumed.step == straight.step == 8
-    assert resumed.epoch == straight.epoch == 4
+    assert resumed.epoch == straight.epoch == 2
     rows = list(csv.DictReader((tmp_path / "resumed" / "history.csv").open()))
-    assert [int(float(r["step"])) for r in rows] == [2, 4, 6, 8]
-    # Same seed, same batches, restored Adam moments: the weights follow the same path.
-    a = keras.models.load_model(tmp_path / "straight" / "last.keras")
-    b = keras.models.load_model(tmp_path / "resumed" / "last.keras")
-    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
-        np.testing.assert_allclose(wa, wb, rtol=1e-3, atol=1e-4)
+    assert [int(float(r["step"])) for r in rows] == [4, 8]
+    # Same seed, same batches in the same order, restored Adam moments: the same weights (a
+    # reordering of the batches alone moved them by up to 8e-5 here).
+    for a, b in zip(_weights(tmp_path / "straight"), _weights(tmp_path / "resumed"), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_resume_continues_in_the_folder_it_is_given(tiny_config, tmp_path):
+    import shutil
+
+    train(tiny_config(tmp_path / "original"))
+    shutil.copytree(tmp_path / "original", tmp_path / "copy")
+    state = train(tiny_config(tmp_path / "copy", steps=8), resume=True)
+    assert state.step == 8
+    assert json.loads((tmp_path / "original" / "state.json").read_text())["step"] == 4
+    assert json.loads((tmp_path / "copy" / "config.json").read_text())["out"] == str(
+        tmp_path / "copy"
+    )
+
+
+def test_a_run_shorter_than_one_evaluation_interval_can_be_extended(tiny_config, tmp_path):
+    train(tiny_config(tmp_path / "run", steps=2, eval_every=4))
+    state = train(tiny_config(tmp_path / "run", steps=8, eval_every=4), resume=True)
+    assert state.step == 8
+
+
+def test_an_early_stopped_run_goes_on_when_given_more_steps(tiny_config, tmp_path):
+    frozen = {"lr": 0.0, "lr_values": [0.0, 0.0], "patience": 2}
+    stopped = train(tiny_config(tmp_path / "run", steps=20, **frozen))
+    assert stopped.stopped_early and stopped.step == 6
+    again = train(tiny_config(tmp_path / "run", steps=20, **frozen), resume=True)
+    assert again.step == 6  # the same length: nothing to do
+    extended = train(tiny_config(tmp_path / "run", steps=40, **frozen), resume=True)
+    # The patience count starts again: two more evaluations without gain, then a stop.
+    assert extended.stopped_early and extended.step == 10
 
 
 def test_an_existing_run_is_not_overwritten_without_resume(tiny_config, tmp_path):
