@@ -141,7 +141,9 @@ def _add_evaluate(sub) -> None:
         "--lr-kind",
         choices=("pil", "cv2"),
         default="pil",
-        help="how LR is made: Pillow antialiased bicubic (standard) or cv2 INTER_CUBIC",
+        help="how LR is made: Pillow antialiased bicubic (standard; a folder's own LR files, "
+        "as DIV2K and SelfExSR-style *_SRF_4_LR.png sets ship them, are used instead) or cv2 "
+        "INTER_CUBIC",
     )
     p.add_argument(
         "--self-ensemble",

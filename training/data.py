@@ -26,6 +26,9 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".
 LR_KINDS = ("pil", "cv2")
 
 _DIV2K_HR_DIR = re.compile(r"^(?P<prefix>DIV2K_(?:train|valid))_HR$")
+# The benchmark sets as distributed with SelfExSR (Huang et al. 2015) and most SR code bases:
+# Set5/image_SRF_4/img_001_SRF_4_HR.png beside img_001_SRF_4_LR.png, one folder per scale.
+_SRF_FILE = re.compile(r"^(?P<name>.+)_SRF_(?P<scale>\d+)_(?P<kind>HR|LR)$")
 
 
 class UnreadableImageError(ValueError):
@@ -149,8 +152,27 @@ def _div2k_sources(path: Path, scale: int) -> list[ImageSource] | None:
     return sources
 
 
+def _srf_sources(files: list[Path], scale: int) -> list[ImageSource] | None:
+    """Recognises the SelfExSR layout among `files` (see `_SRF_FILE`): only the HR images of
+    this scale are sources, each paired with its LR file; the LR files and the other scales'
+    copies are skipped, so they are never scored as if they were ground truth. Files without the
+    naming are kept as plain images. Returns None when no file follows the naming."""
+    tagged = [(path, _SRF_FILE.match(path.stem)) for path in files]
+    if not any(match for _, match in tagged):
+        return None
+    sources = []
+    for path, match in tagged:
+        if match is None:
+            sources.append(ImageSource(path))
+        elif match["kind"] == "HR" and int(match["scale"]) == scale:
+            lr_path = path.with_name(f"{match['name']}_SRF_{scale}_LR{path.suffix}")
+            sources.append(ImageSource(path, lr_path if lr_path.is_file() else None))
+    return sources
+
+
 def discover_sources(paths: Iterable[str | Path], scale: int) -> list[ImageSource]:
-    """Lists the images under each path: DIV2K folders as HR/LR pairs, any other folder searched
+    """Lists the images under each path: DIV2K folders and SelfExSR-style benchmark folders
+    (`*_SRF_4_HR.png` beside `*_SRF_4_LR.png`) as HR/LR pairs, any other folder searched
     recursively for images, and single image files taken as they are.
 
     Raises:
@@ -163,7 +185,12 @@ def discover_sources(paths: Iterable[str | Path], scale: int) -> list[ImageSourc
             sources.append(ImageSource(path))
         elif path.is_dir():
             div2k = _div2k_sources(path, scale)
-            sources.extend(div2k if div2k is not None else map(ImageSource, _image_files(path)))
+            if div2k is not None:
+                sources.extend(div2k)
+                continue
+            files = _image_files(path)
+            srf = _srf_sources(files, scale)
+            sources.extend(srf if srf is not None else map(ImageSource, files))
         else:
             raise FileNotFoundError(f"data path not found: {path}")
     return sources
@@ -171,6 +198,9 @@ def discover_sources(paths: Iterable[str | Path], scale: int) -> list[ImageSourc
 
 def load_pair(source: ImageSource, scale: int, lr_kind: str = "pil") -> ImagePair:
     """Decodes one source into an aligned (HR, LR) pair.
+
+    A source's own LR file (DIV2K, SelfExSR) is the standard bicubic degradation, so it is used
+    for `lr_kind="pil"`; any other kind is made from the HR image, as it would be without one.
 
     Raises:
         UnreadableImageError: Either file cannot be decoded, or a shipped LR file's size does not
@@ -181,7 +211,7 @@ def load_pair(source: ImageSource, scale: int, lr_kind: str = "pil") -> ImagePai
         raise UnreadableImageError(
             f"{source.hr_path} is narrower or shorter than {scale} pixels: too small for x{scale}"
         )
-    if source.lr_path is None:
+    if source.lr_path is None or lr_kind != "pil":
         lr = degrade(hr, scale, lr_kind)
     else:
         lr = load_rgb(source.lr_path)

@@ -95,6 +95,35 @@ def test_div2k_layout_pairs_each_hr_image_with_its_shipped_lr(div2k_root, subfol
     assert pair.lr.shape == (16, 20, 3) and pair.hr.shape == (64, 80, 3)
 
 
+def _srf_set(root, photo):
+    """A benchmark set as SelfExSR ships it: image_SRF_{2,4}/img_00N_SRF_s_{HR,LR}.png; the LR
+    files are flat grey, so using them is visible."""
+    for scale in (2, 4):
+        folder = root / f"image_SRF_{scale}"
+        folder.mkdir(parents=True)
+        for index in (1, 2):
+            Image.fromarray(photo(32, 40, index)).save(folder / f"img_00{index}_SRF_{scale}_HR.png")
+            grey = np.full((32 // scale, 40 // scale, 3), 128, np.uint8)
+            Image.fromarray(grey).save(folder / f"img_00{index}_SRF_{scale}_LR.png")
+    return root
+
+
+def test_selfexsr_layout_scores_only_this_scales_hr_images(tmp_path, photo):
+    sources = discover_sources([_srf_set(tmp_path / "Set5", photo)], 4)
+    assert [(s.hr_path.name, s.lr_path.name) for s in sources] == [
+        ("img_001_SRF_4_HR.png", "img_001_SRF_4_LR.png"),
+        ("img_002_SRF_4_HR.png", "img_002_SRF_4_LR.png"),
+    ]
+
+
+def test_a_shipped_lr_is_the_standard_kind_only(tmp_path, photo):
+    source = discover_sources([_srf_set(tmp_path / "Set5", photo)], 4)[0]
+    assert np.all(load_pair(source, 4, "pil").lr == 128)
+    pytest.importorskip("cv2")
+    made = load_pair(source, 4, "cv2")
+    assert not np.all(made.lr == 128) and made.lr.shape == (8, 10, 3)
+
+
 def test_missing_data_path_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         discover_sources([tmp_path / "nope"], 4)
