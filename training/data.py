@@ -3,7 +3,8 @@ patch stream that feeds `fit()`.
 
 Everything here is numpy and Pillow, so the pipeline is the same on every Keras backend. Images
 are decoded once and kept in memory as uint8 (the 291-image set is ~110 MB; DIV2K's 800 training
-images, ~2.8 megapixels each, ~7 GB); patches are cut from memory by `keras.utils.PyDataset` worker threads.
+images, ~2.8 megapixels each, ~7 GB); patches are cut from memory by `keras.utils.PyDataset`
+worker threads.
 """
 
 from __future__ import annotations

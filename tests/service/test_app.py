@@ -642,4 +642,6 @@ def test_openapi_documents_the_upload_and_errors(client: TestClient) -> None:
     assert {"multipart/form-data", "image/*"} <= set(operation["requestBody"]["content"])
     assert {"200", "413", "415", "422", "503"} <= set(operation["responses"])
     assert "image/png" in operation["responses"]["200"]["content"]
+    (quality,) = (p for p in operation["parameters"] if p["name"] == "quality")
+    assert quality["schema"]["enum"] == ["standard", "max"]
     assert client.get("/docs").status_code == 200
