@@ -101,7 +101,12 @@ async def _read_multipart(request: Request) -> bytes:
     async with request.form(max_files=1, max_fields=16) as form:
         upload = form.get(UPLOAD_FIELD)
         if upload is None:
-            raise MissingFieldError(f"multipart field {UPLOAD_FIELD!r} is missing")
+            # The multipart parser cannot tell a missing part from one cut off by a body that
+            # ended early (it stops without an error), so the message names both.
+            raise MissingFieldError(
+                f"multipart field {UPLOAD_FIELD!r} is missing (or the body ended before that "
+                "part was complete)"
+            )
         if not isinstance(upload, UploadFile):
             raise MissingFieldError(f"multipart field {UPLOAD_FIELD!r} must be a file, not text")
         return await upload.read()

@@ -261,6 +261,20 @@ def test_missing_file_field(client: TestClient) -> None:
     _assert_error(response, 422, "'file' is missing")
 
 
+def test_a_multipart_body_cut_short_is_reported(client: TestClient) -> None:
+    boundary = "cut"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode() + png_bytes()  # no closing boundary
+    response = client.post(
+        "/upscale",
+        content=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    _assert_error(response, 422, "body ended before that part was complete")
+
+
 def test_text_instead_of_file(client: TestClient) -> None:
     response = client.post("/upscale", data={"file": "not a file"})
     assert response.status_code in (415, 422)
