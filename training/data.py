@@ -60,6 +60,10 @@ class ImageSource:
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Converts any Pillow mode to 8-bit RGB: palettes and grey expand, alpha is dropped,
     16-bit and 32-bit integer images are scaled (not clipped) to 8 bits."""
+    if image.mode == "F":
+        # Float samples have no agreed range (0-1, 0-255, HDR...): guessing would train on a
+        # black or washed-out picture, so the image is refused (and skipped with a warning).
+        raise UnreadableImageError("32-bit float images are not supported")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0

@@ -12,8 +12,10 @@ A run folder holds:
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import importlib.util
+import io
 import json
 import logging
 import math
@@ -80,11 +82,12 @@ class RunCheckpoint(keras.callbacks.Callback):
     early-stopping count and the step counter, all in one place so a resume restores them together
     (Keras' own ModelCheckpoint and EarlyStopping forget their state when `fit()` restarts)."""
 
-    def __init__(self, run_dir: Path, state: RunState, patience: int):
+    def __init__(self, run_dir: Path, state: RunState, patience: int, steps_per_epoch: int):
         super().__init__()
         self.run_dir = run_dir
         self.state = state
         self.patience = patience
+        self.steps_per_epoch = steps_per_epoch
         self._epoch_started = time.monotonic()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -95,7 +98,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         state = self.state
         state.train_seconds += time.monotonic() - self._epoch_started
         state.epoch = epoch + 1
-        state.step = int(self.model.optimizer.iterations)
+        state.step = trained_steps(state.epoch, self.steps_per_epoch)
         val_psnr = logs.get("val_psnr")
         if val_psnr is not None and (state.best_val_psnr is None or val_psnr > state.best_val_psnr):
             state.best_val_psnr = float(val_psnr)
@@ -113,15 +116,51 @@ class RunCheckpoint(keras.callbacks.Callback):
         state.save(self.run_dir)
 
 
+def trained_steps(epochs: int, steps_per_epoch: int) -> int:
+    """Batches trained after `epochs` epochs.
+
+    Counted from the epochs rather than read from `optimizer.iterations`, which under float16
+    loss scaling counts only the updates applied (a step whose gradients overflowed is skipped),
+    so it would lag behind the batches trained.
+    """
+    return epochs * steps_per_epoch
+
+
 class StepLogger(keras.callbacks.Callback):
-    """Adds the optimizer step and the learning rate in force to each history row, so curves can
-    be drawn against steps whatever `--eval-every` was."""
+    """Adds the step (batches trained) and the learning rate in force to each history row, so
+    curves can be drawn against steps whatever `--eval-every` was."""
+
+    def __init__(self, steps_per_epoch: int):
+        super().__init__()
+        self.steps_per_epoch = steps_per_epoch
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            optimizer = self.model.optimizer
-            logs["step"] = int(optimizer.iterations)
-            logs["learning_rate"] = float(optimizer.learning_rate)
+            logs["step"] = trained_steps(epoch + 1, self.steps_per_epoch)
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+
+
+def _drop_history_after(history: Path, step: int) -> None:
+    """Removes history rows past `step`, the last state saved.
+
+    The history row of an evaluation is written just before its checkpoint and state; a run
+    killed in between resumes from the previous state and would otherwise log that evaluation
+    twice.
+    """
+    if not history.is_file():
+        return
+    with history.open(newline="") as file:
+        rows = list(csv.reader(file))
+    if not rows or "step" not in rows[0]:
+        return
+    column = rows[0].index("step")
+    kept = [rows[0]] + [row for row in rows[1:] if float(row[column]) <= step]
+    if len(kept) == len(rows):
+        return
+    log.info("dropping %d history row(s) past step %d", len(rows) - len(kept), step)
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(kept)  # the excel dialect, as Keras' CSVLogger writes
+    _atomic_write_text(history, buffer.getvalue())
 
 
 def learning_rate_schedule(config: TrainConfig):
@@ -276,7 +315,8 @@ def _train(config: TrainConfig, state: RunState, resume: bool) -> RunState:
         # into them; the schedule itself comes from the (possibly extended) config.
         model.optimizer.build(model.trainable_variables)
         model.load_weights(run_dir / LAST_CHECKPOINT)
-        log.info("resumed at step %d (epoch %d)", int(model.optimizer.iterations), state.epoch)
+        log.info("resumed at step %d (epoch %d)", state.step, state.epoch)
+        _drop_history_after(run_dir / HISTORY_FILE, state.step)
     elif config.init_from:
         # Fine-tuning: start from trained weights (any precision policy), with a fresh optimizer.
         from training.model import load_edsr
@@ -296,9 +336,9 @@ def _train(config: TrainConfig, state: RunState, resume: bool) -> RunState:
     )
     val_stream = data.ValidationImages(val_pairs, config.scale, crop=config.val_crop)
     callbacks = [
-        StepLogger(),
+        StepLogger(steps_per_epoch),
         keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=resume),
-        RunCheckpoint(run_dir, state, config.patience),
+        RunCheckpoint(run_dir, state, config.patience, steps_per_epoch),
     ]
     if importlib.util.find_spec("tensorflow") and importlib.util.find_spec("tensorboard"):
         # TensorBoard's writer needs TensorFlow; on a JAX-only machine the CSV history remains.

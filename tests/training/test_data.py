@@ -67,6 +67,13 @@ def test_load_pairs_skips_unreadable_and_too_small_images_with_warnings(tmp_path
     assert "small.png" in caplog.text
 
 
+def test_a_float_image_is_refused_not_decoded_to_black(tmp_path):
+    path = tmp_path / "float.tif"
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(path)
+    with pytest.raises(UnreadableImageError, match="float"):
+        load_rgb(path)
+
+
 def test_an_image_smaller_than_the_scale_is_skipped_not_fatal(tmp_path, photo, caplog):
     # Cropped to a multiple of 4, a 3-pixel-wide image has no pixels left.
     Image.fromarray(photo(64, 64)).save(tmp_path / "good.png")

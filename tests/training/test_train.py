@@ -65,6 +65,28 @@ def test_resume_continues_in_the_folder_it_is_given(tiny_config, tmp_path):
     )
 
 
+def test_steps_count_batches_even_when_float16_loss_scaling_skips_updates(tiny_config, tmp_path):
+    # Loss scaling starts high and skips the first updates while it finds its level; the step
+    # counter still reports the batches trained.
+    state = train(tiny_config(tmp_path / "fp16", steps=2, eval_every=2, mixed_precision="float16"))
+    assert state.step == 2
+    rows = list(csv.DictReader((tmp_path / "fp16" / "history.csv").open()))
+    assert [int(float(r["step"])) for r in rows] == [2]
+
+
+def test_history_rows_past_the_saved_state_are_dropped_on_resume(tiny_config, tmp_path):
+    # A run killed after writing an evaluation's history row but before its state: the resume
+    # redoes that evaluation, and the history must not hold it twice.
+    run = tmp_path / "run"
+    train(tiny_config(run, steps=4))
+    state = json.loads((run / "state.json").read_text())
+    state.update(epoch=1, step=2)
+    (run / "state.json").write_text(json.dumps(state))
+    train(tiny_config(run, steps=4), resume=True)
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [int(float(r["step"])) for r in rows] == [2, 4]
+
+
 def test_a_run_shorter_than_one_evaluation_interval_can_be_extended(tiny_config, tmp_path):
     train(tiny_config(tmp_path / "run", steps=2, eval_every=4))
     state = train(tiny_config(tmp_path / "run", steps=8, eval_every=4), resume=True)
