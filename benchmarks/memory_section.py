@@ -5,6 +5,9 @@ process's peak resident memory (`ru_maxrss`) is that case's alone, and reports h
 raised it above what the process held before. The model is a stand-in (nearest-neighbour x4 on
 each tile): the model's own memory depends on the tile (0.75 GB at 192 pixels on the CPU, see
 `service.config`), the pipeline's on the image, and this section measures the second.
+
+The inputs are random noise: incompressible, so the encoded file is as large as it can be, the
+worst case a client can choose to send.
 """
 
 from __future__ import annotations
