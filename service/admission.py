@@ -25,9 +25,16 @@ class AdmissionGate:
         max_concurrency: Holders of a slot at the same time.
         max_queue: Requests allowed to wait for a slot; more are refused.
         retry_after_seconds: Suggested client back-off carried by `OverloadedError`.
+        busy_message: What `OverloadedError` tells the client.
     """
 
-    def __init__(self, max_concurrency: int, max_queue: int, retry_after_seconds: int = 5) -> None:
+    def __init__(
+        self,
+        max_concurrency: int,
+        max_queue: int,
+        retry_after_seconds: int = 5,
+        busy_message: str = "server is busy; retry later",
+    ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be positive, got {max_concurrency}")
         if max_queue < 0:
@@ -35,6 +42,7 @@ class AdmissionGate:
         self._max_concurrency = max_concurrency
         self._max_queue = max_queue
         self._retry_after_seconds = retry_after_seconds
+        self._busy_message = busy_message
         self._slots = asyncio.Semaphore(max_concurrency)
         self._active = 0
         self._waiting = 0
@@ -59,7 +67,7 @@ class AdmissionGate:
         # No await separates this check from taking the semaphore or joining the queue, so the
         # decision cannot race with other coroutines on the same loop.
         if self._slots.locked() and self._waiting >= self._max_queue:
-            raise OverloadedError(self._retry_after_seconds)
+            raise OverloadedError(self._retry_after_seconds, self._busy_message)
         self._waiting += 1
         try:
             # A client that gives up while waiting cancels this await, which leaves the queue.

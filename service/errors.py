@@ -112,6 +112,10 @@ async def _handle_upscaler_error(request: Request, exc: Exception) -> JSONRespon
         headers["Retry-After"] = str(retry_after)
     if status >= 500 and status != 503:
         logger.error("%s %s failed: %s", request.method, request.url.path, exc)
+    elif status == 499:
+        # The client is gone, so this response is never seen and uvicorn logs no access line:
+        # without this, abandoned requests would show only in the metrics.
+        logger.info("%s %s abandoned: %s", request.method, request.url.path, exc)
     return JSONResponse({"detail": exc.detail}, status_code=status, headers=headers)
 
 

@@ -74,10 +74,11 @@ class NotReadyError(UpscalerError):
 
 
 class OverloadedError(UpscalerError):
-    """All inference slots are busy and the waiting queue is full."""
+    """All inference slots are busy and the waiting queue is full (or, for uploads, as many
+    bodies as allowed are already arriving)."""
 
-    def __init__(self, retry_after_seconds: int) -> None:
-        super().__init__("server is busy; retry later")
+    def __init__(self, retry_after_seconds: int, message: str = "server is busy; retry later"):
+        super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
 
 

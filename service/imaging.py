@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,14 +182,19 @@ def _metadata_too_large(exc: Exception) -> ImageTooLargeError | None:
     return None
 
 
-def _open(data: bytes) -> Image.Image:
+def _open(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise EmptyUploadError("the upload is empty")
     try:
         return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
-        # Pillow's own guard fires at twice its default limit, far beyond ours.
-        raise ImageTooLargeError(f"image is far too large: {exc}") from exc
+        # Pillow's own guard fires at twice its default limit, far beyond ours; its message
+        # quotes its own limit, which would mislead the client, so only its count is kept.
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(declared[1])} pixels" if declared else "more pixels than Pillow will open"
+        raise ImageTooLargeError(
+            f"image is far too large: its header declares {size}; the limit is {max_pixels} pixels"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise _unreadable(data) from exc
     except Exception as exc:  # malformed headers raise many unrelated types inside Pillow
@@ -225,7 +231,7 @@ def inspect_image(data: bytes, *, max_pixels: int) -> ImageInfo:
         UnsupportedImageError: If the data is not an image in an accepted format.
         CorruptImageError: If the header of an accepted format is damaged.
     """
-    with _open(data) as image:
+    with _open(data, max_pixels) as image:
         return _header_info(image, max_pixels)
 
 
@@ -332,7 +338,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
         UnsupportedImageError: If the format or pixel mode is not supported.
         CorruptImageError: If the file is truncated or damaged.
     """
-    with _open(data) as image:
+    with _open(data, max_pixels) as image:
         info = _header_info(image, max_pixels)
         try:
             # verify() reads the whole file structure but leaves the object unusable, so the
@@ -342,7 +348,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
             raise _metadata_too_large(exc) or CorruptImageError(
                 f"{info.format} file is truncated or corrupt: {exc}"
             ) from exc
-    with _open(data) as image:
+    with _open(data, max_pixels) as image:
         try:
             image.load()
         except Exception as exc:

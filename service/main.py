@@ -313,7 +313,12 @@ def create_app(
             gate=AdmissionGate(
                 settings.max_concurrency, settings.max_queue, settings.retry_after_seconds
             ),
-            uploads=AdmissionGate(settings.max_concurrent_uploads, 0, settings.retry_after_seconds),
+            uploads=AdmissionGate(
+                settings.max_concurrent_uploads,
+                0,
+                settings.retry_after_seconds,
+                busy_message="too many uploads are arriving at once; retry later",
+            ),
             limiter=anyio.CapacityLimiter(settings.max_concurrency),
             encode_options=EncodeOptions.from_settings(settings),
             fit_tiles=fit,
@@ -417,14 +422,17 @@ def create_app(
     )
     async def readyz(request: Request) -> JSONResponse:
         state: ServiceState | None = request.app.state.service
+        # Like /upscale's 503s, a not-ready answer says when to look again.
+        retry = {"Retry-After": str(settings.retry_after_seconds)}
         if state is None:
-            return JSONResponse({"status": "starting"}, status_code=503)
+            return JSONResponse({"status": "starting"}, status_code=503, headers=retry)
         description = _describe(state)
         if state.warmup_error is not None:
             body = {"status": "failed", "detail": state.warmup_error, **description}
-            return JSONResponse(body, status_code=503)
+            return JSONResponse(body, status_code=503, headers=retry)
         if not state.ready:
-            return JSONResponse({"status": "warming_up", **description}, status_code=503)
+            body = {"status": "warming_up", **description}
+            return JSONResponse(body, status_code=503, headers=retry)
         return JSONResponse({"status": "ready", **description})
 
     # HEAD too, as load balancers and uptime checkers often probe with it (same status, no

@@ -371,6 +371,7 @@ def test_not_ready_while_warming_up(make_settings: SettingsFactory) -> None:
         assert state.runtime.entered.wait(timeout=30)
         response = client.get("/readyz")
         assert (response.status_code, response.json()["status"]) == (503, "warming_up")
+        assert response.headers["retry-after"] == "5"
         assert response.json()["providers"] == ["CPUExecutionProvider"]
         refused = _post_file(client, png_bytes())
         _assert_error(refused, 503, "warming up")
@@ -570,6 +571,7 @@ def test_uploads_beyond_the_concurrent_limit_get_503(make_settings: SettingsFact
     # One slow upload holds the only upload slot; a second upload is refused before being read.
     app = create_app(make_settings(max_concurrent_uploads=1, upload_timeout_seconds=5))
     slow_consumed, refused_consumed = [0], [0]
+    refused_body: list[str] = []
 
     async def scenario() -> tuple[int, dict[str, str], int]:
         async with app.router.lifespan_context(app):
@@ -579,20 +581,24 @@ def test_uploads_beyond_the_concurrent_limit_get_503(make_settings: SettingsFact
             )
             while slow_consumed[0] == 0:
                 await asyncio.sleep(0.01)
-            status, headers, _ = await _asgi_post(
+            status, headers, body = await _asgi_post(
                 app, [png_bytes()], {"content-type": "image/png"}, refused_consumed
             )
+            refused_body.append(json.loads(body)["detail"])
             slow_status, _, _ = await slow
             return status, headers, slow_status
 
     status, headers, slow_status = asyncio.run(scenario())
     assert (status, headers["retry-after"]) == (503, "5")
+    assert "too many uploads" in refused_body[0]
     assert refused_consumed[0] == 0
     assert slow_status == 415  # the slow one was read to the end (and is no image)
 
 
 def test_client_gone_during_the_upscale_stops_it(
-    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # 48x48 is nine 16-pixel tiles. The client leaves while the first tile is in the model;
     # the rest are never run.
@@ -620,9 +626,11 @@ def test_client_gone_during_the_upscale_stops_it(
             status, _, _ = await request
             return status
 
-    assert asyncio.run(scenario()) == 499
+    with caplog.at_level("INFO", logger="service"):
+        assert asyncio.run(scenario()) == 499
     assert runtimes[0].calls == 1
     assert app.state.metrics.requests.labels(status="499")._value.get() == 1
+    assert "POST /upscale abandoned: the client disconnected" in caplog.text
 
 
 # --- Metrics and documentation -------------------------------------------------------------------
