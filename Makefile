@@ -22,6 +22,9 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL ?= $(or $(UPSCALER_MODEL_PATH),models/edsr_x4.onnx)
+# The retrained model is exported with its half-precision copy, as the shipped one is; set
+# EXPORT_ARGS= (empty) to skip it.
+EXPORT_ARGS ?= --fp16
 # `make serve SERVE_EXTRAS=gpu` adds NVIDIA's CUDA 13 / cuDNN 9 wheels (see README, GPU notes).
 SERVE_EXTRAS ?=
 PIP_INSTALL := $(PY) -m pip install$(if $(CI), --progress-bar off,)
@@ -37,8 +40,8 @@ help:
 	@echo "                      (MODEL=..., HOST=0.0.0.0, PORT=..., SERVE_EXTRAS=gpu)"
 	@echo "make test             install train+dev extras, run ruff, pytest and the image replay"
 	@echo "make retrain DATA=dir train, export, evaluate (BENCH='dir ...'), install into models/"
-	@echo "                      (ARGS='--steps 20000 ...', RUN_DIR=..., MODEL_OUT=..., EXPORT_ARGS=--fp16)"
-	@echo "make lint | format    ruff check | ruff format + ruff check --fix"
+	@echo "                      (ARGS='--steps 20000 ...', RUN_DIR=..., MODEL_OUT=..., EXPORT_ARGS=)"
+	@echo "make lint | format    ruff check + format check | ruff format + ruff check --fix"
 	@echo "make settings-table   regenerate README.md's UPSCALER_* table from service/config.py"
 	@echo "make docker-build     build the GPU service image (docker-build-cpu: the CPU one)"
 
@@ -84,7 +87,7 @@ format: $(TEST_STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 retrain: $(TRAIN_STAMP)
-	@test -n '$(DATA)' || { echo "usage: make retrain DATA='folder ...' [ARGS='--steps 20000'] [BENCH='Set5-folder ...'] [RUN_DIR=...] [MODEL_OUT=...]" >&2; exit 2; }
+	@test -n '$(DATA)' || case ' $(ARGS) ' in *' --resume '*) ;; *) echo "usage: make retrain DATA='folder ...' [ARGS='--steps 20000'] [BENCH='Set5-folder ...'] [RUN_DIR=...] [MODEL_OUT=...]; to continue a run: make retrain RUN_DIR=runs/NAME ARGS=--resume" >&2; exit 2;; esac
 	PYTHON='$(PY)' BENCH='$(BENCH)' RUN_DIR='$(RUN_DIR)' MODEL_OUT='$(MODEL_OUT)' EXPORT_ARGS='$(EXPORT_ARGS)' \
 		bash scripts/retrain.sh $(foreach dir,$(DATA),--data '$(dir)') $(ARGS)
 

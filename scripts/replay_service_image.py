@@ -236,6 +236,10 @@ def _chain(dockerfile: Dockerfile, name: str) -> list[Stage]:
     return chain
 
 
+#: A RUN command that changes Python packages (pip or uv installing or removing).
+_INSTALLS_PACKAGES = re.compile(r"\b(?:pip3?|uv\s+pip)\s+(?:install|uninstall|sync)\b")
+
+
 def _walk(
     dockerfile: Dockerfile,
     stage_name: str,
@@ -271,9 +275,20 @@ def _walk(
                 _, rest = split_flags(ins.args)
                 keyword, _, command = rest.partition(" ")
                 state.healthcheck = exec_form(command) if keyword.upper() == "CMD" else []
+            elif ins.keyword == "ENTRYPOINT" and stage.name == stage_name:
+                # The replay starts the image's CMD as the whole command line; an entrypoint
+                # would change what the image runs without the replay noticing.
+                raise ReplayError(f"line {ins.line}: ENTRYPOINT in {stage_name!r} is not replayed")
             elif ins.keyword == "RUN":
                 flags, command = split_flags(ins.args)
                 replay = stage.name == replay_runs_in
+                if not replay and _INSTALLS_PACKAGES.search(command):
+                    # Skipped RUN lines are root-only system set-up; a package change there
+                    # would make the image differ from the replayed environment unseen.
+                    raise ReplayError(
+                        f"line {ins.line}: a pip command in stage {stage.name!r}, which the "
+                        f"replay does not run; install packages in {replay_runs_in!r}"
+                    )
                 steps.append(
                     Step(
                         kind="run" if replay else "skip",

@@ -7,14 +7,16 @@
 #
 # Environment:
 #   RUN_DIR    run folder (default: runs/<UTC date-time> in the repository). To continue a run,
-#              point RUN_DIR at it and pass --resume (with --steps as the new total).
+#              point RUN_DIR at it and pass --resume (with --steps as the new total, or without
+#              it to finish the run as planned); no --data is needed then.
 #   BENCH      space-separated benchmark folders (Set5, Set14, ...) to score the exported model
 #              on; the table goes to RUN_DIR/eval.txt. Optional.
 #   MODEL_OUT  where the model is installed (default: models/edsr_x4.onnx in the repository);
 #              the export's metadata sidecar goes beside it (edsr_x4.json).
-#   EXPORT_ARGS more `python -m training export` flags, e.g. "--fp16" for the half-precision
-#              copy (edsr_x4_fp16.onnx) that the service runs on CUDA. Without it, a previous
-#              model's fp16 copy is removed, so that the service cannot serve a stale model.
+#   EXPORT_ARGS `python -m training export` flags (default "--fp16": the half-precision copy,
+#              edsr_x4_fp16.onnx, that the service runs on CUDA, as shipped). Set it empty to
+#              skip that copy; a previous model's fp16 copy is then removed, so that the service
+#              cannot serve a stale model.
 #   PYTHON     interpreter with the `train` extra (default: the repository's .venv, else python3).
 #
 # The model is exported into the run folder first and only copied over MODEL_OUT once export
@@ -48,7 +50,8 @@ done
 RUN_DIR=${RUN_DIR:-$ROOT/runs/$(date -u +%Y%m%d-%H%M%S)}
 MODEL_OUT=${MODEL_OUT:-$ROOT/models/edsr_x4.onnx}
 BENCH=${BENCH:-}
-EXPORT_ARGS=${EXPORT_ARGS:-}
+# Unset means the default; set but empty means no extra flags.
+EXPORT_ARGS=${EXPORT_ARGS---fp16}
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}  # TensorFlow: warnings and errors only
 if [[ $MODEL_OUT != *.onnx ]]; then
     echo "retrain.sh: MODEL_OUT must end in .onnx (got $MODEL_OUT)" >&2

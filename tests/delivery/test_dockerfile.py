@@ -109,6 +109,8 @@ def test_dockerignore_lets_every_copy_source_through(dockerfile, replay):
                 continue
             for source in ins.args.split()[:-1]:
                 assert not ignore.excluded(source.rstrip("/")), source
+                # Every stage, the train stage too, which the replay does not build.
+                assert (ROOT / source).exists(), f"line {ins.line}: COPY of a missing {source}"
     assert not ignore.excluded("service/main.py")
     for private in (".venv/bin/python", "runs/x/best.keras", ".git/HEAD", "tests/conftest.py"):
         assert ignore.excluded(private), private
@@ -176,6 +178,21 @@ def test_png_helpers_round_trip(replay):
 
     with pil.open(io.BytesIO(replay.tiny_png(5, 3))) as image:
         assert image.size == (5, 3) and image.mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    ("addition", "message"),
+    [
+        ('ENTRYPOINT ["tini", "--"]', "ENTRYPOINT"),
+        ("RUN pip uninstall -y pillow", "a pip command in stage 'service'"),
+    ],
+)
+def test_replay_refuses_service_stage_changes_it_would_not_reproduce(replay, addition, message):
+    text = DOCKERFILE.read_text()
+    marker = "\nCMD ["
+    head, tail = text.rsplit(marker, 1)
+    with pytest.raises(replay.ReplayError, match=message):
+        replay.build_plan(f"{head}\n{addition}{marker}{tail}")
 
 
 def test_replay_dry_run_prints_the_plan():

@@ -31,7 +31,12 @@ TINY_RUN = [
 def _retrain(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", str(SCRIPT), *args],
-        env={**os.environ, "PYTHON": sys.executable, **env},
+        # EXPORT_ARGS only as the test gives it, whatever the shell running the tests exports.
+        env={
+            **{k: v for k, v in os.environ.items() if k != "EXPORT_ARGS"},
+            "PYTHON": sys.executable,
+            **env,
+        },
         capture_output=True,
         text=True,
         timeout=900,
@@ -62,8 +67,17 @@ def photos(tmp_path: Path) -> Path:
     return folder
 
 
+def _metadata(model: Path) -> dict[str, str]:
+    import onnx
+
+    return {prop.key: prop.value for prop in onnx.load(model).metadata_props}
+
+
 @pytest.mark.slow
-def test_retrain_exports_into_models_and_the_restarted_service_serves_it(photos, tmp_path):
+@pytest.mark.parametrize("export_args", [None, ""], ids=["default-fp16", "no-fp16"])
+def test_retrain_exports_into_models_and_the_restarted_service_serves_it(
+    photos, tmp_path, export_args
+):
     models = tmp_path / "models"
     models.mkdir()
     served = models / "edsr_x4.onnx"
@@ -73,12 +87,10 @@ def test_retrain_exports_into_models_and_the_restarted_service_serves_it(photos,
         assert _ready(client)["model"]["metadata"]["filters"] == "8"
 
     run = tmp_path / "run"
-    result = _retrain(
-        ["--data", str(photos), *TINY_RUN],
-        RUN_DIR=str(run),
-        MODEL_OUT=str(served),
-        BENCH=str(photos),
-    )
+    env = {"RUN_DIR": str(run), "MODEL_OUT": str(served), "BENCH": str(photos)}
+    if export_args is not None:
+        env["EXPORT_ARGS"] = export_args
+    result = _retrain(["--data", str(photos), *TINY_RUN], **env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for step in ("1/4 train", "2/4 export", "3/4 evaluate", "4/4 install"):
         assert step in result.stdout
@@ -88,7 +100,11 @@ def test_retrain_exports_into_models_and_the_restarted_service_serves_it(photos,
     assert sidecar["filters"] == "4" and sidecar["blocks"] == "1"
     assert not list(models.glob("*.tmp"))
     # The service would prefer an fp16 copy on CUDA: the previous model's must not survive.
-    assert not stale_fp16.exists()
+    # By default the new model's copy replaces it (as shipped); with no export flags it goes.
+    if export_args is None:
+        assert _metadata(stale_fp16)["filters"] == "4"
+    else:
+        assert not stale_fp16.exists()
 
     # The "restart": a new app on the same path now serves the retrained model.
     with _serve(served) as client:
