@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from service.config import Settings
 from service.exceptions import ModelLoadError
 from service.main import create_app
 from service.runtime import UpscalerRuntime
+from service.state import ServiceState
 from tests.service.helpers import (
     SCALE,
     encode,
@@ -487,6 +489,15 @@ async def _asgi_post(
     return start["status"], response_headers, body
 
 
+@contextlib.asynccontextmanager
+async def _started(app: FastAPI) -> AsyncIterator[ServiceState]:
+    """Runs the app's lifespan and waits for its warm-up: a served app before its first request."""
+    async with app.router.lifespan_context(app):
+        state = app.state.service
+        await anyio.to_thread.run_sync(state.warmed.wait, 30)
+        yield state
+
+
 def test_upload_limit_is_enforced_while_streaming(make_settings: SettingsFactory) -> None:
     # No Content-Length: the server must count bytes and stop reading soon after the limit.
     app = create_app(make_settings(max_upload_bytes=256 * 1024))
@@ -494,8 +505,7 @@ def test_upload_limit_is_enforced_while_streaming(make_settings: SettingsFactory
     consumed = [0]
 
     async def scenario() -> int:
-        async with app.router.lifespan_context(app):
-            await anyio.to_thread.run_sync(app.state.service.warmed.wait, 30)
+        async with _started(app):
             status, _, body = await _asgi_post(app, chunks, {"content-type": "image/png"}, consumed)
             assert b"upload exceeds" in body
             return status
@@ -510,8 +520,7 @@ def test_a_trickling_upload_times_out_with_408(make_settings: SettingsFactory) -
     consumed = [0]
 
     async def scenario() -> tuple[int, bytes]:
-        async with app.router.lifespan_context(app):
-            await anyio.to_thread.run_sync(app.state.service.warmed.wait, 30)
+        async with _started(app):
             status, _, body = await _asgi_post(
                 app, chunks, {"content-type": "image/png"}, consumed, chunk_delay=0.05
             )
@@ -529,10 +538,8 @@ def test_client_gone_while_queued_costs_no_inference(make_settings: SettingsFact
     runtimes: list[GatedRuntime] = []
 
     async def scenario() -> int:
-        async with app.router.lifespan_context(app):
-            state = app.state.service
+        async with _started(app) as state:
             runtimes.append(state.runtime)
-            await anyio.to_thread.run_sync(state.warmed.wait, 30)
             state.runtime.blocking = True
             state.runtime.release.set()
             async with state.gate.slot():  # someone else's upscale is running
@@ -554,8 +561,7 @@ def test_bad_quality_is_refused_before_the_upload_is_read(make_settings: Setting
     consumed = [0]
 
     async def scenario() -> tuple[int, bytes]:
-        async with app.router.lifespan_context(app):
-            await anyio.to_thread.run_sync(app.state.service.warmed.wait, 30)
+        async with _started(app):
             status, _, body = await _asgi_post(
                 app, [png_bytes()], {"content-type": "image/png"}, consumed, query=b"quality=x"
             )
@@ -574,8 +580,7 @@ def test_uploads_beyond_the_concurrent_limit_get_503(make_settings: SettingsFact
     refused_body: list[str] = []
 
     async def scenario() -> tuple[int, dict[str, str], int]:
-        async with app.router.lifespan_context(app):
-            await anyio.to_thread.run_sync(app.state.service.warmed.wait, 30)
+        async with _started(app):
             slow = asyncio.create_task(
                 _asgi_post(app, [b"\x00"] * 20, {"content-type": "image/png"}, slow_consumed, 0.05)
             )
@@ -609,10 +614,8 @@ def test_client_gone_during_the_upscale_stops_it(
     runtimes: list[GatedRuntime] = []
 
     async def scenario() -> int:
-        async with app.router.lifespan_context(app):
-            state = app.state.service
+        async with _started(app) as state:
             runtimes.append(state.runtime)
-            await anyio.to_thread.run_sync(state.warmed.wait, 30)
             state.runtime.blocking = True
             gone = asyncio.Event()
             request = asyncio.create_task(
