@@ -182,6 +182,13 @@ def _metadata_too_large(exc: Exception) -> ImageTooLargeError | None:
     return None
 
 
+def _damaged(exc: Exception, image_format: str) -> ImageTooLargeError | CorruptImageError:
+    """The client's error for a file whose data Pillow could not read."""
+    return _metadata_too_large(exc) or CorruptImageError(
+        f"{image_format} file is truncated or corrupt: {exc}"
+    )
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise EmptyUploadError("the upload is empty")
@@ -345,16 +352,12 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
             # pixels are decoded from a second, fresh object below.
             image.verify()
         except Exception as exc:
-            raise _metadata_too_large(exc) or CorruptImageError(
-                f"{info.format} file is truncated or corrupt: {exc}"
-            ) from exc
+            raise _damaged(exc, info.format) from exc
     with _open(data, max_pixels) as image:
         try:
             image.load()
         except Exception as exc:
-            raise _metadata_too_large(exc) or CorruptImageError(
-                f"{info.format} file is truncated or corrupt: {exc}"
-            ) from exc
+            raise _damaged(exc, info.format) from exc
         try:
             ImageOps.exif_transpose(image, in_place=True)
         except Exception as exc:  # a damaged EXIF block should not cost the picture

@@ -100,21 +100,6 @@ def acceptable_formats(accept: str | None) -> tuple[OutputFormat, ...]:
     return ranked
 
 
-def negotiate_format(accept: str | None) -> OutputFormat:
-    """Chooses the output format for an `Accept` header, whatever the image's size.
-
-    Args:
-        accept: The header's value, or None when the request has none.
-
-    Returns:
-        The most wanted format.
-
-    Raises:
-        NotAcceptableError: When the header rules out every format the service can write.
-    """
-    return acceptable_formats(accept)[0]
-
-
 def choose_format_for_size(
     formats: tuple[OutputFormat, ...], width: int, height: int
 ) -> OutputFormat:

@@ -6,7 +6,7 @@ import pytest
 
 from service.encoding import OutputFormat
 from service.exceptions import NotAcceptableError
-from service.negotiation import acceptable_formats, choose_format_for_size, negotiate_format
+from service.negotiation import acceptable_formats, choose_format_for_size
 
 PNG, WEBP, JPEG = OutputFormat.PNG, OutputFormat.WEBP, OutputFormat.JPEG
 
@@ -37,7 +37,7 @@ PNG, WEBP, JPEG = OutputFormat.PNG, OutputFormat.WEBP, OutputFormat.JPEG
     ],
 )
 def test_negotiates(accept: str | None, expected: OutputFormat) -> None:
-    assert negotiate_format(accept) is expected
+    assert acceptable_formats(accept)[0] is expected
 
 
 @pytest.mark.parametrize(
@@ -45,12 +45,12 @@ def test_negotiates(accept: str | None, expected: OutputFormat) -> None:
 )
 def test_nothing_acceptable(accept: str) -> None:
     with pytest.raises(NotAcceptableError, match="image/png, image/webp, image/jpeg"):
-        negotiate_format(accept)
+        acceptable_formats(accept)
 
 
 def test_specific_range_overrides_a_wildcard() -> None:
     # */* allows everything, but the explicit q=0 for JPEG still rules JPEG out.
-    assert negotiate_format("image/jpeg;q=0, image/png;q=0, */*") is WEBP
+    assert acceptable_formats("image/jpeg;q=0, image/png;q=0, */*") == (WEBP,)
 
 
 def test_formats_are_ranked_by_quality_then_preference() -> None:
