@@ -9,6 +9,7 @@ worker threads.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -355,6 +356,27 @@ def center_crop(pair: ImagePair, scale: int, hr_size: int) -> ImagePair:
     )
 
 
+def _first_two_differ_where_any_differ(pairs: list[ImagePair]) -> list[ImagePair]:
+    """Reorders whole validation images so that the first two differ in height if any two do,
+    and in width if any two do.
+
+    On the TensorFlow backend Keras builds the validation dataset's signature from its first two
+    batches, fixing every dimension on which they agree; a later image of another height or
+    width then stops training with a shape error. Such a pair always exists: take two images of
+    different heights; if their widths agree, an image of another width differs in height from
+    at least one of them. The order does not change the mean PSNR.
+    """
+    if len(pairs) < 3:
+        return pairs  # both batches are read for the signature
+    varies = [len({pair.lr.shape[axis] for pair in pairs}) > 1 for axis in (0, 1)]
+    for first, second in itertools.combinations(range(len(pairs)), 2):
+        a, b = pairs[first].lr.shape, pairs[second].lr.shape
+        if all(a[axis] != b[axis] or not varies[axis] for axis in (0, 1)):
+            rest = [pair for i, pair in enumerate(pairs) if i not in (first, second)]
+            return [pairs[first], pairs[second], *rest]
+    raise AssertionError("unreachable: a pair differing wherever sizes vary always exists")
+
+
 class ValidationImages(keras.utils.PyDataset):
     """Deterministic validation batches: fixed centre crops of `crop` HR pixels (batched), or the
     whole images one at a time when `crop` is 0. Images smaller than the crop are skipped."""
@@ -372,6 +394,7 @@ class ValidationImages(keras.utils.PyDataset):
             pairs = [center_crop(p, scale, crop) for p in kept]
         else:
             batch_size = 1  # Whole images differ in size, so they cannot share a batch.
+            pairs = _first_two_differ_where_any_differ(list(pairs))
         if not pairs:
             raise ValueError("no validation images left after filtering")
         self.pairs = list(pairs)

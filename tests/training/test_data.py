@@ -233,3 +233,20 @@ def test_whole_image_validation_uses_batches_of_one():
     val = ValidationImages([_block_pair(0, (12, 10)), _block_pair(1, (10, 12))], scale=4)
     assert len(val) == 2
     assert val[1][0].shape == (1, 10, 12, 3)
+
+
+def test_whole_validation_images_start_with_two_that_differ_wherever_sizes_vary():
+    # Keras fixes the dimensions its first two validation batches agree on (TensorFlow backend).
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        sizes = [tuple(rng.integers(1, 4, size=2) * 4) for _ in range(int(rng.integers(3, 7)))]
+        pairs = [
+            ImagePair(str(i), np.zeros((h * 4, w * 4, 3), np.uint8), np.zeros((h, w, 3), np.uint8))
+            for i, (h, w) in enumerate(sizes)
+        ]
+        ordered = ValidationImages(pairs, scale=4).pairs
+        assert sorted(p.name for p in ordered) == sorted(p.name for p in pairs)
+        first, second = ordered[0].lr.shape, ordered[1].lr.shape
+        for axis in (0, 1):
+            if len({size[axis] for size in sizes}) > 1:
+                assert first[axis] != second[axis], sizes

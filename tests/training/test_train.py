@@ -104,6 +104,22 @@ def test_an_early_stopped_run_goes_on_when_given_more_steps(tiny_config, tmp_pat
     assert extended.stopped_early and extended.step == 10
 
 
+def test_whole_image_validation_takes_images_of_any_sizes(tiny_config, tmp_path):
+    # Keras (TensorFlow backend) fixes every dimension on which its first two validation
+    # batches agree; here the first two files share a height and the third does not.
+    from PIL import Image
+
+    from tests.conftest import synthetic_photo
+
+    folder = tmp_path / "val"
+    folder.mkdir()
+    for name, (height, width) in {"a": (64, 80), "b": (64, 96), "c": (72, 80)}.items():
+        Image.fromarray(synthetic_photo(height, width, 1)).save(folder / f"{name}.png")
+    val_files = [str(folder / f"{name}.png") for name in "abc"]
+    state = train(tiny_config(tmp_path / "run", val_data=val_files, val_crop=0))
+    assert state.step == 4 and state.best_val_psnr is not None
+
+
 def test_an_existing_run_is_not_overwritten_without_resume(tiny_config, tmp_path):
     train(tiny_config(tmp_path / "run"))
     with pytest.raises(FileExistsError, match="--resume"):
