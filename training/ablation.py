@@ -16,11 +16,16 @@ such as the Keras precision policy or the backend, leaks from one to the next) i
 `OUT/<variant>`, then its `best.keras` is scored by `python -m training evaluate` on the
 benchmark sets. Checkpoints are chosen on the validation images only, never on the benchmarks.
 A rerun with the same `--out` resumes unfinished variants and skips finished ones, so the
-ablation can be spread over several sessions on a GPU machine; `--parallel N` trains N variants
+ablation can be spread over several sessions on a GPU machine (a run found there must have been
+started with this variant's settings, or the ablation stops: a table must never compare runs
+trained under different flags); `--parallel N` trains N variants
 at once, which a GPU has room for. Without `--bench` the variants only train (on a GPU machine
 that lacks the benchmark sets, say); a rerun with `--bench` finds them finished and scores them.
-Results go to `OUT/ablation.json` and a markdown table (PSNR and the difference from `base`) is
-printed.
+Results go to `OUT/ablation.json` and a markdown table (PSNR and the difference from `base`,
+and the images each variant trained on: a larger patch skips images smaller than it, which the
+table must show beside its figures) is printed. Without `--val-data`, 10 images of `--data` are
+held out for every variant alike (each variant picking its own would compare checkpoints chosen
+on different images).
 
 Usage (from the repository root):
     python -m training.ablation --data ../shared/data/train \
@@ -63,38 +68,99 @@ class AblationPlan:
     blocks: int = 16
     seed: int = 1
 
-    def train_args(self, variant: str) -> list[str]:
-        """The `python -m training train` arguments of a new run of `variant`."""
+    def settings(self, variant: str) -> dict:
+        """The training settings of `variant`, by `TrainConfig` field name: `base`'s, with the
+        one change the variant names."""
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-        data = self.data if variant == "data-no-extra" else self.data + self.extra_data
-        patch_size = self.large_patch_size if variant == "patch-large" else self.patch_size
-        args = [f"--data={folder}" for folder in data]
-        args += [f"--val-data={item}" for item in self.val_data]
+        piecewise = variant == "piecewise"
+        return {
+            "data": self.data if variant == "data-no-extra" else self.data + self.extra_data,
+            "val_data": self.val_data,
+            "steps": self.steps,
+            "eval_every": self.eval_every,
+            "batch_size": self.batch_size,
+            "patch_size": self.large_patch_size if variant == "patch-large" else self.patch_size,
+            "lr": self.lr,
+            "filters": self.filters,
+            "blocks": self.blocks,
+            "seed": self.seed,
+            "lr_schedule": "piecewise" if piecewise else "cosine",
+            "lr_boundaries": [self.steps // 2, self.steps * 3 // 4] if piecewise else None,
+            "mixed_precision": "bfloat16" if variant == "bf16" else "off",
+        }
+
+    def train_args(self, variant: str) -> list[str]:
+        """The `python -m training train` arguments of a new run of `variant`."""
+        settings = self.settings(variant)
+        args = [f"--data={folder}" for folder in settings["data"]]
+        args += [f"--val-data={item}" for item in settings["val_data"]]
+        args += [f"--out={self.out / variant}"]
         args += [
-            f"--out={self.out / variant}",
-            f"--steps={self.steps}",
-            f"--eval-every={self.eval_every}",
-            f"--batch-size={self.batch_size}",
-            f"--patch-size={patch_size}",
-            f"--lr={self.lr}",
-            f"--filters={self.filters}",
-            f"--blocks={self.blocks}",
-            f"--seed={self.seed}",
-            "--patience=0",
-            "--verbose=2",
-        ]
-        if variant == "piecewise":
-            args += [
-                "--lr-schedule=piecewise",
-                "--lr-boundaries",
-                str(self.steps // 2),
-                str(self.steps * 3 // 4),
-            ]
-        else:
-            args.append("--lr-schedule=cosine")
-        args.append(f"--mixed-precision={'bfloat16' if variant == 'bf16' else 'off'}")
+            f"--{name.replace('_', '-')}={settings[name]}"
+            for name in (
+                "steps", "eval_every", "batch_size", "patch_size", "lr", "filters", "blocks", "seed"
+            )
+        ]  # fmt: skip
+        args += ["--patience=0", "--verbose=2", f"--lr-schedule={settings['lr_schedule']}"]
+        if settings["lr_boundaries"]:
+            args += ["--lr-boundaries", *(str(step) for step in settings["lr_boundaries"])]
+        args.append(f"--mixed-precision={settings['mixed_precision']}")
         return args
+
+
+def _comparable(settings: dict) -> dict:
+    """Settings as compared between runs: paths by file or folder name only, so runs trained on
+    another machine's copy of the data can be scored here; no boundaries for cosine runs."""
+    comparable = {name: settings.get(name) for name in _COMPARED}
+    comparable["data"] = [Path(folder).name for folder in settings.get("data") or ()]
+    comparable["val_data"] = [Path(item).name for item in settings.get("val_data") or ()]
+    if comparable["lr_schedule"] != "piecewise":
+        comparable.pop("lr_boundaries")
+    return comparable
+
+
+#: TrainConfig fields that define an experiment, besides the data.
+_COMPARED = (
+    "steps",
+    "eval_every",
+    "batch_size",
+    "patch_size",
+    "lr",
+    "filters",
+    "blocks",
+    "seed",
+    "lr_schedule",
+    "lr_boundaries",
+    "mixed_precision",
+)
+
+
+def check_existing_run(plan: AblationPlan, variant: str) -> None:
+    """Refuses a run folder whose run was started with other settings than `variant`'s now.
+
+    Raises:
+        ValueError: Naming each setting that differs.
+    """
+    config_file = plan.out / variant / "config.json"
+    if not config_file.exists():
+        if (plan.out / variant / "state.json").exists():
+            # Weights and state brought back from another machine without their config.
+            print(f"note: {plan.out / variant} has no config.json; its settings are unchecked")
+        return
+    recorded = _comparable(json.loads(config_file.read_text()))
+    expected = _comparable(plan.settings(variant))
+    differences = [
+        f"{name}: run has {recorded[name]!r}, this ablation {expected[name]!r}"
+        for name in expected
+        if recorded[name] != expected[name]
+    ]
+    if differences:
+        raise ValueError(
+            f"{plan.out / variant} was trained with other settings ("
+            + "; ".join(differences)
+            + "); use another --out, or the flags it was started with"
+        )
 
 
 def _run_state(run_dir: Path) -> dict | None:
@@ -103,8 +169,13 @@ def _run_state(run_dir: Path) -> dict | None:
 
 
 def train_command(plan: AblationPlan, variant: str) -> list[str] | None:
-    """The command that trains (or resumes) `variant`, or None when it has finished."""
+    """The command that trains (or resumes) `variant`, or None when it has finished.
+
+    Raises:
+        ValueError: When `OUT/<variant>` holds a run started with other settings.
+    """
     run_dir = plan.out / variant
+    check_existing_run(plan, variant)
     state = _run_state(run_dir)
     if state is not None and state["step"] >= plan.steps:
         return None
@@ -171,13 +242,16 @@ def evaluate_variant(plan: AblationPlan, variant: str, bench: Sequence[str]) -> 
 def markdown_table(results: dict, sets: Sequence[str]) -> str:
     """Y-PSNR per set and its difference from `base`, one row per variant."""
     lines = [
-        "| variant | best step | validation PSNR | " + " | ".join(sets) + " |",
-        "|---|---|---|" + "---|" * len(sets),
+        "| variant | training images | best step | validation PSNR | " + " | ".join(sets) + " |",
+        "|---|---|---|---|" + "---|" * len(sets),
     ]
     base = results.get("base", {}).get("bench", {})
     for variant, result in results.items():
         cells = []
         for name in sets:
+            if name not in result.get("bench", {}):
+                cells.append("–")  # scored on other sets in an earlier call
+                continue
             psnr = result["bench"][name]["psnr"]
             delta = (
                 ""
@@ -187,7 +261,7 @@ def markdown_table(results: dict, sets: Sequence[str]) -> str:
             cells.append(f"{psnr:.2f}{delta}")
         state = result["state"]
         lines.append(
-            f"| {variant} | {state.get('best_step', '–')} | "
+            f"| {variant} | {result.get('train_images', '–')} | {state.get('best_step', '–')} | "
             f"{state.get('best_val_psnr', float('nan')):.3f} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)
@@ -201,7 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data", nargs="+", required=True, help="the base training set")
     parser.add_argument("--extra-data", nargs="+", default=[], help="data the base run adds")
-    parser.add_argument("--val-data", nargs="+", default=[], help="held-out validation images")
+    parser.add_argument(
+        "--val-data",
+        nargs="+",
+        default=[],
+        help="held-out validation images (default: 10 of --data, the same for every variant)",
+    )
     parser.add_argument(
         "--bench",
         nargs="+",
@@ -237,16 +316,26 @@ def main(argv: list[str] | None = None) -> int:
             if name in {field.name for field in dataclasses.fields(AblationPlan)}
         }
     )
+    if not plan.val_data:
+        plan = dataclasses.replace(plan, val_data=_shared_hold_out(plan.data))
+        print(f"validating every variant on {len(plan.val_data)} images held out of --data")
     plan.out.mkdir(parents=True, exist_ok=True)
     results_file = plan.out / "ablation.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    states = train_variants(plan, args.variants, args.parallel)
+    try:
+        states = train_variants(plan, args.variants, args.parallel)
+    except ValueError as error:
+        print(f"ablation stopped: {error}", file=sys.stderr)
+        return 2
     if not args.bench:
         print(json.dumps(states, indent=2))
         return 0
     for variant in args.variants:
+        config_file = plan.out / variant / "config.json"
+        config = json.loads(config_file.read_text()) if config_file.exists() else {}
         results[variant] = {
             "command": "python -m training train " + shlex.join(plan.train_args(variant)),
+            "train_images": config.get("train_images"),
             "state": states[variant],
             "bench": evaluate_variant(plan, variant, args.bench),
         }
@@ -255,6 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     ordered = {variant: results[variant] for variant in VARIANTS if variant in results}
     print(markdown_table(ordered, [Path(folder).name for folder in args.bench]))
     return 0
+
+
+def _shared_hold_out(data_paths: Sequence[str]) -> tuple[str, ...]:
+    """The validation images `train` would hold out of `data_paths` by default, as files."""
+    from training import data
+
+    _, held = data.hold_out(data.discover_sources(data_paths, scale=4), count=10)
+    return tuple(str(source.hr_path) for source in held)
 
 
 if __name__ == "__main__":

@@ -176,6 +176,27 @@ def _srf_sources(files: list[Path], scale: int) -> list[ImageSource] | None:
     return sources
 
 
+def hold_out(
+    sources: Sequence[ImageSource], count: int
+) -> tuple[list[ImageSource], list[ImageSource]]:
+    """Splits off `count` sources spread evenly over the list, for validation.
+
+    Returns:
+        (the rest, the held-out ones), both in the list's order.
+
+    Raises:
+        ValueError: When fewer than `count + 1` sources remain for training.
+    """
+    count = min(count, len(sources) - 1)
+    if count < 1:
+        raise ValueError("need --val-data, or at least two training images for a hold-out")
+    stride = len(sources) / count
+    picked = {int(i * stride + stride / 2) for i in range(count)}
+    rest = [s for i, s in enumerate(sources) if i not in picked]
+    held = [s for i, s in enumerate(sources) if i in picked]
+    return rest, held
+
+
 def discover_sources(paths: Iterable[str | Path], scale: int) -> list[ImageSource]:
     """Lists the images under each path: DIV2K folders and SelfExSR-style benchmark folders
     (`*_SRF_4_HR.png` beside `*_SRF_4_LR.png`) as HR/LR pairs, any other folder searched

@@ -196,14 +196,7 @@ def _split_validation(config: TrainConfig, sources: list[data.ImageSource]):
         if len(train) < len(sources):
             log.info("excluded %d validation images from training", len(sources) - len(train))
         return train, val
-    count = min(config.val_holdout, len(sources) - 1)
-    if count < 1:
-        raise ValueError("need --val-data, or at least two training images for a hold-out")
-    stride = len(sources) / count
-    picked = {int(i * stride + stride / 2) for i in range(count)}
-    val = [s for i, s in enumerate(sources) if i in picked]
-    train = [s for i, s in enumerate(sources) if i not in picked]
-    return train, val
+    return data.hold_out(sources, config.val_holdout)
 
 
 def _prepare_run_dir(config: TrainConfig, resume: bool) -> tuple[TrainConfig, RunState]:

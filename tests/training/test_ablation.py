@@ -78,6 +78,63 @@ def test_a_tiny_ablation_trains_scores_and_resumes(image_folder, tmp_path, capsy
     assert (out / "base" / "best.keras").stat().st_mtime == mtime
 
 
+def test_a_run_started_with_other_settings_stops_the_ablation(image_folder, tmp_path, capsys):
+    out = tmp_path / "ablation"
+    args = ["--data", str(image_folder), "--out", str(out), "--steps", "1", "--eval-every", "1"]
+    args += ["--batch-size", "2", "--patch-size", "32", "--filters", "4", "--blocks", "1"]
+    assert ablation([*args, "--variants", "base", "--lr", "2e-4"]) == 0
+    capsys.readouterr()
+    # A rerun with another rate must not resume (or score) the old run as if it were this one.
+    assert ablation([*args, "--variants", "base", "bf16", "--lr", "1e-3"]) == 2
+    message = capsys.readouterr().err
+    assert "was trained with other settings (lr: run has 0.0002, this ablation 0.001)" in message
+    assert not (out / "bf16").exists()
+
+
+def test_runs_trained_elsewhere_are_compared_by_data_names(tmp_path):
+    from training.ablation import check_existing_run
+
+    here = _plan(tmp_path, data=("/data/here/train",), val_data=("/data/here/train/a.png",))
+    run = here.out / "bf16"
+    run.mkdir(parents=True)
+    settings = {**here.settings("bf16"), "data": ["/tmp/gpu/train", "/tmp/gpu/extra"]}
+    settings["val_data"] = ["/tmp/gpu/train/a.png"]
+    (run / "config.json").write_text(json.dumps(settings))
+    check_existing_run(here, "bf16")  # same names, other machine: accepted
+    settings["patch_size"] = 256
+    (run / "config.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match="patch_size: run has 256, this ablation 192"):
+        check_existing_run(here, "bf16")
+
+
+def test_without_val_data_every_variant_validates_on_the_same_images(image_folder, tmp_path):
+    out = tmp_path / "ablation"
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "x.png").write_bytes((image_folder / "a.png").read_bytes())
+    args = ["--data", str(image_folder), "--extra-data", str(extra), "--out", str(out)]
+    args += ["--steps", "1", "--eval-every", "1", "--batch-size", "2", "--patch-size", "32"]
+    args += ["--filters", "4", "--blocks", "1", "--variants", "base", "data-no-extra"]
+    assert ablation(args) == 0
+    held = [
+        json.loads((out / v / "config.json").read_text())["val_images"]
+        for v in ("base", "data-no-extra")
+    ]
+    assert held[0] == held[1] and held[0]
+
+
+def test_the_table_shows_training_images_and_tolerates_missing_sets():
+    from training.ablation import markdown_table
+
+    results = {
+        "base": {"train_images": 604, "state": {"best_step": 4}, "bench": {"Set5": {"psnr": 31.0}}},
+        "patch-large": {"train_images": 569, "state": {"best_step": 4}, "bench": {}},
+    }
+    table = markdown_table(results, ["Set5"]).splitlines()
+    assert table[0].startswith("| variant | training images |")
+    assert table[3].startswith("| patch-large | 569 |") and table[3].endswith("| – |")
+
+
 def test_variants_can_train_side_by_side(image_folder, tmp_path):
     out = tmp_path / "ablation"
     args = ["--data", str(image_folder), "--bench", str(image_folder), "--out", str(out)]
