@@ -107,3 +107,20 @@ def test_readme_examples():
     assert "import httpx" in README
     assert "28.43" in README  # the bicubic anchor on Set5
     assert "DIV2K_train_LR_bicubic/X4" in README
+
+
+def test_the_model_cards_run_records_are_in_the_repository():
+    # The card's command reads each training stage's config, state and history from
+    # models/runs/; in a clean clone they exist only if they are committed (not ignored).
+    card = (ROOT / "models" / "README.md").read_text()
+    runs = re.findall(r"--run (models/runs/\S+)", card)
+    assert runs, "the model card no longer names its runs"
+    for run in runs:
+        for name in ("config.json", "state.json", "history.csv"):
+            assert (ROOT / run / name).is_file(), f"{run}/{name}"
+    assert "models/runs/ablation.json" in card
+    assert (ROOT / "models" / "runs" / "ablation.json").is_file()
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "models/runs/ablation.json"], cwd=ROOT, check=False
+    )
+    assert ignored.returncode != 0, ".gitignore keeps models/runs/ out of the repository"
