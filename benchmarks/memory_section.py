@@ -17,6 +17,8 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,25 +50,33 @@ class _NearestRuntime:
         return tiles.repeat(self.scale, axis=1).repeat(self.scale, axis=2)
 
 
+def write_input(path: Path, mode: str, side: int) -> None:
+    """Writes the noise image of one case (in the parent, so its making never counts)."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (side, side, len(mode)), dtype=np.uint8)
+    Image.fromarray(pixels.squeeze(), mode).save(path, "PNG", compress_level=0)
+
+
 def measure_case(
-    mode: str, output_format: str, quality: str, side: int, tile: int, overlap: int
+    upload: Path, output_format: str, quality: str, tile: int, overlap: int
 ) -> dict[str, Any]:
-    """Peak memory growth of one upscale in this process (call it in a fresh one)."""
+    """Peak memory growth of one upscale of `upload` in this process (call it in a fresh one).
+
+    The peak before the call is what the process needed to start and read the upload; making
+    the test image happens in another process, so its temporaries cannot hide the call's.
+    """
     from service.encoding import OutputFormat
     from service.upscaler import upscale_image_bytes
 
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (side, side, len(mode)), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.squeeze(), mode).save(buffer, "PNG", compress_level=0)
-    data = buffer.getvalue()
-    del pixels, buffer
+    data = upload.read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        (width, height), mode = image.size, image.mode
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = upscale_image_bytes(
         data,
         _NearestRuntime(tile),  # type: ignore[arg-type]
         overlap=overlap,
-        max_input_pixels=side * side,
+        max_input_pixels=width * height,
         output_format=OutputFormat(output_format),
         fit=True,
         ensemble=quality == "max",
@@ -74,7 +84,7 @@ def measure_case(
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     growth_bytes = (peak - before) * 1024  # ru_maxrss is in KiB on Linux
     return {
-        "input": f"{side}x{side} {mode}",
+        "input": f"{width}x{height} {mode}",
         "output_format": output_format,
         "quality": quality,
         "growth_mb": round(growth_bytes / 1e6, 1),
@@ -85,31 +95,32 @@ def measure_case(
 
 def run(ctx: BenchContext) -> dict[str, Any]:
     """Measures every case at the largest input the service's settings accept."""
-    side = int(ctx.settings.max_input_pixels**0.5)
+    side = 32 if ctx.preset.name == "smoke" else int(ctx.settings.max_input_pixels**0.5)
+    # quality=max has its own, smaller limit.
+    ensemble_side = min(side, int(ctx.settings.max_ensemble_input_pixels**0.5))
     if ctx.preset.name == "smoke":
-        side = 32
+        ensemble_side = side
     rows = []
-    for mode, output_format, quality in CASES:
-        if quality == "max" and side * side > ctx.settings.max_ensemble_input_pixels:
-            ensemble_side = int(ctx.settings.max_ensemble_input_pixels**0.5)
-            case_side = ensemble_side if ctx.preset.name != "smoke" else side
-        else:
-            case_side = side
-        command = [
-            sys.executable,
-            "-m",
-            "benchmarks.memory_section",
-            mode,
-            output_format,
-            quality,
-            str(case_side),
-            str(ctx.settings.tile_size),
-            str(ctx.settings.tile_overlap),
-        ]
-        completed = subprocess.run(command, check=True, capture_output=True, text=True)
-        row = json.loads(completed.stdout.strip().splitlines()[-1])
-        rows.append(row)
-        ctx.log(f"memory: {row['input']} -> {output_format} {quality}: +{row['growth_mb']} MB")
+    with tempfile.TemporaryDirectory(prefix="memory-section-") as scratch:
+        for mode, output_format, quality in CASES:
+            case_side = ensemble_side if quality == "max" else side
+            upload = Path(scratch) / f"{mode}-{case_side}.png"
+            if not upload.exists():
+                write_input(upload, mode, case_side)
+            command = [
+                sys.executable,
+                "-m",
+                "benchmarks.memory_section",
+                str(upload),
+                output_format,
+                quality,
+                str(ctx.settings.tile_size),
+                str(ctx.settings.tile_overlap),
+            ]
+            completed = subprocess.run(command, check=True, capture_output=True, text=True)
+            row = json.loads(completed.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            ctx.log(f"memory: {row['input']} -> {output_format} {quality}: +{row['growth_mb']} MB")
     return {
         "model": "stand-in (nearest-neighbour x4); the model's own memory is not included",
         "cases": rows,
@@ -117,8 +128,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    mode_arg, format_arg, quality_arg, *numbers = sys.argv[1:7]
-    side_arg, tile_arg, overlap_arg = (int(number) for number in numbers)
+    upload_arg, format_arg, quality_arg, tile_arg, overlap_arg = sys.argv[1:6]
     print(
-        json.dumps(measure_case(mode_arg, format_arg, quality_arg, side_arg, tile_arg, overlap_arg))
+        json.dumps(
+            measure_case(Path(upload_arg), format_arg, quality_arg, int(tile_arg), int(overlap_arg))
+        )
     )

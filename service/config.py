@@ -109,9 +109,9 @@ class Settings(BaseSettings):
     # alpha) plus the file being encoded. With MAX_CONCURRENCY requests working at once that is
     # the bulk of the service's memory, so this cap is what keeps a 2-4 GB container alive.
     # Measured at this limit (`python -m benchmarks --sections memory`, docs/benchmarks.md),
-    # one request's pipeline adds 0.33 GB for RGB to PNG, 0.94 GB for RGBA to PNG, 0.83 GB for
-    # RGBA to JPEG and 1.98 GB for RGBA to lossless WebP (libwebp's own buffers), on top of the
-    # model's 0.75 GB for 192-pixel tiles and ~0.6 GB for the idle process.
+    # one request's pipeline adds 0.3-0.35 GB for RGB to PNG, 0.9 GB for RGBA to PNG, 0.8 GB for
+    # RGBA to JPEG and 1.9-2.0 GB for RGBA to lossless WebP (libwebp's own buffers), on top of
+    # the 0.75 GB peak of a process running one 192-pixel tile.
     max_input_pixels: int = Field(
         default=2048 * 2048,
         ge=1,
