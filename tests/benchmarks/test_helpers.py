@@ -152,7 +152,7 @@ def test_gpu_targets_read_the_gpu_section() -> None:
         "gpu": {
             "provider": "CUDAExecutionProvider",
             "cpu_smoke": False,
-            "batched": [{"tile": 512, "output_mp_per_s": 900.0}],
+            "batched": [{"tile": 512, "model": "m_fp16.onnx", "output_mp_per_s": 900.0}],
             "fp16_quality": {"delta_db": -0.01},
             "http": http,
         }
@@ -161,6 +161,18 @@ def test_gpu_targets_read_the_gpu_section() -> None:
     assert verdicts["GPU: fp16 batched model path, output MP/s on 512² tiles"] == (True, 900.0)
     assert verdicts["GPU: Set5 PSNR difference, fp16 against fp32 (dB, absolute)"] == (True, 0.01)
     assert verdicts["GPU: encode share of end-to-end server time"] == (True, 0.3)
+
+
+def test_the_fp16_target_is_not_answered_by_the_fp32_fallback() -> None:
+    results = {
+        "gpu": {
+            "provider": "CUDAExecutionProvider",
+            "cpu_smoke": False,
+            "batched": [{"tile": 512, "model": "m.onnx", "output_mp_per_s": 900.0}],
+        }
+    }
+    target = next(t for t in evaluate(results) if "fp16 batched" in t.name)
+    assert target.measured is None and "fp32 model" in target.note
 
 
 def test_summary_and_plot(tmp_path: Path) -> None:
