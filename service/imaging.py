@@ -9,7 +9,7 @@ Mode handling, in short:
 
 * RGB, YCbCr -> RGB; CMYK -> RGB (through its ICC profile when it has one).
 * RGBA, RGBa, PA, P or RGB with a transparent colour -> RGB plus alpha.
-* L, 1 -> grey; LA, La, L with a transparent colour -> grey plus alpha.
+* L, 1 -> grey; LA, La, L with a transparent colour (also 16-bit) -> grey plus alpha.
 * 16-bit greyscale (I;16*, and I from PNG) -> 8-bit grey by scaling with 255/65535 (that is,
   1/257) and rounding, so white stays white. 16-bit colour PNGs are reduced to 8 bits by
   Pillow itself while decoding (it keeps the high byte).
@@ -297,6 +297,11 @@ def _decode_loaded(image: Image.Image, info: ImageInfo) -> DecodedImage:
         )
     if image.mode in _SIXTEEN_BIT_GREY_MODES:
         grey, luma = True, _to_sixteen_bit_grey(image)
+        transparent = image.info.get("transparency")
+        if isinstance(transparent, int):
+            # A 16-bit grey PNG's tRNS names one 16-bit value as transparent; it must be matched
+            # before the reduction to 8 bits merges it with its neighbours.
+            alpha = np.where(np.asarray(image) == transparent, 0, 255).astype(np.uint8)
     else:
         target = _target_mode(image)
         if image.mode == "CMYK":

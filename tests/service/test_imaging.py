@@ -107,6 +107,15 @@ def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
     assert decoded.rgb[0, :, 0].tolist() == [0, 1, 128, 255]
 
 
+def test_sixteen_bit_grey_with_a_transparent_value_keeps_its_transparency() -> None:
+    values = np.array([[0, 1000], [1001, 65535]], dtype=np.uint16)
+    png = encode(Image.fromarray(values), transparency=1000)
+    decoded = decode_image(png, max_pixels=LIMIT)
+    assert decoded.grey
+    # Only the exact 16-bit value is transparent, not 1001, which rounds to the same 8 bits.
+    assert decoded.alpha.tolist() == [[255, 0], [255, 255]]
+
+
 def test_sixteen_bit_colour_png_is_reduced_to_eight_bits() -> None:
     pixel = struct.pack(">HHH", 65535, 32768, 0)
     decoded = decode_image(raw_png(1, 1, 2, b"\x00" + pixel), max_pixels=LIMIT)
