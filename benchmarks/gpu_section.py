@@ -6,7 +6,9 @@ otherwise. Measured:
 * provider variants on one tile (256 and 512 pixels): defaults; the service's options
   (`service.ortconfig.cuda_provider_options`: NHWC, exhaustive cuDNN search); plus I/O binding;
   fp16 with and without binding; output megapixels per second each;
-* batches of 512-pixel tiles in fp16 with binding (the service's GPU path), 1 to 8 per call;
+* batches of 512-pixel tiles in fp16, 1 to 8 per call, through the service's call and with
+  input and output left on the GPU (the compute alone); sizes past cuDNN's 2**31-element
+  tensor limit are reported as skipped;
 * fp16 against fp32 on Set5 by the standard protocol (Y PSNR, 4-pixel border shaved);
 * the HTTP section again with GPU settings, whose decode/model/encode split tells whether the
   encoder keeps up.
@@ -28,8 +30,13 @@ from benchmarks.context import BenchContext
 from benchmarks.images import benchmark_set, psnr_y
 from benchmarks.measure import megapixels_per_second, time_call
 from service.iobinding import BoundRunner
-from service.ortconfig import cuda_provider_options, cuda_usable, fp16_path_for
-from service.runtime import UpscalerRuntime
+from service.ortconfig import (
+    cuda_provider_options,
+    cuda_usable,
+    cudnn_tile_problem,
+    fp16_path_for,
+)
+from service.runtime import DEFAULT_FILTERS, UpscalerRuntime
 from service.tiling import upscale_tiled
 
 CUDA = "CUDAExecutionProvider"
@@ -75,7 +82,8 @@ def _runner(path: Path, provider: str, tuned: bool, bound: bool, shape: tuple[in
 
 def _measure(runner: Any, batch: np.ndarray, repeats: int) -> dict[str, Any]:
     timing, output = time_call(lambda: runner(batch), repeats, warmup=2)
-    pixels = int(np.prod(output.shape[:3]))
+    shape = output.shape() if isinstance(output, ort.OrtValue) else output.shape
+    pixels = int(np.prod(shape[:3]))
     return {
         "time_ms": timing.as_dict(),
         "output_mp_per_s": round(megapixels_per_second(pixels, timing.median), 1),
@@ -109,20 +117,55 @@ def provider_variants(
     return rows
 
 
+def _on_device_runner(path: Path, provider: str, shape: tuple[int, ...]) -> Any:
+    """A call with input and output left on the device: the model's compute alone."""
+    session = ort.InferenceSession(str(path), providers=_provider_entries(provider, True))
+    device = "cuda" if provider == CUDA else "cpu"
+    batch, height, width, channels = shape
+    allocate = ort.OrtValue.ortvalue_from_shape_and_type
+    inputs = allocate(shape, np.float32, device, 0)
+    outputs = allocate((batch, height * SCALE, width * SCALE, channels), np.float32, device, 0)
+    binding = session.io_binding()
+    binding.bind_ortvalue_input("lr", inputs)
+    binding.bind_ortvalue_output("sr", outputs)
+
+    def run(_: np.ndarray) -> ort.OrtValue:
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return outputs
+
+    return run
+
+
 def batched(
     ctx: BenchContext, provider: str, tile: int, sizes: tuple[int, ...], repeats: int
 ) -> list[dict[str, Any]]:
-    """Output MP/s of fp16, I/O-bound calls on batches of `tile`-pixel tiles."""
+    """Output MP/s of fp16 calls on batches of `tile`-pixel tiles.
+
+    Two rows per batch size: `service` is the service's call (`InferenceSession.run`, numpy in
+    and out, so both host copies included); `on device` leaves input and output on the GPU, the
+    model's compute alone, the ceiling that no host-side change can pass. Sizes whose largest
+    activation cuDNN cannot describe are reported as skipped, with the reason.
+    """
     path = fp16_path_for(ctx.model_path)
     if not path.exists():
         path = ctx.model_path
-    rows = []
+    rows: list[dict[str, Any]] = []
     for size in sizes:
+        problem = cudnn_tile_problem(size, tile, SCALE, DEFAULT_FILTERS)
         batch = np.stack([ctx.image(tile, seed=seed) for seed in range(size)]).astype(np.float32)
-        runner = _runner(path, provider, True, True, batch.shape)
-        row = {"tile": tile, "batch": size, "model": path.name, **_measure(runner, batch, repeats)}
-        rows.append(row)
-        ctx.log(f"gpu: batch {size}x{tile}² {row['output_mp_per_s']} MP/s")
+        for label in ("service", "on device"):
+            row: dict[str, Any] = {"tile": tile, "batch": size, "path": label, "model": path.name}
+            if problem and provider == CUDA:
+                row["skipped"] = problem
+            elif label == "service":
+                row.update(
+                    _measure(_runner(path, provider, True, False, batch.shape), batch, repeats)
+                )
+            else:
+                row.update(_measure(_on_device_runner(path, provider, batch.shape), batch, repeats))
+            rows.append(row)
+            ctx.log(f"gpu: batch {size}x{tile}² {label}: {row.get('output_mp_per_s', 'skipped')}")
     return rows
 
 

@@ -145,3 +145,37 @@ def cuda_provider_options(
         "arena_extend_strategy": "kSameAsRequested",
         "do_copy_in_default_stream": "1",
     }
+
+
+#: cuDNN describes tensors with 32-bit element counts: 2**31 elements or more fail.
+CUDNN_MAX_ELEMENTS = 2**31
+
+
+def cudnn_tile_problem(batch: int, tile: int, scale: int, filters: int) -> str | None:
+    """Why cuDNN cannot run batches of `batch` square tiles of side `tile`, or None if it can.
+
+    cuDNN's tensor descriptors count elements in 32 bits: a convolution whose tensor holds 2**31
+    elements or more fails on every call with CUDNN_STATUS_NOT_SUPPORTED. Measured on an H100
+    with the EDSR x4 model (docs/benchmarks.md, GPU): 1 x 1448² and 7 x 512² tiles run,
+    1 x 1449² and 8 x 512² fail. EDSR's largest tensors, around its last pixel shuffle, hold
+    batch x tile² x scale² x filters elements.
+
+    Args:
+        batch: Tiles per model call.
+        tile: LR tile side in pixels.
+        scale: The model's upscaling factor.
+        filters: The model's feature channels.
+
+    Returns:
+        A message naming the fix, or None when the shape fits.
+    """
+    per_tile = tile**2 * scale**2 * filters
+    if batch * per_tile < CUDNN_MAX_ELEMENTS:
+        return None
+    largest = (CUDNN_MAX_ELEMENTS - 1) // per_tile
+    hint = f"use a tile batch size of at most {largest}" if largest else "use smaller tiles"
+    return (
+        f"tiles of {batch} x {tile}x{tile} pixels are too large for cuDNN: the model's largest "
+        f"activation would hold {batch * per_tile:,} elements, and cuDNN refuses 2**31 or more; "
+        f"{hint}"
+    )

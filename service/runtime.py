@@ -38,6 +38,7 @@ from service.iobinding import BoundRunner
 from service.ortconfig import (
     choose_precision,
     cuda_provider_options,
+    cudnn_tile_problem,
     fp16_path_for,
     session_options,
 )
@@ -50,6 +51,8 @@ logger = logging.getLogger(__name__)
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 TENSORRT_PROVIDER = "TensorrtExecutionProvider"
+#: Feature channels assumed for a model whose metadata does not name them (the EDSR baseline's).
+DEFAULT_FILTERS = 64
 
 #: The TensorRT 10 core library, whose presence decides whether TensorRT is worth trying.
 TENSORRT_LIBRARY_NAMES = ("libnvinfer.so.10", "nvinfer_10.dll")
@@ -180,8 +183,9 @@ class UpscalerRuntime:
             `service.ortconfig.choose_precision`).
         graph_optimization: onnxruntime graph optimisation level (`service.ortconfig`).
         cpu_mem_arena: Keep onnxruntime's CPU memory arena.
-        io_binding: Run the tile shape through preallocated bound buffers (`service.iobinding`);
-            None: only when the model runs on the GPU.
+        io_binding: Run the tile shape through preallocated bound buffers (`service.iobinding`).
+            Off by default: on an H100 a bound call that copies its output back to the host
+            took twice as long as a plain `run` for 512-pixel tiles (docs/benchmarks.md, GPU).
 
     Raises:
         ModelLoadError: If the file is missing or unreadable, is not a loadable ONNX model, does
@@ -200,7 +204,7 @@ class UpscalerRuntime:
         precision: str = "auto",
         graph_optimization: str = "all",
         cpu_mem_arena: bool = True,
-        io_binding: bool | None = None,
+        io_binding: bool = False,
     ) -> None:
         self._base_path = Path(model_path)
         self._tile_size = tile_size
@@ -226,6 +230,7 @@ class UpscalerRuntime:
         self._bound: BoundRunner | None = None  # set once the scale (the output shape) is known
         self._scale = self._read_scale()
         self._warmup_seconds: float | None = None
+        self._check_activation_size()
         self._bound = self._bound_runner(io_binding)
         self._report_providers()
 
@@ -293,10 +298,22 @@ class UpscalerRuntime:
         )
         return self._base_path, self._create_session(self._base_path)
 
-    def _bound_runner(self, io_binding: bool | None) -> BoundRunner | None:
-        on_gpu = self.primary_provider in (CUDA_PROVIDER, TENSORRT_PROVIDER)
-        if not (on_gpu if io_binding is None else io_binding):
+    def _check_activation_size(self) -> None:
+        """Refuses, at start, tile shapes that cuDNN would fail on every request."""
+        if self.primary_provider not in (CUDA_PROVIDER, TENSORRT_PROVIDER):
+            return
+        try:
+            filters = int(self._metadata.get("filters", DEFAULT_FILTERS))
+        except ValueError:
+            filters = DEFAULT_FILTERS
+        problem = cudnn_tile_problem(self._batch_size, self._tile_size, self._scale, filters)
+        if problem:
+            raise ModelLoadError(f"{problem} ({self.primary_provider})")
+
+    def _bound_runner(self, io_binding: bool) -> BoundRunner | None:
+        if not io_binding:
             return None
+        on_gpu = self.primary_provider in (CUDA_PROVIDER, TENSORRT_PROVIDER)
         side = self._tile_size * self._scale
         return BoundRunner(
             self._session,

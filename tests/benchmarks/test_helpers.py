@@ -175,6 +175,23 @@ def test_the_fp16_target_is_not_answered_by_the_fp32_fallback() -> None:
     assert target.measured is None and "fp32 model" in target.note
 
 
+def test_the_batched_target_reads_only_measured_service_calls() -> None:
+    fp16 = {"tile": 512, "model": "m_fp16.onnx"}
+    results = {
+        "gpu": {
+            "provider": "CUDAExecutionProvider",
+            "cpu_smoke": False,
+            "batched": [
+                {**fp16, "batch": 1, "path": "service", "output_mp_per_s": 330.0},
+                {**fp16, "batch": 1, "path": "on device", "output_mp_per_s": 500.0},
+                {**fp16, "batch": 8, "path": "service", "skipped": "too large for cuDNN"},
+            ],
+        }
+    }
+    target = next(t for t in evaluate(results) if "fp16 batched" in t.name)
+    assert (target.measured, target.passed) == (330.0, False)
+
+
 def test_summary_and_plot(tmp_path: Path) -> None:
     results = {
         "command": "python -m benchmarks --quick",

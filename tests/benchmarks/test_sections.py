@@ -98,7 +98,10 @@ def test_gpu_section_code_paths_on_the_cpu(ctx: BenchContext) -> None:
     result = gpu_section.run(ctx, provider="CPUExecutionProvider")
     assert result["cpu_smoke"] is True
     assert all("output_mp_per_s" in row for row in result["variants"])
-    assert [row["batch"] for row in result["batched"]] == [1, 2, 4, 8]
+    assert [(row["batch"], row["path"]) for row in result["batched"]] == [
+        (size, path) for size in (1, 2, 4, 8) for path in ("service", "on device")
+    ]
+    assert all("output_mp_per_s" in row for row in result["batched"])
     cells = [cell for cell in result["http"]["cells"] if "skipped" not in cell]
     assert cells and all(cell["statuses"].get("200", 0) >= 1 for cell in cells)
 

@@ -43,7 +43,9 @@ def gpu_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_cuda_runtime_uses_the_service_options_fp16_and_binding(gpu_models: Path) -> None:
-    runtime = UpscalerRuntime(gpu_models, providers=CUDA, tile_size=32, batch_size=4)
+    runtime = UpscalerRuntime(
+        gpu_models, providers=CUDA, tile_size=32, batch_size=4, io_binding=True
+    )
     assert runtime.primary_provider == "CUDAExecutionProvider", runtime.fallback_reason
     options = runtime._session.get_provider_options()["CUDAExecutionProvider"]
     assert options["prefer_nhwc"] == "1"
@@ -90,7 +92,7 @@ def test_app_batches_concurrent_requests_on_the_gpu(gpu_models: Path) -> None:
         ready = client.get("/readyz").json()
         assert (ready["precision"], ready["io_binding"], ready["tile_mode"]) == (
             "fp16",
-            True,
+            False,
             "fixed",
         )
         with ThreadPoolExecutor(4) as pool:

@@ -11,6 +11,7 @@ from service.ortconfig import (
     GRAPH_OPTIMIZATION_LEVELS,
     choose_precision,
     cuda_provider_options,
+    cudnn_tile_problem,
     fp16_path_for,
     session_options,
 )
@@ -82,3 +83,20 @@ def test_cuda_provider_options() -> None:
         "HEURISTIC",
         "0",
     )
+
+
+@pytest.mark.parametrize(
+    ("batch", "tile", "fits"),
+    # The shapes measured on an H100 with the EDSR x4 baseline (64 filters).
+    [(1, 1448, True), (1, 1449, False), (7, 512, True), (8, 512, False), (3, 836, True)],
+)
+def test_cudnn_tile_limit_matches_the_measured_shapes(batch: int, tile: int, fits: bool) -> None:
+    assert (cudnn_tile_problem(batch, tile, 4, 64) is None) is fits
+
+
+def test_cudnn_tile_problem_names_the_largest_batch_that_fits() -> None:
+    problem = cudnn_tile_problem(8, 512, 4, 64)
+    assert problem is not None
+    assert "2,147,483,648 elements" in problem
+    assert "at most 7" in problem
+    assert "smaller tiles" in (cudnn_tile_problem(1, 2048, 4, 64) or "")

@@ -19,7 +19,7 @@ from service.exceptions import ModelLoadError
 from service.iobinding import BoundRunner
 from service.ortconfig import cuda_usable
 from service.runtime import UpscalerRuntime
-from tests.service.helpers import CPU_ONLY, SCALE, batch_runner, noise_image
+from tests.service.helpers import CPU_ONLY, SCALE, batch_runner, build_model, noise_image
 
 
 @pytest.fixture
@@ -94,8 +94,22 @@ def test_bad_graph_optimization_is_a_load_error(conv_model_path: Path) -> None:
         _runtime(conv_model_path, graph_optimization="max")
 
 
-def test_io_binding_is_off_on_the_cpu_by_default(conv_model_path: Path) -> None:
+def test_io_binding_is_off_by_default(conv_model_path: Path) -> None:
     assert not _runtime(conv_model_path).io_binding
+
+
+def test_tiles_too_large_for_cudnn_stop_the_start_on_a_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A model that declares the EDSR baseline's 64 filters; the CPU provider has no such limit,
+    # so the check is reached by pretending to run on CUDA.
+    model = build_model(tmp_path / "edsr.onnx", metadata={"scale": "4", "filters": "64"})
+    monkeypatch.setattr(
+        UpscalerRuntime, "primary_provider", property(lambda _: "CUDAExecutionProvider")
+    )
+    with pytest.raises(ModelLoadError, match="at most 7"):
+        _runtime(model, tile_size=512, batch_size=8)
+    assert _runtime(model, tile_size=512, batch_size=7).batch_size == 7
 
 
 def test_bound_path_gives_the_same_results(conv_model_path: Path) -> None:
