@@ -1,12 +1,12 @@
 """Running the model with its input and output bound to preallocated device buffers.
 
 `InferenceSession.run` with numpy arrays allocates a fresh device input and output on every call
-and synchronises around each copy. For the one fixed tile shape the service uses, the buffers
-can be allocated once and reused: each call copies the batch into the bound input, runs, and
-copies the bound output back. On an H100 that took a 256-pixel tile from 4.3 to 3.6 ms in fp32
-and from 3.3 to 2.4 ms in fp16 (../shared/GPU.md). On the CPU provider it gains nothing, so the
-runtime uses it on CUDA only; the code path itself runs on the CPU too, which is how the tests
-cover it on machines without a GPU.
+and synchronises around each copy; a binding allocates them once per thread and reuses them.
+It pays only when the output can stay on the device: measured on an H100 (docs/benchmarks.md,
+GPU), a bound call that copies its output back to a numpy array took as long as `run` for a
+256-pixel tile and twice as long for a 512-pixel one, so the service's runtime uses it only when
+asked (`UpscalerRuntime(io_binding=True)`). The code path runs on the CPU too, which is how the
+tests cover it on machines without a GPU.
 
 An `IOBinding` must not be shared between threads, so each thread gets its own buffers.
 """
