@@ -117,14 +117,17 @@ def provider_variants(
     return rows
 
 
-def _on_device_runner(path: Path, provider: str, shape: tuple[int, ...]) -> Any:
+def _on_device_runner(path: Path, provider: str, batch: np.ndarray) -> Any:
     """A call with input and output left on the device: the model's compute alone."""
     session = ort.InferenceSession(str(path), providers=_provider_entries(provider, True))
+    if provider == CUDA and CUDA not in session.get_providers():
+        raise RuntimeError("onnxruntime fell back from CUDA to the CPU")
     device = "cuda" if provider == CUDA else "cpu"
-    batch, height, width, channels = shape
-    allocate = ort.OrtValue.ortvalue_from_shape_and_type
-    inputs = allocate(shape, np.float32, device, 0)
-    outputs = allocate((batch, height * SCALE, width * SCALE, channels), np.float32, device, 0)
+    count, height, width, channels = batch.shape
+    inputs = ort.OrtValue.ortvalue_from_numpy(batch, device, 0)  # copied once, reused
+    outputs = ort.OrtValue.ortvalue_from_shape_and_type(
+        (count, height * SCALE, width * SCALE, channels), np.float32, device, 0
+    )
     binding = session.io_binding()
     binding.bind_ortvalue_input("lr", inputs)
     binding.bind_ortvalue_output("sr", outputs)
@@ -137,36 +140,58 @@ def _on_device_runner(path: Path, provider: str, shape: tuple[int, ...]) -> Any:
     return run
 
 
+def _filters(path: Path) -> int:
+    metadata = ort.InferenceSession(str(path), providers=[CPU]).get_modelmeta()
+    try:
+        return int(metadata.custom_metadata_map.get("filters", DEFAULT_FILTERS))
+    except ValueError:
+        return DEFAULT_FILTERS
+
+
 def batched(
-    ctx: BenchContext, provider: str, tile: int, sizes: tuple[int, ...], repeats: int
+    ctx: BenchContext,
+    provider: str,
+    tile: int,
+    sizes: tuple[int, ...],
+    repeats: int,
+    cudnn_limit: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Output MP/s of fp16 calls on batches of `tile`-pixel tiles.
 
     Two rows per batch size: `service` is the service's call (`InferenceSession.run`, numpy in
     and out, so both host copies included); `on device` leaves input and output on the GPU, the
     model's compute alone, the ceiling that no host-side change can pass. Sizes whose largest
-    activation cuDNN cannot describe are reported as skipped, with the reason.
+    activation cuDNN cannot describe are reported as skipped, with the reason, without running.
+
+    Args:
+        cudnn_limit: Apply cuDNN's tensor-size limit (default: on the CUDA provider only).
     """
     path = fp16_path_for(ctx.model_path)
     if not path.exists():
         path = ctx.model_path
+    if cudnn_limit is None:
+        cudnn_limit = provider == CUDA
+    filters = _filters(path)
     rows: list[dict[str, Any]] = []
     for size in sizes:
-        problem = cudnn_tile_problem(size, tile, SCALE, DEFAULT_FILTERS)
-        batch = np.stack([ctx.image(tile, seed=seed) for seed in range(size)]).astype(np.float32)
+        problem = cudnn_tile_problem(size, tile, SCALE, filters) if cudnn_limit else None
+        batch = None if problem else _tile_batch(ctx, tile, size)
         for label in ("service", "on device"):
             row: dict[str, Any] = {"tile": tile, "batch": size, "path": label, "model": path.name}
-            if problem and provider == CUDA:
+            if batch is None:
                 row["skipped"] = problem
             elif label == "service":
-                row.update(
-                    _measure(_runner(path, provider, True, False, batch.shape), batch, repeats)
-                )
+                runner = _runner(path, provider, True, False, batch.shape)
+                row.update(_measure(runner, batch, repeats))
             else:
-                row.update(_measure(_on_device_runner(path, provider, batch.shape), batch, repeats))
+                row.update(_measure(_on_device_runner(path, provider, batch), batch, repeats))
             rows.append(row)
             ctx.log(f"gpu: batch {size}x{tile}² {label}: {row.get('output_mp_per_s', 'skipped')}")
     return rows
+
+
+def _tile_batch(ctx: BenchContext, tile: int, size: int) -> np.ndarray:
+    return np.stack([ctx.image(tile, seed=seed) for seed in range(size)]).astype(np.float32)
 
 
 def fp16_quality(ctx: BenchContext, provider: str) -> dict[str, Any]:

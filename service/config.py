@@ -60,9 +60,9 @@ class Settings(BaseSettings):
         default=192,
         ge=8,
         description="Side of the square LR tile fed to the model (the largest tile with fitted "
-        "tiles). 192 suits CPUs (0.75 GB per call); on GPUs 256-512 run at the same rate per "
-        "pixel, and TILE_BATCH_SIZE x TILE_SIZE² must stay under 2**21 for cuDNN (at x4 with "
-        "64 filters: at most 7 tiles of 512, 31 of 256), which start-up checks.",
+        "tiles). 192 suits CPUs (0.75 GB per call); on GPUs 256-512 run within 12 % of each "
+        "other per pixel, and TILE_BATCH_SIZE x TILE_SIZE² must stay under 2**21 for cuDNN "
+        "(at x4 with 64 filters: at most 7 tiles of 512, 31 of 256), which start-up checks.",
     )
     # Measured with the shipped model on 300x300 crops of four Set14 photos, fitted 96-pixel tiles
     # against one whole-image call (uint8 outputs): overlap 4 differs by up to 7 grey levels;

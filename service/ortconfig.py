@@ -8,6 +8,7 @@ docs/benchmarks.md.
 from __future__ import annotations
 
 import ctypes
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -173,7 +174,11 @@ def cudnn_tile_problem(batch: int, tile: int, scale: int, filters: int) -> str |
     if batch * per_tile < CUDNN_MAX_ELEMENTS:
         return None
     largest = (CUDNN_MAX_ELEMENTS - 1) // per_tile
-    hint = f"use a tile batch size of at most {largest}" if largest else "use smaller tiles"
+    if largest:
+        hint = f"use a tile batch size of at most {largest}"
+    else:
+        widest = math.isqrt((CUDNN_MAX_ELEMENTS - 1) // (scale**2 * filters))
+        hint = f"use tiles of at most {widest} pixels"
     return (
         f"tiles of {batch} x {tile}x{tile} pixels are too large for cuDNN: the model's largest "
         f"activation would hold {batch * per_tile:,} elements, and cuDNN refuses 2**31 or more; "

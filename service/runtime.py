@@ -54,6 +54,8 @@ CUDA_PROVIDER = "CUDAExecutionProvider"
 TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 #: Feature channels assumed for a model whose metadata does not name them (the EDSR baseline's).
 DEFAULT_FILTERS = 64
+#: Side of the input that finds the scale of a model without `scale` metadata.
+SCALE_PROBE_SIDE = 16
 
 #: The TensorRT 10 core library, whose presence decides whether TensorRT is worth trying.
 TENSORRT_LIBRARY_NAMES = ("libnvinfer.so.10", "nvinfer_10.dll")
@@ -309,7 +311,10 @@ class UpscalerRuntime:
             filters = DEFAULT_FILTERS
         problem = cudnn_tile_problem(self._batch_size, self._tile_size, self._scale, filters)
         if problem:
-            raise ModelLoadError(f"{problem} ({self.primary_provider})")
+            raise ModelLoadError(
+                f"{problem} (settings UPSCALER_TILE_BATCH_SIZE and UPSCALER_TILE_SIZE; "
+                f"provider {self.primary_provider})"
+            )
 
     def _bound_runner(self, io_binding: bool) -> BoundRunner | None:
         if not io_binding:
@@ -365,15 +370,20 @@ class UpscalerRuntime:
             if scale >= 1:
                 return scale
             logger.warning("model %s has an invalid scale %r; probing", self._model_path, declared)
-        # Older exports may lack the metadata; one run on a tile tells the factor just as well.
-        probe = self._zero_batch()
-        height = self.run(probe).shape[1]
-        if height % self._tile_size:
+        # Older exports may lack the metadata; one run on a small input tells the factor just as
+        # well (small, because the tile shape itself is checked against the provider's limits
+        # only once the scale is known).
+        side = min(self._tile_size, SCALE_PROBE_SIDE)
+        try:
+            height = self.run(np.zeros((1, side, side, 3), dtype=np.float32)).shape[1]
+        except Exception as exc:  # onnxruntime raises several unrelated types
+            raise ModelLoadError(f"model {self._model_path} failed a probe run: {exc}") from exc
+        if height % side:
             raise ModelLoadError(
-                f"model {self._model_path} maps {self._tile_size} pixels to {height}, "
+                f"model {self._model_path} maps {side} pixels to {height}, "
                 "which is not an integer scale"
             )
-        return height // self._tile_size
+        return height // side
 
     def _report_providers(self) -> None:
         logger.info(

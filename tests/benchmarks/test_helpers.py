@@ -192,6 +192,21 @@ def test_the_batched_target_reads_only_measured_service_calls() -> None:
     assert (target.measured, target.passed) == (330.0, False)
 
 
+def test_batched_rows_from_before_the_path_field_still_count() -> None:
+    results = {
+        "gpu": {
+            "provider": "CUDAExecutionProvider",
+            "cpu_smoke": False,
+            "batched": [
+                {"tile": 512, "batch": 1, "model": "m_fp16.onnx", "output_mp_per_s": 182.3},
+                {"tile": 512, "batch": 8, "model": "m_fp16.onnx", "error": "CUDNN failure"},
+            ],
+        }
+    }
+    target = next(t for t in evaluate(results) if "fp16 batched" in t.name)
+    assert target.measured == 182.3
+
+
 def test_summary_and_plot(tmp_path: Path) -> None:
     results = {
         "command": "python -m benchmarks --quick",

@@ -106,6 +106,14 @@ def test_gpu_section_code_paths_on_the_cpu(ctx: BenchContext) -> None:
     assert cells and all(cell["statuses"].get("200", 0) >= 1 for cell in cells)
 
 
+def test_batch_sizes_past_cudnns_limit_are_skipped_without_running(ctx: BenchContext) -> None:
+    # The tiny model has few filters, so a batch this large is what reaches 2**31 elements; it
+    # must be refused before a single tile is made.
+    rows = gpu_section.batched(ctx, "CPUExecutionProvider", 512, (10_000,), 1, cudnn_limit=True)
+    assert [row["path"] for row in rows] == ["service", "on device"]
+    assert all("2**31" in row["skipped"] and "output_mp_per_s" not in row for row in rows)
+
+
 def test_memory_section_measures_every_case_in_its_own_process(ctx: BenchContext) -> None:
     result = memory_section.run(ctx)
     assert len(result["cases"]) == len(memory_section.CASES)

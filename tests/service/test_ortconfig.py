@@ -99,4 +99,4 @@ def test_cudnn_tile_problem_names_the_largest_batch_that_fits() -> None:
     assert problem is not None
     assert "2,147,483,648 elements" in problem
     assert "at most 7" in problem
-    assert "smaller tiles" in (cudnn_tile_problem(1, 2048, 4, 64) or "")
+    assert "tiles of at most 1448 pixels" in (cudnn_tile_problem(1, 2048, 4, 64) or "")

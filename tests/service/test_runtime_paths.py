@@ -107,9 +107,30 @@ def test_tiles_too_large_for_cudnn_stop_the_start_on_a_gpu(
     monkeypatch.setattr(
         UpscalerRuntime, "primary_provider", property(lambda _: "CUDAExecutionProvider")
     )
-    with pytest.raises(ModelLoadError, match="at most 7"):
+    with pytest.raises(ModelLoadError, match=r"at most 7.*UPSCALER_TILE_BATCH_SIZE"):
         _runtime(model, tile_size=512, batch_size=8)
     assert _runtime(model, tile_size=512, batch_size=7).batch_size == 7
+
+
+def test_a_model_without_scale_metadata_is_probed_small_before_the_tile_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Probing with the configured tile shape would hand cuDNN the very shape the check refuses.
+    model = build_model(tmp_path / "unlabelled.onnx", metadata={})
+    monkeypatch.setattr(
+        UpscalerRuntime, "primary_provider", property(lambda _: "CUDAExecutionProvider")
+    )
+    shapes: list[tuple[int, ...]] = []
+    real_run = UpscalerRuntime.run
+
+    def recording_run(self: UpscalerRuntime, batch: np.ndarray) -> np.ndarray:
+        shapes.append(batch.shape)
+        return real_run(self, batch)
+
+    monkeypatch.setattr(UpscalerRuntime, "run", recording_run)
+    with pytest.raises(ModelLoadError, match="at most 7"):
+        _runtime(model, tile_size=512, batch_size=8)
+    assert shapes == [(1, 16, 16, 3)]
 
 
 def test_bound_path_gives_the_same_results(conv_model_path: Path) -> None:
