@@ -34,9 +34,10 @@ from service.ortconfig import (
     cuda_provider_options,
     cuda_usable,
     cudnn_tile_problem,
+    declared_filters,
     fp16_path_for,
 )
-from service.runtime import DEFAULT_FILTERS, UpscalerRuntime
+from service.runtime import UpscalerRuntime
 from service.tiling import upscale_tiled
 
 CUDA = "CUDAExecutionProvider"
@@ -140,14 +141,6 @@ def _on_device_runner(path: Path, provider: str, batch: np.ndarray) -> Any:
     return run
 
 
-def _filters(path: Path) -> int:
-    metadata = ort.InferenceSession(str(path), providers=[CPU]).get_modelmeta()
-    try:
-        return int(metadata.custom_metadata_map.get("filters", DEFAULT_FILTERS))
-    except ValueError:
-        return DEFAULT_FILTERS
-
-
 def batched(
     ctx: BenchContext,
     provider: str,
@@ -171,7 +164,8 @@ def batched(
         path = ctx.model_path
     if cudnn_limit is None:
         cudnn_limit = provider == CUDA
-    filters = _filters(path)
+    metadata = ort.InferenceSession(str(path), providers=[CPU]).get_modelmeta()
+    filters = declared_filters(metadata.custom_metadata_map)
     rows: list[dict[str, Any]] = []
     for size in sizes:
         problem = cudnn_tile_problem(size, tile, SCALE, filters) if cudnn_limit else None

@@ -3,7 +3,7 @@
 `InferenceSession.run` with numpy arrays allocates a fresh device input and output on every call
 and synchronises around each copy; a binding allocates them once per thread and reuses them.
 It pays only when the output can stay on the device: measured on an H100 (docs/benchmarks.md,
-GPU), a bound call that copies its output back to a numpy array took as long as `run` for a
+GPU), a bound call that copies its output back to a numpy array took about as long as `run` for a
 256-pixel tile and twice as long for a 512-pixel one, so the service's runtime uses it only when
 asked (`UpscalerRuntime(io_binding=True)`). The code path runs on the CPU too, which is how the
 tests cover it on machines without a GPU.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -150,6 +151,16 @@ def cuda_provider_options(
 
 #: cuDNN describes tensors with 32-bit element counts: 2**31 elements or more fail.
 CUDNN_MAX_ELEMENTS = 2**31
+#: Feature channels assumed for a model whose metadata does not name them (the EDSR baseline's).
+DEFAULT_FILTERS = 64
+
+
+def declared_filters(metadata: Mapping[str, str]) -> int:
+    """The feature channels a model's metadata declares (`filters`), else the EDSR baseline's."""
+    try:
+        return int(metadata.get("filters", DEFAULT_FILTERS))
+    except ValueError:
+        return DEFAULT_FILTERS
 
 
 def cudnn_tile_problem(batch: int, tile: int, scale: int, filters: int) -> str | None:

@@ -40,6 +40,7 @@ from service.ortconfig import (
     choose_precision,
     cuda_provider_options,
     cudnn_tile_problem,
+    declared_filters,
     fp16_path_for,
     session_options,
 )
@@ -52,8 +53,6 @@ logger = logging.getLogger(__name__)
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 TENSORRT_PROVIDER = "TensorrtExecutionProvider"
-#: Feature channels assumed for a model whose metadata does not name them (the EDSR baseline's).
-DEFAULT_FILTERS = 64
 #: Side of the input that finds the scale of a model without `scale` metadata.
 SCALE_PROBE_SIDE = 16
 
@@ -305,10 +304,7 @@ class UpscalerRuntime:
         """Refuses, at start, tile shapes that cuDNN would fail on every request."""
         if self.primary_provider not in (CUDA_PROVIDER, TENSORRT_PROVIDER):
             return
-        try:
-            filters = int(self._metadata.get("filters", DEFAULT_FILTERS))
-        except ValueError:
-            filters = DEFAULT_FILTERS
+        filters = declared_filters(self._metadata)
         problem = cudnn_tile_problem(self._batch_size, self._tile_size, self._scale, filters)
         if problem:
             raise ModelLoadError(

@@ -12,6 +12,7 @@ from service.ortconfig import (
     choose_precision,
     cuda_provider_options,
     cudnn_tile_problem,
+    declared_filters,
     fp16_path_for,
     session_options,
 )
@@ -100,3 +101,8 @@ def test_cudnn_tile_problem_names_the_largest_batch_that_fits() -> None:
     assert "2,147,483,648 elements" in problem
     assert "at most 7" in problem
     assert "tiles of at most 1448 pixels" in (cudnn_tile_problem(1, 2048, 4, 64) or "")
+
+
+def test_declared_filters_fall_back_to_the_edsr_baseline() -> None:
+    assert declared_filters({"filters": "256"}) == 256
+    assert declared_filters({}) == declared_filters({"filters": "many"}) == 64
