@@ -252,6 +252,11 @@ class UpscalerRuntime:
         )
 
     @property
+    def _on_gpu(self) -> bool:
+        """Whether a GPU provider really runs the model (not merely requested)."""
+        return self.primary_provider in (CUDA_PROVIDER, TENSORRT_PROVIDER)
+
+    @property
     def _gpu_attempted(self) -> bool:
         return CUDA_PROVIDER in self._plan.attempted or TENSORRT_PROVIDER in self._plan.attempted
 
@@ -302,7 +307,7 @@ class UpscalerRuntime:
 
     def _check_activation_size(self) -> None:
         """Refuses, at start, tile shapes that cuDNN would fail on every request."""
-        if self.primary_provider not in (CUDA_PROVIDER, TENSORRT_PROVIDER):
+        if not self._on_gpu:
             return
         filters = declared_filters(self._metadata)
         problem = cudnn_tile_problem(self._batch_size, self._tile_size, self._scale, filters)
@@ -315,7 +320,6 @@ class UpscalerRuntime:
     def _bound_runner(self, io_binding: bool) -> BoundRunner | None:
         if not io_binding:
             return None
-        on_gpu = self.primary_provider in (CUDA_PROVIDER, TENSORRT_PROVIDER)
         side = self._tile_size * self._scale
         return BoundRunner(
             self._session,
@@ -323,7 +327,7 @@ class UpscalerRuntime:
             output_name=self._output_name,
             input_shape=(self._batch_size, self._tile_size, self._tile_size, 3),
             output_shape=(self._batch_size, side, side, 3),
-            device="cuda" if on_gpu else "cpu",
+            device="cuda" if self._on_gpu else "cpu",
         )
 
     def _check_contract(self) -> tuple[str, str]:
