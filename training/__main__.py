@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from training.config import CONFIG_FILE, TrainConfig
+from training.degradations import CATEGORIES, MIXTURES
 
 
 def _add_train(sub) -> None:
@@ -61,6 +62,13 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--patch-size", type=int, default=defaults.patch_size, help="HR patch side")
+    p.add_argument(
+        "--degradation",
+        choices=sorted(MIXTURES),
+        default=defaults.degradation,
+        help="how each training patch's LR is made: the textbook antialiased bicubic, or a "
+        "mixture drawn afresh per patch (see training/degradations.py)",
+    )
     p.add_argument("--scale", type=int, default=defaults.scale, choices=(2, 3, 4))
     p.add_argument("--filters", type=int, default=defaults.filters)
     p.add_argument("--blocks", type=int, default=defaults.blocks)
@@ -149,6 +157,15 @@ def _add_evaluate(sub) -> None:
         "--self-ensemble",
         action="store_true",
         help="average the 8 flips/rotations (the paper's '+' figures)",
+    )
+    p.add_argument(
+        "--degradations",
+        nargs="*",
+        choices=sorted(CATEGORIES),
+        default=None,
+        metavar="CATEGORY",
+        help="score the model minus bicubic under these LR degradations instead (all of them "
+        f"when none is named): {', '.join(CATEGORIES)}",
     )
     p.add_argument(
         "--tile-size", type=int, default=256, help="LR tile side for large images (bounded memory)"
@@ -246,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         _model_after_data(parser, args)
 
         upscaler = load_upscaler(args.model, tile_size=args.tile_size)
+        if args.degradations is not None:
+            from training.evaluate import evaluate_categories, format_category_table
+
+            results = evaluate_categories(upscaler, args.data, args.degradations or CATEGORIES)
+            print(json.dumps(results, indent=2) if args.json else format_category_table(results))
+            return 0
         results = evaluate_sets(
             upscaler,
             args.data,

@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.degradations import MIXTURES
+
 CONFIG_FILE = "config.json"
 
 
@@ -24,6 +26,7 @@ class TrainConfig:
     eval_every: int = 1000
     batch_size: int = 16
     patch_size: int = 96
+    degradation: str = "bicubic"
     scale: int = 4
     filters: int = 64
     blocks: int = 16
@@ -62,6 +65,10 @@ class TrainConfig:
             raise ValueError(
                 f"--steps {self.steps} must be a multiple of --eval-every "
                 f"{self.eval_every} (one validation per --eval-every steps)"
+            )
+        if self.degradation not in MIXTURES:
+            raise ValueError(
+                f"unknown --degradation {self.degradation!r}; expected one of {sorted(MIXTURES)}"
             )
         if self.lr_schedule not in ("piecewise", "cosine"):
             raise ValueError(f"unknown --lr-schedule {self.lr_schedule!r}")

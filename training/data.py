@@ -22,10 +22,15 @@ import keras
 import numpy as np
 from PIL import Image, ImageOps
 
+from training.degradations import Mixture, apply_mixture
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 LR_KINDS = ("pil", "cv2")
+# LR pixels of context cut around a training patch before it is degraded: covers the widest
+# kernel (blur σ 1.5 at 3σ, plus the ×4 antialiased bicubic's 8 HR pixels) at the patch's edge.
+DEGRADATION_MARGIN = 4
 
 _DIV2K_HR_DIR = re.compile(r"^(?P<prefix>DIV2K_(?:train|valid))_HR$")
 # The benchmark sets as distributed with SelfExSR (Huang et al. 2015) and most SR code bases:
@@ -315,6 +320,7 @@ class TrainingPatches(keras.utils.PyDataset):
         seed: int = 0,
         initial_epoch: int = 0,
         augment: bool = True,
+        degradation: Mixture | None = None,
         workers: int = 2,
         max_queue_size: int = 16,
     ):
@@ -331,6 +337,7 @@ class TrainingPatches(keras.utils.PyDataset):
         self.seed = seed
         self.epoch = initial_epoch
         self.augment = augment
+        self.degradation = degradation
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -350,7 +357,10 @@ class TrainingPatches(keras.utils.PyDataset):
             pair = self.pairs[self._order(sample // len(self.pairs))[sample % len(self.pairs)]]
             y = int(rng.integers(0, pair.lr.shape[0] - lr_size + 1))
             x = int(rng.integers(0, pair.lr.shape[1] - lr_size + 1))
-            lr = pair.lr[y : y + lr_size, x : x + lr_size]
+            if self.degradation is None:
+                lr = pair.lr[y : y + lr_size, x : x + lr_size]
+            else:
+                lr = self._degraded_crop(pair, y, x, rng)
             hr = pair.hr[
                 y * self.scale : (y + lr_size) * self.scale,
                 x * self.scale : (x + lr_size) * self.scale,
@@ -360,6 +370,21 @@ class TrainingPatches(keras.utils.PyDataset):
             lr_batch[slot] = lr
             hr_batch[slot] = hr
         return lr_batch, hr_batch
+
+    def _degraded_crop(self, pair: ImagePair, y: int, x: int, rng: np.random.Generator):
+        """The LR crop at (y, x), made afresh from the HR crop by the mixture. The HR crop takes
+        up to `DEGRADATION_MARGIN` LR pixels more on each side, so that blur and resize kernels
+        see real pixels at the crop's edges rather than a reflection, then the margin is cut."""
+        lr_size, scale = self.patch_size // self.scale, self.scale
+        top, left = min(DEGRADATION_MARGIN, y), min(DEGRADATION_MARGIN, x)
+        bottom = min(DEGRADATION_MARGIN, pair.lr.shape[0] - y - lr_size)
+        right = min(DEGRADATION_MARGIN, pair.lr.shape[1] - x - lr_size)
+        hr = pair.hr[
+            (y - top) * scale : (y + lr_size + bottom) * scale,
+            (x - left) * scale : (x + lr_size + right) * scale,
+        ]
+        lr = apply_mixture(hr, scale, self.degradation, rng)
+        return lr[top : top + lr_size, left : left + lr_size]
 
     def on_epoch_end(self) -> None:
         self.epoch += 1

@@ -10,6 +10,7 @@ dB on Set5 x4).
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from service.ensemble import self_ensemble
 from training import data
+from training.degradations import CATEGORIES
 from training.metrics import psnr_y, ssim_y
 
 
@@ -98,6 +100,7 @@ def evaluate_folder(
     scale: int,
     lr_kind: str = "pil",
     ensemble: bool = False,
+    category: str | None = None,
 ) -> dict:
     """Scores a model and bicubic on every image of one benchmark folder.
 
@@ -107,6 +110,8 @@ def evaluate_folder(
         scale: The upscaling factor.
         lr_kind: "pil" (antialiased bicubic, the standard) or "cv2" (INTER_CUBIC).
         ensemble: Average over the 8 flips and rotations (self-ensemble).
+        category: Make LR by this `degradations.CATEGORIES` recipe instead of `lr_kind`, its
+            randomness seeded by the image's name, so every model sees the same LR images.
 
     Returns:
         A dict with the set's mean PSNR/SSIM for the model and for bicubic, the model's mean
@@ -118,6 +123,9 @@ def evaluate_folder(
     rows = []
     for source in sources:
         pair = data.load_pair(source, scale, lr_kind)
+        if category is not None:
+            rng = np.random.default_rng(zlib.crc32(pair.name.encode()))
+            pair = data.ImagePair(pair.name, pair.hr, CATEGORIES[category](pair.hr, scale, rng))
         started = time.perf_counter()
         sr = self_ensemble(upscaler, pair.lr) if ensemble else upscaler(pair.lr)
         seconds = time.perf_counter() - started
@@ -184,4 +192,38 @@ def format_table(results: dict) -> str:
             f"{row['seconds_per_image']:>9.2f}"
         )
     lines.append(results["protocol"])
+    return "\n".join(lines)
+
+
+def evaluate_categories(
+    upscaler: Upscaler, folders: Iterable[str | Path], categories: Iterable[str]
+) -> dict:
+    """Scores one model and bicubic on several sets under each degradation category (see
+    `degradations.CATEGORIES`): how the model does on the kinds of images people upload."""
+    rows = []
+    for category in categories:
+        for folder in folders:
+            result = evaluate_folder(upscaler, folder, upscaler.scale, category=category)
+            rows.append(
+                {
+                    "category": category,
+                    "set": result["set"],
+                    "psnr": result["psnr"],
+                    "bicubic_psnr": result["bicubic_psnr"],
+                    "gain": result["psnr"] - result["bicubic_psnr"],
+                }
+            )
+    return {"model": upscaler.name, "scale": upscaler.scale, "categories": rows}
+
+
+def format_category_table(results: dict) -> str:
+    """Model minus bicubic (Y-PSNR, dB) per category (rows) and set (columns)."""
+    sets = list(dict.fromkeys(row["set"] for row in results["categories"]))
+    gains = {(row["category"], row["set"]): row["gain"] for row in results["categories"]}
+    lines = [
+        f"{results['model']}  x{results['scale']}: model minus bicubic, Y-PSNR dB",
+        f"{'category':<14}" + "".join(f"{name:>10}" for name in sets),
+    ]
+    for category in dict.fromkeys(row["category"] for row in results["categories"]):
+        lines.append(f"{category:<14}" + "".join(f"{gains[category, s]:>+10.2f}" for s in sets))
     return "\n".join(lines)

@@ -28,6 +28,7 @@ import keras
 
 from training import data
 from training.config import TrainConfig
+from training.degradations import MIXTURES
 from training.metrics import psnr_metric
 from training.model import build_edsr, dtype_policy_scope
 
@@ -325,6 +326,7 @@ def _train(config: TrainConfig, state: RunState, resume: bool) -> RunState:
         steps_per_epoch,
         seed=config.seed,
         initial_epoch=state.epoch,
+        degradation=None if config.degradation == "bicubic" else MIXTURES[config.degradation],
         workers=config.workers,
     )
     val_stream = data.ValidationImages(val_pairs, config.scale, crop=config.val_crop)
