@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from training.data import bicubic_downscale, bicubic_upscale, load_rgb, modcrop
-from training.evaluate import Upscaler, evaluate_folder, evaluate_sets, format_table, load_upscaler
+from training.evaluate import (
+    Upscaler,
+    evaluate_categories,
+    evaluate_folder,
+    evaluate_sets,
+    format_category_table,
+    format_table,
+    load_upscaler,
+)
 from training.export import export_onnx
 from training.metrics import psnr_y
 from training.model import build_edsr
@@ -67,3 +75,19 @@ def test_large_images_are_tiled_with_the_same_result(tiny_checkpoint, image_fold
     whole = evaluate_folder(load_upscaler(tiny_checkpoint, tile_size=256), image_folder, 4)
     tiled = evaluate_folder(load_upscaler(tiny_checkpoint, tile_size=40), image_folder, 4)
     assert tiled["psnr"] == pytest.approx(whole["psnr"], abs=0.01)
+
+
+def test_categories_score_the_same_lr_for_model_and_bicubic(image_folder):
+    results = evaluate_categories(_bicubic_model(4), [image_folder], ["clean", "noise-10"])
+    rows = {row["category"]: row for row in results["categories"]}
+    assert set(rows) == {"clean", "noise-10"}
+    for row in rows.values():
+        assert row["gain"] == pytest.approx(0.0, abs=1e-9)  # "model" is bicubic itself
+    assert rows["noise-10"]["bicubic_psnr"] < rows["clean"]["bicubic_psnr"]
+    assert "noise-10" in format_category_table(results)
+
+
+def test_category_noise_is_seeded_per_image(image_folder):
+    first = evaluate_categories(_bicubic_model(4), [image_folder], ["noise-10"])
+    again = evaluate_categories(_bicubic_model(4), [image_folder], ["noise-10"])
+    assert first["categories"][0]["psnr"] == again["categories"][0]["psnr"]
