@@ -8,20 +8,15 @@
 #   docker build --build-arg SERVICE_EXTRAS= -t edsr-upscaler:cpu .      # CPU only, much smaller
 #   docker build --target train -t edsr-upscaler:train .
 #
-# CUDA 13 and cuDNN 9 come from NVIDIA's pip wheels (the `gpu` extra of pyproject.toml), not from
-# an nvidia/cuda base image: pyproject.toml stays the single place that pins onnxruntime-gpu and
-# the CUDA it needs, the image installs exactly what `pip install '.[gpu]'` installs on bare metal
-# (CUDA and cuDNN as pip wheels: the arrangement that loaded the CUDA provider on an H100), and
-# the host needs only the NVIDIA driver and container toolkit. The same Dockerfile then builds
-# the CPU image by leaving the extra out.
+# CUDA and cuDNN come from NVIDIA's pip wheels (pyproject's `gpu` extra), not from an nvidia/cuda
+# base image: pyproject.toml stays the one place that pins onnxruntime-gpu and its CUDA, and the
+# host needs only the NVIDIA driver and container toolkit.
 #
-# No Docker engine runs in CI: scripts/replay_service_image.py replays the `service-build` stage
-# (its ENV, COPY and RUN lines, read from this file) in a fresh virtual environment and starts the
-# service from it. Keep that stage's RUN steps plain shell, with paths under /opt/venv and /build.
+# CI has no Docker engine: scripts/check_service_image.py installs what the service-build stage
+# installs into a fresh venv and runs the service stage's CMD and HEALTHCHECK (`make test`).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS base
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -35,24 +30,21 @@ RUN groupadd --system --gid 10001 app \
         --shell /usr/sbin/nologin app
 WORKDIR /app
 
-# ---------------------------------------------------------------------------------------------
-# The service's virtual environment: the base dependencies of pyproject.toml plus SERVICE_EXTRAS
-# ("gpu" = onnxruntime-gpu[cuda,cudnn]; empty = CPU only). Installed non-editable, so the
-# runtime stage needs no source tree.
+# The service's venv: pyproject's base dependencies plus SERVICE_EXTRAS ("gpu" adds the CUDA and
+# cuDNN wheels; empty = CPU only), installed non-editable so that no source tree is needed later.
+# The build fails if the TensorFlow stack got in.
 FROM base AS service-build
 ARG SERVICE_EXTRAS=gpu
 WORKDIR /build
 COPY pyproject.toml README.md ./
 COPY service/ service/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -m venv "$VIRTUAL_ENV" \
-    && pip install "/build${SERVICE_EXTRAS:+[${SERVICE_EXTRAS}]}" \
-    && python -m pip check \
+    python -m venv /opt/venv \
+    && pip install "./${SERVICE_EXTRAS:+[${SERVICE_EXTRAS}]}" \
+    && pip check \
     && python -c "import importlib.util as u, sys; bad = [m for m in ('tensorflow', 'keras', 'tf2onnx') if u.find_spec(m)]; sys.exit(f'TensorFlow stack in the service venv: {bad}' if bad else 0)"
 
-# ---------------------------------------------------------------------------------------------
 # Retraining: `docker compose --profile train run --rm trainer --data /data ...` (see README).
-# TensorFlow here is the CPU build from PyPI; TRAIN_EXTRAS can add more of pyproject's extras.
 FROM base AS train
 ARG TRAIN_EXTRAS=train
 WORKDIR /build
@@ -60,13 +52,13 @@ COPY pyproject.toml README.md ./
 COPY training/ training/
 COPY service/ service/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -m venv "$VIRTUAL_ENV" \
-    && pip install "/build[${TRAIN_EXTRAS}]" \
-    && python -m pip check
+    python -m venv /opt/venv \
+    && pip install "./[${TRAIN_EXTRAS}]" \
+    && pip check
 WORKDIR /app
 COPY scripts/retrain.sh scripts/retrain.sh
-# The trainer runs as whatever user owns ./models and ./runs on the host (compose sets `user:`),
-# so every cache goes to /tmp, which any user can write.
+# The trainer runs as whoever owns ./models and ./runs on the host (compose sets `user:`), so
+# every cache goes to /tmp, which any user can write.
 ENV HOME=/tmp \
     KERAS_HOME=/tmp/.keras \
     MPLCONFIGDIR=/tmp/matplotlib \
@@ -77,21 +69,18 @@ USER 10001:10001
 ENTRYPOINT ["bash", "scripts/retrain.sh"]
 CMD ["--help"]
 
-# ---------------------------------------------------------------------------------------------
-# The service image (default target). The model baked in from models/ is replaced by mounting a
-# folder over /app/models (docker-compose.yml does) or by pointing UPSCALER_MODEL_PATH elsewhere.
+# The service image (default target). Mount a folder over /app/models (compose does) or set
+# UPSCALER_MODEL_PATH to serve another model than the one baked in.
 FROM base AS service
 ARG SERVICE_EXTRAS=gpu
 COPY --from=service-build /opt/venv /opt/venv
-# CUDA and cuDNN from the NVIDIA wheels live in site-packages/nvidia/*/lib, where the dynamic
-# loader does not look. List those folders (computed from the installed wheels, so nothing here
-# hard-codes the Python version or the wheel layout) in ld.so.conf: the effect of LD_LIBRARY_PATH,
-# which an ENV line could not compute. service/runtime.py also calls onnxruntime.preload_dlls().
-# The build fails if the gpu extra is in but no such folder is found (a changed wheel layout).
+# The NVIDIA wheels put their libraries in site-packages/nvidia/*/lib, where the dynamic loader
+# does not look: list those folders in ld.so.conf (what LD_LIBRARY_PATH would do, computed from
+# the installed wheels). service/runtime.py also calls onnxruntime.preload_dlls(). With the gpu
+# extra, finding no such folder (a changed wheel layout) fails the build.
 RUN python -c "import pathlib, sys, sysconfig; root = pathlib.Path(sysconfig.get_paths()['purelib'], 'nvidia'); sys.stdout.writelines(f'{p}\n' for p in sorted(root.glob('*/lib')) if p.is_dir())" \
         > /etc/ld.so.conf.d/zz-nvidia-pip-wheels.conf \
     && ldconfig \
-    && echo "NVIDIA wheel libraries: $(paste -sd ' ' /etc/ld.so.conf.d/zz-nvidia-pip-wheels.conf)" \
     && case ",${SERVICE_EXTRAS}," in \
         *,gpu,*) test -s /etc/ld.so.conf.d/zz-nvidia-pip-wheels.conf \
             || { echo "gpu extra installed, but no site-packages/nvidia/*/lib found" >&2; exit 1; } ;; \

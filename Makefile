@@ -3,8 +3,9 @@
 #   make serve   create .venv if needed, install the service (no TensorFlow), serve
 #                models/edsr_x4.onnx on http://localhost:8000
 #   make test    create .venv if needed, install everything (train + dev extras), run ruff
-#                (check and format --check), pytest and the Docker image replay
-#                (scripts/replay_service_image.py)
+#                (check and format --check), pytest and the service image check
+#                (scripts/check_service_image.py: the image's install in a fresh venv, its CMD,
+#                one upscale; CI has no Docker engine)
 #
 # Both are idempotent: .venv is created once, and each install runs again only when
 # pyproject.toml changed since (stamp files inside .venv).
@@ -38,7 +39,7 @@ TEST_STAMP := $(VENV)/.installed-test
 help:
 	@echo "make serve            install the service into $(VENV) and serve $(MODEL) on http://$(HOST):$(PORT)"
 	@echo "                      (MODEL=..., HOST=0.0.0.0, PORT=..., SERVE_EXTRAS=gpu)"
-	@echo "make test             install train+dev extras, run ruff, pytest and the image replay"
+	@echo "make test             install train+dev extras, run ruff, pytest and the image check"
 	@echo "make retrain DATA=dir train, export, evaluate (BENCH='dir ...'), install into models/"
 	@echo "                      (ARGS='--steps 20000 ...', RUN_DIR=..., MODEL_OUT=..., EXPORT_ARGS=)"
 	@echo "make lint | format    ruff check + format check | ruff format + ruff check --fix"
@@ -74,7 +75,7 @@ test: $(TEST_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
-	$(PY) scripts/replay_service_image.py
+	$(PY) scripts/check_service_image.py
 
 # --- helpers -------------------------------------------------------------------------------------
 

@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "inputs": ctx.image_source(),
         "environment": {k: v for k, v in os.environ.items() if k.startswith("UPSCALER_")},
     }
-    results["model_file"] = {"path": str(args.model), "metadata": ctx.runtime.metadata}
+    results["model_file"] = {"path": str(args.model), "metadata": dict(ctx.engine.info.metadata)}
     json_path = args.out / f"{name}.json"
     for section, run in _sections().items():
         if section in wanted:

@@ -14,8 +14,7 @@ import numpy as np
 from benchmarks.images import bench_image
 from benchmarks.presets import Preset
 from service.config import Settings
-from service.runtime import UpscalerRuntime
-from service.upscaler import fits_tiles
+from service.engine import OnnxEngine
 
 CPU_ONLY = ["CPUExecutionProvider"]
 
@@ -45,34 +44,24 @@ class BenchContext:
         if self.verbose:
             print(f"[{time.perf_counter() - self.started:6.1f}s] {message}", file=sys.stderr)
 
-    def make_runtime(self, **overrides: Any) -> UpscalerRuntime:
-        """A runtime built like the service builds it, with some arguments overridden."""
-        settings = self.settings
-        options: dict[str, Any] = {
-            "providers": settings.providers,
-            "intra_op_threads": settings.intra_op_threads,
-            "inter_op_threads": settings.inter_op_threads,
-            "tile_size": settings.tile_size,
-            "batch_size": settings.tile_batch_size,
-            "precision": settings.precision,
-            "graph_optimization": settings.graph_optimization,
-            "cpu_mem_arena": settings.cpu_mem_arena,
-        }
-        options.update(overrides)
-        return UpscalerRuntime(self.model_path, **options)
+    def make_engine(self, **overrides: Any) -> OnnxEngine:
+        """An engine built as the service builds it, with some settings overridden."""
+        return OnnxEngine(
+            self.settings.model_copy(update={"model_path": self.model_path, **overrides})
+        )
 
     @cached_property
-    def runtime(self) -> UpscalerRuntime:
-        """The runtime with the settings under test (built once)."""
-        return self.make_runtime()
+    def engine(self) -> OnnxEngine:
+        """The engine with the settings under test (built once)."""
+        return self.make_engine()
 
     @property
     def fit_tiles(self) -> bool:
-        """Whether the service would fit tiles to images with these settings."""
-        return fits_tiles(self.settings.tile_mode, self.runtime.primary_provider)
+        """Whether the service fits tiles to images with these settings."""
+        return self.engine.info.tile_mode == "fit"
 
     def with_settings(self, settings: Settings) -> BenchContext:
-        """The same run with other service settings (and its own runtime)."""
+        """The same run with other service settings (and its own engine)."""
         return replace(self, settings=settings)
 
     def image(self, side: int, seed: int = 0) -> np.ndarray:

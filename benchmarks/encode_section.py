@@ -17,9 +17,9 @@ from PIL import Image
 
 from benchmarks.context import BenchContext
 from benchmarks.measure import megapixels_per_second, time_call
-from service.encoding import encode_jpeg, encode_webp_lossless
-from service.imaging import encode_png
-from service.pngstream import default_threads, encode_png_strips
+from service.encode import encode_jpeg, encode_png, encode_webp_lossless
+from service.host import available_cpus
+from service.pngwriter import encode_png_strips
 from service.tiling import upscale_tiled
 
 Encoder = Callable[[np.ndarray], bytes]
@@ -82,11 +82,11 @@ def _decodes_to(data: bytes, rgb: np.ndarray) -> bool:
 
 def upscaled_output(ctx: BenchContext, side: int) -> np.ndarray:
     """The service's upscale of a `side`-pixel benchmark photo."""
-    runtime = ctx.runtime
+    engine = ctx.engine
     return upscale_tiled(
         ctx.image(side, seed=4),
-        runtime.run,
-        scale=runtime.scale,
+        engine.run,
+        scale=engine.info.scale,
         tile_size=ctx.settings.tile_size,
         overlap=ctx.settings.tile_overlap,
         fit=ctx.fit_tiles,
@@ -97,7 +97,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     """Times each candidate on the upscaled `encode_input` photo."""
     rgb = upscaled_output(ctx, ctx.preset.encode_input)
     pixels = rgb.shape[0] * rgb.shape[1]
-    threads = ctx.settings.encode_threads or default_threads()
+    threads = ctx.settings.encode_threads or available_cpus()
     rows = []
     for name, (encoder, lossless) in candidates(threads).items():
         timing, data = time_call(lambda encoder=encoder: encoder(rgb), ctx.preset.repeats)

@@ -4,8 +4,9 @@ Runs only where onnxruntime really gets the CUDA provider (`cuda_usable`); the r
 otherwise. Measured:
 
 * provider variants on one tile (256 and 512 pixels): defaults; the service's options
-  (`service.ortconfig.cuda_provider_options`: NHWC, exhaustive cuDNN search); plus I/O binding;
-  fp16 with and without binding; output megapixels per second each;
+  (`service.ortconfig.cuda_provider_options`: NHWC, exhaustive cuDNN search); plus I/O binding
+  (this section's own bound runner: the service does not bind); fp16 with and without binding;
+  output megapixels per second each;
 * batches of 512-pixel tiles in fp16, 1 to 8 per call, through the service's call and with
   input and output left on the GPU (the compute alone); sizes past cuDNN's 2**31-element
   tensor limit are reported as skipped;
@@ -29,7 +30,7 @@ from benchmarks import http_section
 from benchmarks.context import BenchContext
 from benchmarks.images import benchmark_set, psnr_y
 from benchmarks.measure import megapixels_per_second, time_call
-from service.iobinding import BoundRunner
+from service.engine import OnnxEngine
 from service.ortconfig import (
     cuda_provider_options,
     cuda_usable,
@@ -37,7 +38,6 @@ from service.ortconfig import (
     declared_filters,
     fp16_path_for,
 )
-from service.runtime import UpscalerRuntime
 from service.tiling import upscale_tiled
 
 CUDA = "CUDAExecutionProvider"
@@ -63,22 +63,39 @@ def _provider_entries(provider: str, tuned: bool) -> list[Any]:
     return [(CUDA, cuda_provider_options()) if tuned else CUDA, CPU]
 
 
-def _runner(path: Path, provider: str, tuned: bool, bound: bool, shape: tuple[int, ...]) -> Any:
+def _session(path: Path, provider: str, tuned: bool) -> ort.InferenceSession:
     session = ort.InferenceSession(str(path), providers=_provider_entries(provider, tuned))
     if provider == CUDA and CUDA not in session.get_providers():
         raise RuntimeError("onnxruntime fell back from CUDA to the CPU")
-    if not bound:
-        return lambda batch: session.run(["sr"], {"lr": batch})[0]
+    return session
+
+
+def _bound_runner(session: ort.InferenceSession, provider: str, shape: tuple[int, ...]) -> Any:
+    """Runs one input shape through preallocated device buffers, output copied to the host."""
     batch, height, width, channels = shape
-    runner = BoundRunner(
-        session,
-        input_name="lr",
-        output_name="sr",
-        input_shape=shape,
-        output_shape=(batch, height * SCALE, width * SCALE, channels),
-        device="cuda" if provider == CUDA else "cpu",
-    )
-    return runner.run
+    device = "cuda" if provider == CUDA else "cpu"
+    allocate = ort.OrtValue.ortvalue_from_shape_and_type
+    inputs = allocate(shape, np.float32, device, 0)
+    outputs = allocate((batch, height * SCALE, width * SCALE, channels), np.float32, device, 0)
+    binding = session.io_binding()
+    binding.bind_ortvalue_input("lr", inputs)
+    binding.bind_ortvalue_output("sr", outputs)
+
+    def run(tiles: np.ndarray) -> np.ndarray:
+        inputs.update_inplace(np.ascontiguousarray(tiles, dtype=np.float32))
+        binding.synchronize_inputs()
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return outputs.numpy().copy()  # a CPU buffer's numpy() is a view the next call reuses
+
+    return run
+
+
+def _runner(path: Path, provider: str, tuned: bool, bound: bool, shape: tuple[int, ...]) -> Any:
+    session = _session(path, provider, tuned)
+    if bound:
+        return _bound_runner(session, provider, shape)
+    return lambda batch: session.run(["sr"], {"lr": batch})[0]
 
 
 def _measure(runner: Any, batch: np.ndarray, repeats: int) -> dict[str, Any]:
@@ -120,9 +137,7 @@ def provider_variants(
 
 def _on_device_runner(path: Path, provider: str, batch: np.ndarray) -> Any:
     """A call with input and output left on the device: the model's compute alone."""
-    session = ort.InferenceSession(str(path), providers=_provider_entries(provider, True))
-    if provider == CUDA and CUDA not in session.get_providers():
-        raise RuntimeError("onnxruntime fell back from CUDA to the CPU")
+    session = _session(path, provider, True)
     device = "cuda" if provider == CUDA else "cpu"
     count, height, width, channels = batch.shape
     inputs = ort.OrtValue.ortvalue_from_numpy(batch, device, 0)  # copied once, reused
@@ -199,11 +214,16 @@ def fp16_quality(ctx: BenchContext, provider: str) -> dict[str, Any]:
 
     scores: dict[str, list[float]] = {}
     for precision in ("fp32", "fp16"):
-        runtime = UpscalerRuntime(
-            ctx.model_path,
-            providers=[provider, CPU] if provider == CUDA else [CPU],
-            precision=precision,
-            tile_size=256,
+        engine = OnnxEngine(
+            ctx.settings.model_copy(
+                update={
+                    "model_path": ctx.model_path,
+                    "providers": [provider, CPU] if provider == CUDA else [CPU],
+                    "precision": precision,
+                    "tile_size": 256,
+                    "tile_batch_size": 1,
+                }
+            )
         )
         for _, hr in images:
             hr = hr[: hr.shape[0] // SCALE * SCALE, : hr.shape[1] // SCALE * SCALE]
@@ -212,7 +232,7 @@ def fp16_quality(ctx: BenchContext, provider: str) -> dict[str, Any]:
                     (hr.shape[1] // SCALE, hr.shape[0] // SCALE), Image.Resampling.BICUBIC
                 )
             )
-            sr = upscale_tiled(lr, runtime.run, scale=SCALE, tile_size=256, overlap=16)
+            sr = upscale_tiled(lr, engine.run, scale=SCALE, tile_size=256, overlap=16)
             scores.setdefault(precision, []).append(psnr_y(sr, hr, border=SCALE))
     fp32, fp16 = float(np.mean(scores["fp32"])), float(np.mean(scores["fp16"]))
     return {

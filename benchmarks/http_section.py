@@ -18,7 +18,7 @@ from benchmarks.images import png_file
 from benchmarks.measure import megapixels_per_second, percentile, ratio, time_call
 from benchmarks.server import Reply, drive, running_service, status_counts
 from service.config import Settings
-from service.encoding import EncodeOptions, OutputFormat, encode_output
+from service.encode import EncodeOptions, OutputFormat, encode_output
 from service.tiling import upscale_tiled
 
 
@@ -54,7 +54,7 @@ def plan_cell(
 
 def bare_model_and_encode(ctx: BenchContext, image: np.ndarray) -> dict[str, Any]:
     """Times the tiled upscale and the PNG encode of `image` in this process."""
-    runtime, settings = ctx.runtime, ctx.settings
+    engine, settings = ctx.engine, ctx.settings
     # Large inputs take seconds per run: one untimed warm-up and repeats would triple the cost
     # of the section for no better figure.
     large = image.shape[0] * image.shape[1] > 256 * 256
@@ -62,11 +62,11 @@ def bare_model_and_encode(ctx: BenchContext, image: np.ndarray) -> dict[str, Any
     model_timing, upscaled = time_call(
         lambda: upscale_tiled(
             image,
-            runtime.run,
-            scale=runtime.scale,
+            engine.run,
+            scale=engine.info.scale,
             tile_size=settings.tile_size,
             overlap=settings.tile_overlap,
-            batch_size=runtime.batch_size,
+            batch_size=engine.info.batch_size,
             fit=ctx.fit_tiles,
         ),
         repeats,

@@ -1,10 +1,10 @@
 """Memory section: peak memory of one upscale's pipeline at the service's input limit.
 
-Each case runs `service.upscaler.upscale_image_bytes` in a fresh Python process, so that the
+Each case runs the service's `service.pipeline.Pipeline` in a fresh Python process, so that the
 process's peak resident memory (`ru_maxrss`) is that case's alone, and reports how far the call
 raised it above what the process held before. The model is a stand-in (nearest-neighbour x4 on
-each tile): the model's own memory depends on the tile (0.75 GB at 192 pixels on the CPU, see
-`service.config`), the pipeline's on the image, and this section measures the second.
+each tile): the model's own memory depends on the tile (tuning section), the pipeline's on the
+image, and this section measures the second.
 
 The inputs are random noise: incompressible, so the encoded file is as large as it can be, the
 worst case a client can choose to send.
@@ -38,16 +38,9 @@ CASES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-class _NearestRuntime:
-    """Just enough of `UpscalerRuntime` for `upscale_image_bytes`: x4 by repeating pixels."""
-
-    scale, batch_size, primary_provider = 4, 1, "stand-in"
-
-    def __init__(self, tile_size: int) -> None:
-        self.tile_size = tile_size
-
-    def run(self, tiles: np.ndarray) -> np.ndarray:
-        return tiles.repeat(self.scale, axis=1).repeat(self.scale, axis=2)
+def _nearest_x4(tiles: np.ndarray) -> np.ndarray:
+    """The stand-in model: x4 by repeating pixels."""
+    return tiles.repeat(4, axis=1).repeat(4, axis=2)
 
 
 def write_input(path: Path, mode: str, side: int) -> None:
@@ -65,22 +58,25 @@ def measure_case(
     The peak before the call is what the process needed to start and read the upload; making
     the test image happens in another process, so its temporaries cannot hide the call's.
     """
-    from service.encoding import OutputFormat
-    from service.upscaler import upscale_image_bytes
+    from functools import partial
+
+    from service.encode import OutputFormat
+    from service.pipeline import Pipeline, Quality
+    from service.tiling import upscale_tiled
 
     data = upload.read_bytes()
     with Image.open(io.BytesIO(data)) as image:
         (width, height), mode = image.size, image.mode
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result = upscale_image_bytes(
-        data,
-        _NearestRuntime(tile),  # type: ignore[arg-type]
-        overlap=overlap,
+    pipeline = Pipeline(
+        upscale_rgb=partial(
+            upscale_tiled, run_tiles=_nearest_x4, scale=4, tile_size=tile, overlap=overlap, fit=True
+        ),
+        scale=4,
         max_input_pixels=width * height,
-        output_format=OutputFormat(output_format),
-        fit=True,
-        ensemble=quality == "max",
+        max_ensemble_input_pixels=width * height,
     )
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = pipeline(data, OutputFormat(output_format), Quality(quality))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     growth_bytes = (peak - before) * 1024  # ru_maxrss is in KiB on Linux
     return {

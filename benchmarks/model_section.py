@@ -67,8 +67,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     sgemm = sgemm_gflops()
     ctx.log(f"model: sgemm {sgemm:.0f} GFLOP/s; {flops / 1e9:.1f} GFLOP per {side}² call")
 
-    runtime = ctx.runtime
-    engines: dict[str, Any] = {"onnxruntime": runtime.run}
+    onnx_engine = ctx.engine
+    engines: dict[str, Any] = {"onnxruntime": onnx_engine.run}
     baselines: dict[str, Any] = {"opencv_dnn": lambda: _opencv_forward(ctx.model_path)}
     if ctx.checkpoint is not None:
         baselines["keras_predict"] = lambda: _keras_predict(ctx.checkpoint)
@@ -95,7 +95,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     for name, (timing, output) in timings.items():
         rows.append(_engine_row(name, timing, output, reference, flops, sgemm))
         ctx.log(f"model: {name} {timing.median * 1000:.0f} ms")
-    rows[0]["providers"] = list(runtime.providers)
+    rows[0]["providers"] = list(onnx_engine.info.providers)
 
     by_name = {row["engine"]: row["time_ms"]["median"] for row in rows}
     ort_ms = by_name["onnxruntime"]

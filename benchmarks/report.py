@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 from importlib import metadata
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.targets import Target
+from service.host import atomic_write_text, available_cpus
 
 #: Distributions whose versions every report names.
 PACKAGES = (
@@ -46,13 +46,9 @@ def machine() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 0
     return {
         "cpu": _cpu_model(),
-        "cpus_available": cpus,
+        "cpus_available": available_cpus(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "versions": versions,
@@ -62,7 +58,7 @@ def machine() -> dict[str, Any]:
 def write_json(results: dict[str, Any], path: Path) -> None:
     """Writes the results, creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(results, indent=2, default=str) + "\n")
 
 
 def plot_latency(http: dict[str, Any], path: Path, title: str) -> bool:

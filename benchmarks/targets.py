@@ -7,7 +7,6 @@ is reported as not measured rather than passed or failed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -77,95 +76,103 @@ def _encode_share(http: dict[str, Any] | None) -> tuple[float | None, str]:
     return share, f"largest encode share of decode+model+encode: {side}², c={concurrency}"
 
 
-def evaluate(results: dict[str, Any]) -> list[Target]:
-    """Evaluates every target against a run's results."""
-    model = results.get("model") or {}
-    tiling = results.get("tiling") or {}
-    http = results.get("http")
-    gpu = results.get("gpu") or {}
-    gpu_measured = "provider" in gpu and not gpu.get("cpu_smoke")
-
-    cell_256 = _cell(http, 256, 1)
-    e2e = cell_256.get("p50_over_bare") if cell_256 else None
-    throughput, throughput_note = _throughput_ratio(http, 256)
-
-    # The batched rows fall back to the fp32 model when the fp16 file is missing; only fp16
-    # rows answer this target.
-    # Only the service's call counts (the `on device` rows leave out the host copies every
-    # request needs); skipped batch sizes have no figure.
-    batched_rows = [
+def _batched_fp16(gpu: dict[str, Any], gpu_measured: bool) -> tuple[float | None, str]:
+    # Only the service's call on 512² tiles counts (the `on device` rows leave out the host
+    # copies every request needs), and only fp16 rows: the batched rows fall back to the fp32
+    # model when the fp16 file is missing. Skipped batch sizes have no figure.
+    rows = [
         row
         for row in gpu.get("batched", [])
         if row.get("tile") == 512 and row.get("path", "service") == "service"
     ]
-    batched = [
+    values = [
         row["output_mp_per_s"]
-        for row in batched_rows
+        for row in rows
         if str(row.get("model", "")).endswith("_fp16.onnx") and "output_mp_per_s" in row
     ]
-    batched_note = "gpu section" if gpu_measured else "no GPU run yet"
-    if gpu_measured and batched_rows and not batched:
-        batched_note = "gpu section ran the fp32 model: no fp16 export beside it"
-    quality = gpu.get("fp16_quality") or {}
-    delta = quality.get("delta_db")
-    encode_share, share_note = _encode_share(gpu.get("http") if gpu_measured else None)
+    if not gpu_measured:
+        return None, "no GPU run yet"
+    if rows and not values:
+        return None, "gpu section ran the fp32 model: no fp16 export beside it"
+    return (max(values) if values else None), "gpu section"
 
-    checks: list[Callable[[], Target]] = [
-        lambda: _target(
+
+def _cpu_targets(results: dict[str, Any]) -> list[Target]:
+    model = results.get("model") or {}
+    tiling = results.get("tiling") or {}
+    http = results.get("http")
+    cell_256 = _cell(http, 256, 1)
+    throughput, throughput_note = _throughput_ratio(http, 256)
+    skipped = model.get("skipped", {})
+    return [
+        _target(
             "CPU: onnxruntime speed / Keras predict",
             model.get("speedup_vs_keras_predict"),
             1.3,
             True,
-            model.get("skipped", {}).get("keras_predict", "model section, same input"),
+            skipped.get("keras_predict", "model section, same input"),
         ),
-        lambda: _target(
+        _target(
             "CPU: onnxruntime speed / OpenCV DNN",
             model.get("speedup_vs_opencv_dnn"),
             1.2,
             True,
-            model.get("skipped", {}).get("opencv_dnn", "model section, same input"),
+            skipped.get("opencv_dnn", "model section, same input"),
         ),
-        lambda: _target(
+        _target(
             "CPU: tiled time / whole-image time",
             tiling.get("tiled_over_whole"),
             1.10,
             False,
             f"tiling section, {tiling.get('input')} input, {tiling.get('service_mode')} tiles",
         ),
-        lambda: _target(
+        _target(
             "CPU: HTTP p50 / (bare model + encode), 256² input",
-            e2e,
+            cell_256.get("p50_over_bare") if cell_256 else None,
             1.15,
             False,
             "http section, concurrency 1",
         ),
-        lambda: _target(
+        _target(
             "CPU: throughput at concurrency 4 / sequential",
             throughput,
             0.9,
             True,
             throughput_note,
         ),
-        lambda: _target(
+    ]
+
+
+def _gpu_targets(gpu: dict[str, Any]) -> list[Target]:
+    measured = "provider" in gpu and not gpu.get("cpu_smoke")
+    batched, batched_note = _batched_fp16(gpu, measured)
+    delta = (gpu.get("fp16_quality") or {}).get("delta_db")
+    encode_share, share_note = _encode_share(gpu.get("http") if measured else None)
+    return [
+        _target(
             "GPU: fp16 batched model path, output MP/s on 512² tiles",
-            max(batched) if gpu_measured and batched else None,
+            batched,
             800.0,
             True,
             batched_note,
         ),
-        lambda: _target(
+        _target(
             "GPU: Set5 PSNR difference, fp16 against fp32 (dB, absolute)",
-            abs(delta) if gpu_measured and delta is not None else None,
+            abs(delta) if measured and delta is not None else None,
             0.05,
             False,
-            "gpu section, Y channel, border 4" if gpu_measured else "no GPU run yet",
+            "gpu section, Y channel, border 4" if measured else "no GPU run yet",
         ),
-        lambda: _target(
+        _target(
             "GPU: encode share of end-to-end server time",
             encode_share,
             0.5,
             False,
-            share_note if gpu_measured else "no GPU run yet",
+            share_note if measured else "no GPU run yet",
         ),
     ]
-    return [check() for check in checks]
+
+
+def evaluate(results: dict[str, Any]) -> list[Target]:
+    """Evaluates every target against a run's results."""
+    return _cpu_targets(results) + _gpu_targets(results.get("gpu") or {})

@@ -34,7 +34,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     """Times whole-image inference and the tiled path on one `tiling_input`-sided image."""
     side = ctx.preset.tiling_input
     image = ctx.image(side, seed=1)
-    runtime = ctx.runtime
+    engine = ctx.engine
     settings = ctx.settings
     tile, overlap = settings.tile_size, settings.tile_overlap
     repeats = ctx.preset.repeats
@@ -44,18 +44,18 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     def tiled(fit: bool) -> np.ndarray:
         return upscale_tiled(
             image,
-            runtime.run,
-            scale=runtime.scale,
+            engine.run,
+            scale=engine.info.scale,
             tile_size=tile,
             overlap=overlap,
-            batch_size=runtime.batch_size,
+            batch_size=engine.info.batch_size,
             fit=fit,
         )
 
     # Whole and tiled calls take turns, so the drift of a shared VM's speed cancels in the ratio.
     timings = time_interleaved(
         {
-            "whole": lambda: runtime.run(image[np.newaxis].astype(np.float32))[0],
+            "whole": lambda: engine.run(image[np.newaxis].astype(np.float32))[0],
             "fit": lambda: tiled(True),
             "fixed": lambda: tiled(False),
         },

@@ -40,8 +40,8 @@ def _session_sweep(ctx: BenchContext) -> list[dict[str, Any]]:
     batch = ctx.image(side, seed=2)[np.newaxis].astype(np.float32)
     rows = []
     for label, overrides in SESSION_VARIANTS:
-        runtime = ctx.make_runtime(tile_size=side, **overrides)
-        timing, output = time_call(lambda runtime=runtime: runtime.run(batch), ctx.preset.repeats)
+        engine = ctx.make_engine(tile_size=side, **overrides)
+        timing, output = time_call(lambda engine=engine: engine.run(batch), ctx.preset.repeats)
         rows.append(
             {
                 "variant": label,
@@ -56,7 +56,7 @@ def _session_sweep(ctx: BenchContext) -> list[dict[str, Any]]:
 
 
 def _tile_sweep(ctx: BenchContext) -> list[dict[str, Any]]:
-    runtime = ctx.runtime
+    engine = ctx.engine
     overlap = ctx.settings.tile_overlap
     rows = []
     for side, tiles in ctx.preset.tile_sweep:
@@ -67,8 +67,8 @@ def _tile_sweep(ctx: BenchContext) -> list[dict[str, Any]]:
             timing, _ = time_call(
                 lambda tile=tile, image=image: upscale_tiled(
                     image,
-                    runtime.run,
-                    scale=runtime.scale,
+                    engine.run,
+                    scale=engine.info.scale,
                     tile_size=tile,
                     overlap=overlap,
                     fit=ctx.fit_tiles,
@@ -97,13 +97,13 @@ def _concurrency(ctx: BenchContext) -> dict[str, Any]:
     images = [ctx.image(side, seed=seed) for seed in range(4)]
     result: dict[str, Any] = {"images": len(images), "input": f"{side}x{side}"}
     for threads in (1, 2):
-        runtime = ctx.runtime
+        engine = ctx.engine
 
-        def upscale(image: np.ndarray, runtime: Any = runtime) -> np.ndarray:
+        def upscale(image: np.ndarray, engine: Any = engine) -> np.ndarray:
             return upscale_tiled(
                 image,
-                runtime.run,
-                scale=runtime.scale,
+                engine.run,
+                scale=engine.info.scale,
                 tile_size=ctx.settings.tile_size,
                 overlap=ctx.settings.tile_overlap,
                 fit=ctx.fit_tiles,

@@ -39,18 +39,11 @@ class AdmissionGate:
             raise ValueError(f"max_concurrency must be positive, got {max_concurrency}")
         if max_queue < 0:
             raise ValueError(f"max_queue must not be negative, got {max_queue}")
-        self._max_concurrency = max_concurrency
         self._max_queue = max_queue
         self._retry_after_seconds = retry_after_seconds
         self._busy_message = busy_message
         self._slots = asyncio.Semaphore(max_concurrency)
-        self._active = 0
         self._waiting = 0
-
-    @property
-    def active(self) -> int:
-        """Requests holding a slot now."""
-        return self._active
 
     @property
     def waiting(self) -> int:
@@ -74,9 +67,7 @@ class AdmissionGate:
             await self._slots.acquire()
         finally:
             self._waiting -= 1
-        self._active += 1
         try:
             yield
         finally:
-            self._active -= 1
             self._slots.release()

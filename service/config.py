@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-#: Execution providers in order of preference. The runtime drops the ones this host cannot use
-#: (see `service.runtime.resolve_providers`), so the same default serves GPU servers and laptops.
+#: Execution providers in order of preference. The engine drops the ones this host cannot use
+#: (see `service.ortconfig.resolve_providers`), so the same default serves GPU servers and laptops.
 DEFAULT_PROVIDERS: tuple[str, ...] = (
     "TensorrtExecutionProvider",
     "CUDAExecutionProvider",
@@ -50,26 +50,16 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_PROVIDERS),
         description="onnxruntime execution providers in order of preference.",
     )
-    # Measured on 2 CPU cores with fitted tiles (docs/benchmarks.md, tuning section): a 512x512
-    # input took 7.1 s with 128-pixel tiles, 6.0 s with 192, 5.7 s with 256, 4.9 s with 384 and
-    # 5.7 s whole; a 256x256 input 1.8 s, 1.45 s, 1.3 s, 1.3 s. Peak memory of one call grows with
-    # the square of the tile: 0.75 GB at 192, 1.85 GB at 256, 3.4 GB at 384 (max RSS). 192 keeps a
-    # request within the 2-4 GB a container is sized for (see max_input_pixels) for 4-10 % more
-    # time than 256; hosts with memory to spare can set 256 or 384.
+    # The defaults below come from the measurements in docs/benchmarks.md (tuning, memory and
+    # GPU sections); the figures live there, not here.
     tile_size: int = Field(
         default=192,
         ge=8,
         description="Side of the square LR tile fed to the model (the largest tile with fitted "
-        "tiles). 192 suits CPUs (0.75 GB per call); on GPUs 256-512 run within 12 % of each "
-        "other per pixel, and TILE_BATCH_SIZE x TILE_SIZE² must stay under 2**21 for cuDNN "
-        "(at x4 with 64 filters: at most 7 tiles of 512, 31 of 256), which start-up checks.",
+        "tiles). Peak memory grows with its square: 192 keeps one request within a 2-4 GB "
+        "container on CPUs; GPUs take 256-512. On CUDA, TILE_BATCH_SIZE x TILE_SIZE² must stay "
+        "under cuDNN's tensor limit, which start-up checks.",
     )
-    # Measured with the shipped model on 300x300 crops of four Set14 photos, fitted 96-pixel tiles
-    # against one whole-image call (uint8 outputs): overlap 4 differs by up to 7 grey levels;
-    # from 8 on, the largest difference is 1 grey level (a rounding flip), on 0.09-0.14 % of the
-    # pixels at 8 (77-79 dB PSNR against whole-image inference) and 0.0004 % at 16 (102-105 dB).
-    # 8 keeps the seams invisible and does 11 % less pixel work than 16 on a 512x512 input (three
-    # 192-pixel tiles per side: 1.13x the image's pixels against 1.27x).
     tile_overlap: int = Field(
         default=8,
         ge=0,
@@ -87,59 +77,41 @@ class Settings(BaseSettings):
     tile_batch_size: int = Field(
         default=1,
         ge=1,
-        description="Tiles per model call. 1 is best on CPU. On an H100 (fp16) a batch of 8 "
-        "tiles of 256 ran only 11 % more pixels a second than one tile, and with fixed tiles "
-        "a lone tile pays for the whole batch: 1-2 for interactive traffic, more only where "
-        "many requests overlap.",
+        description="Tiles per model call. 1 on CPUs; on GPUs 1-2, since larger batches gain "
+        "little and a short last batch is padded with zero tiles.",
     )
     max_upload_bytes: int = Field(default=20 * MIB, ge=1, description="Largest request body.")
-    # A client that trickles its upload would otherwise keep a connection and up to
-    # MAX_UPLOAD_BYTES of buffer alive indefinitely; many of them would exhaust memory.
     upload_timeout_seconds: float = Field(
         default=60.0,
         gt=0,
-        description="Longest time the whole upload may take to arrive before 408.",
+        description="Longest time the whole upload may take to arrive before 408, so a client "
+        "trickling its body cannot hold a connection and its buffer indefinitely.",
     )
-    # Request bodies are read before a request queues for a slot (so uploads overlap with the
-    # running upscale), and a raw body is held in memory while it arrives: without this bound,
-    # clients that send ~20 MiB and then stall grew the process by 20 MiB each (measured: 100
-    # such connections, +1.6 GB). 16 x 20 MiB caps upload buffers at ~320 MB.
     max_concurrent_uploads: int = Field(
         default=16,
         ge=1,
         description="Request bodies received at once; more get 503 with Retry-After before any "
-        "byte is read. With MAX_UPLOAD_BYTES this bounds the memory uploads can hold.",
+        "byte is read. Bodies are read before a request queues, so with MAX_UPLOAD_BYTES this "
+        "bounds the memory uploads can hold.",
     )
-    # 2048 x 2048 input pixels become an 8192 x 8192 output: 201 MB as RGB uint8 (268 MB with
-    # alpha) plus the file being encoded. With MAX_CONCURRENCY requests working at once that is
-    # the bulk of the service's memory, so this cap is what keeps a 2-4 GB container alive.
-    # Measured at this limit (`python -m benchmarks --sections memory`, docs/benchmarks.md),
-    # one request's pipeline adds 0.3-0.35 GB for RGB to PNG, 0.9 GB for RGBA to PNG, 0.8 GB for
-    # RGBA to JPEG and 1.9-2.0 GB for RGBA to lossless WebP (libwebp's own buffers), on top of
-    # the 0.75 GB peak of a process running one 192-pixel tile.
     max_input_pixels: int = Field(
         default=2048 * 2048,
         ge=1,
-        description="Largest decoded input (width x height). The output has 16x as many.",
+        description="Largest decoded input (width x height). The output has 16x as many, and "
+        "with MAX_CONCURRENCY requests working at once they are the bulk of the memory.",
     )
-    # quality=max runs the model 8 times. Bounding its input to 1/8 of the largest standard
-    # input keeps its worst case to the same model work as the largest standard upscale (on 2 CPU
-    # cores a 1024 x 1024 input took 22 s, so 2048 x 2048 about 1.5 minutes), not 8 times that.
     max_ensemble_input_pixels: int = Field(
         default=2048 * 2048 // 8,
         ge=1,
         description="Largest input (width x height) for `quality=max` (8 model runs); larger "
         "ones get 413. The default gives it the model work of the largest standard upscale.",
     )
-    # Measured on 2 cores: four images upscaled one at a time took 2.34 s, two at a time 2.60 s
-    # (both sharing onnxruntime's intra-op threads): concurrency lowers CPU throughput.
     max_concurrency: int = Field(
         default=1,
         ge=1,
         description="Upscales running at once. One request already uses every CPU core through "
-        "onnxruntime's intra-op threads, so more only adds memory and latency on CPU "
-        "(measured 10 % less throughput with 2 on 2 cores); 2-4 on GPUs lets decoding and "
-        "encoding overlap with the model.",
+        "onnxruntime's intra-op threads, so more only adds memory and latency on CPU; 2-4 on "
+        "GPUs lets decoding and encoding overlap with the model.",
     )
     max_queue: int = Field(
         default=8, ge=0, description="Requests allowed to wait for a slot before 503."
@@ -151,15 +123,10 @@ class Settings(BaseSettings):
         default=1,
         ge=0,
         le=9,
-        description="Compression level of the output PNG, 0-9 as in zlib. 1 is several times "
-        "faster than 6 on the large outputs this service makes, for files only slightly bigger. "
-        "With ISA-L (the `strips` writer), 1-3 map to its levels 1-3 and higher levels to 3.",
+        description="Compression level of the output PNG, 0-9 as in zlib; 1 is several times "
+        "faster than 6 on large outputs, for files slightly bigger. With ISA-L (the `strips` "
+        "writer), 1-3 map to its levels 1-3 and higher levels to 3.",
     )
-    # Session options measured on a 160x160 input, 2 cores (docs/benchmarks.md, tuning section):
-    # intra-op 1 thread 760 ms, 2 threads 439 ms, 0 (one per physical core, here 2) 417 ms;
-    # inter-op 2 threads 434 ms (EDSR is one chain of operators, nothing runs beside it); graph
-    # optimisation disable/basic/extended/all 582/570/567/431 ms (only `all` fuses the layout
-    # changes around the convolutions); CPU arena off 552 ms, on 421 ms.
     intra_op_threads: int = Field(
         default=0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime choose."
     )
@@ -169,26 +136,18 @@ class Settings(BaseSettings):
     graph_optimization: Literal["disable", "basic", "extended", "layout", "all"] = Field(
         default="all",
         description="onnxruntime graph optimisation level (`layout` needs onnxruntime >= 1.22); "
-        "`all` measured 25 % faster than the others on CPU.",
+        "only `all` fuses the layout changes around the convolutions.",
     )
     cpu_mem_arena: bool = Field(
         default=True,
-        description="Keep onnxruntime's CPU memory arena (reuses the buffers of the fixed tile "
-        "shape between calls).",
+        description="Keep onnxruntime's CPU memory arena (reuses the buffers of the tile shape "
+        "between calls).",
     )
     precision: Literal["auto", "fp32", "fp16"] = Field(
         default="auto",
         description="Model precision. `auto` runs the fp16 export (`<model>_fp16.onnx`, from "
         "`python -m training export --fp16`) when the CUDA provider is really in use and the "
         "file exists, else the fp32 model; `fp16` requires that file.",
-    )
-    batch_wait_ms: float = Field(
-        default=2.0,
-        ge=0,
-        le=1000,
-        description="Longest a partly filled tile batch waits for tiles of other concurrent "
-        "requests before it runs (only with TILE_BATCH_SIZE > 1 and several requests "
-        "upscaling; a lone request never waits).",
     )
     png_encoder: Literal["strips", "pillow"] = Field(
         default="strips",

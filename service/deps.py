@@ -1,12 +1,15 @@
-"""FastAPI dependencies: the shared service state, readiness, the query and Accept header, and
-the size-limited upload.
+"""What the routes' parameters are: the running service's state (reached through an `Annotated`
+dependency), readiness, the query and Accept header, and the size-limited upload.
 
-The endpoint declares them in the order they run, cheapest first: the query and the Accept
-header are checked before a single byte of the body is read.
+`POST /upscale` declares them in the order they run, cheapest first: the query and the Accept
+header are checked before a single byte of the body is read, and the body is counted while it
+arrives, before the request queues for a model slot.
 """
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import anyio
@@ -15,7 +18,10 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
-from service.encoding import OutputFormat
+from service.admission import AdmissionGate
+from service.config import Settings
+from service.encode import OutputFormat
+from service.engine import OnnxEngine
 from service.exceptions import (
     ClientDisconnectedError,
     EmptyUploadError,
@@ -26,15 +32,71 @@ from service.exceptions import (
     UploadTimeoutError,
     UploadTooLargeError,
 )
+from service.metrics import ServiceMetrics
 from service.negotiation import acceptable_formats
-from service.quality import Quality
-from service.state import ServiceState
+from service.pipeline import Pipeline, Quality
 
 #: Name of the multipart field that carries the image.
 UPLOAD_FIELD = "file"
 
 #: Raw (non-multipart) bodies are accepted with these media types, or with none at all.
 _RAW_MEDIA_TYPES = frozenset({"", "application/octet-stream"})
+
+
+@dataclass
+class ServiceState:
+    """What the running service holds between requests, built once by the app's lifespan.
+
+    Attributes:
+        settings: The settings the app was built with.
+        engine: The loaded model (`engine.info` describes it).
+        pipeline: decode → model → encode for that model.
+        metrics: The app's Prometheus metrics.
+        gate: Admission control for upscales.
+        uploads: Bounds the request bodies being received at once (no queue: beyond the bound,
+            503), since each may hold up to `settings.max_upload_bytes` in memory.
+        limiter: Worker threads for upscales, as many as `settings.max_concurrency`, kept apart
+            from the default thread pool so that other blocking work never waits behind them.
+        warmed: Set once the warm-up run succeeded; readiness and upscales wait for it.
+        warmup_error: Why warm-up failed, if it did.
+    """
+
+    settings: Settings
+    engine: OnnxEngine
+    pipeline: Pipeline
+    metrics: ServiceMetrics
+    gate: AdmissionGate
+    uploads: AdmissionGate
+    limiter: anyio.CapacityLimiter
+    warmed: threading.Event = field(default_factory=threading.Event)
+    warmup_error: str | None = None
+
+    @classmethod
+    def start(cls, settings: Settings, engine: OnnxEngine, metrics: ServiceMetrics) -> ServiceState:
+        """The state of a service whose model has just been loaded (not yet warmed up)."""
+        retry = settings.retry_after_seconds
+        state = cls(
+            settings=settings,
+            engine=engine,
+            pipeline=Pipeline.for_engine(engine, settings),
+            metrics=metrics,
+            gate=AdmissionGate(settings.max_concurrency, settings.max_queue, retry),
+            uploads=AdmissionGate(
+                settings.max_concurrent_uploads,
+                0,
+                retry,
+                busy_message="too many uploads are arriving at once; retry later",
+            ),
+            limiter=anyio.CapacityLimiter(settings.max_concurrency),
+        )
+        metrics.track_queue(lambda: state.gate.waiting)
+        metrics.set_provider(engine.info.provider, engine.info.fallback)
+        return state
+
+    @property
+    def ready(self) -> bool:
+        """Whether upscales are served."""
+        return self.warmed.is_set()
 
 
 def get_state(request: Request) -> ServiceState:
@@ -64,7 +126,7 @@ def get_ready_state(state: Annotated[ServiceState, Depends(get_state)]) -> Servi
     return state
 
 
-ReadyState = Annotated[ServiceState, Depends(get_ready_state)]
+ReadyService = Annotated[ServiceState, Depends(get_ready_state)]
 
 
 def _limited_receive(receive: Receive, limit: int) -> Receive:
@@ -112,17 +174,13 @@ async def _read_multipart(request: Request) -> bytes:
         return await upload.read()
 
 
-async def read_upload(request: Request, state: ReadyState) -> bytes:
+async def read_upload(request: Request, state: ReadyService) -> bytes:
     """Reads the uploaded image: multipart field `file`, or a raw `image/*` body.
 
-    Raises:
-        UploadTooLargeError: If Content-Length or the bytes received exceed the limit.
-        OverloadedError: If as many bodies as allowed are already being received.
-        UploadTimeoutError: If the body takes longer than the upload timeout to arrive.
-        UnsupportedMediaTypeError: For any other Content-Type.
-        MissingFieldError: If a multipart body lacks the `file` field.
-        EmptyUploadError: If no bytes arrived.
-        ClientDisconnectedError: If the client went away mid-upload.
+    Raises `UploadTooLargeError` (Content-Length or bytes received over the limit),
+    `OverloadedError` (too many bodies arriving), `UploadTimeoutError`,
+    `UnsupportedMediaTypeError`, `MissingFieldError`, `EmptyUploadError` or
+    `ClientDisconnectedError`.
     """
     limit = state.settings.max_upload_bytes
     declared = request.headers.get("content-length", "")

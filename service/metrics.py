@@ -1,4 +1,4 @@
-"""Prometheus metrics of the upscaling service.
+"""Prometheus metrics of the upscaling service, and the ASGI middleware that counts requests.
 
 Each app gets its own `CollectorRegistry` rather than prometheus_client's global one, so that
 several apps in one process (as in the test suite) do not register the same names twice.
@@ -6,10 +6,12 @@ several apps in one process (as in the test suite) do not register the same name
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Upscales take from tens of milliseconds (small image, GPU) to minutes (4 MP on a laptop CPU).
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -101,3 +103,34 @@ class ServiceMetrics:
         """
         encoder, content_type = choose_encoder(accept_header or "")
         return encoder(self.registry), content_type
+
+
+class RequestMetricsMiddleware:
+    """Counts the requests to one path by final status and times them, errors included.
+
+    A pure ASGI middleware sees the status of every response, including those produced by the
+    exception handlers, which an endpoint-level timer would miss.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, path: str) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            self.metrics.observe_request(status, time.perf_counter() - started)

@@ -7,7 +7,7 @@ out. No header, an empty one, `*/*` and `image/*` all mean PNG. Plain string wor
 framework.
 
 The ranking is kept, not only the winner: WebP and JPEG cannot hold every image the service may
-produce (see `service.encoding.MAX_SIDE`), so once the image's size is known
+produce (see `service.encode.MAX_SIDE`), so once the image's size is known
 `choose_format_for_size` falls back to the client's next acceptable format.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from service.encoding import MAX_SIDE, OutputFormat
+from service.encode import MAX_SIDE, OutputFormat
 from service.exceptions import NotAcceptableError
 
 #: Media type of each format, in the order of preference used to break ties.

@@ -1,22 +1,30 @@
-"""How the onnxruntime session is configured: session options, CUDA provider options, precision.
+"""How the onnxruntime session is configured: which providers to try, session options, CUDA
+provider options, precision, and the tile shapes cuDNN can run.
 
-Pure functions of the settings, so every choice is unit-tested on any machine, including the
-CUDA options on hosts without a GPU. The measurements behind the defaults are in
+Decided before (or without) a session, so every choice is unit-tested on any machine, including
+the CUDA options on hosts without a GPU. The measurements behind the defaults are in
 docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import onnxruntime as ort
 
-Precision = Literal["auto", "fp32", "fp16"]
-GraphOptimization = Literal["disable", "basic", "extended", "layout", "all"]
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
+#: Providers that run on the GPU, tune kernels for each input shape and so want one tile shape.
+GPU_PROVIDERS = frozenset({CUDA_PROVIDER, TENSORRT_PROVIDER})
+#: The TensorRT 10 core library, whose presence decides whether TensorRT is worth trying.
+TENSORRT_LIBRARY_NAMES = ("libnvinfer.so.10", "nvinfer_10.dll")
 
 #: Suffix of the half-precision export written beside the fp32 model (`training export --fp16`).
 FP16_SUFFIX = "_fp16"
@@ -38,7 +46,7 @@ def cuda_usable() -> bool:
     onnxruntime-gpu lists `CUDAExecutionProvider` as available on every host, GPU or not, and
     falls back to the CPU at session creation; the NVIDIA driver library is what tells them apart.
     """
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
+    if CUDA_PROVIDER not in ort.get_available_providers():
         return False
     try:
         ctypes.CDLL("libcuda.so.1")
@@ -53,24 +61,102 @@ def fp16_path_for(model_path: str | Path) -> Path:
     return path.with_name(f"{path.stem}{FP16_SUFFIX}{path.suffix}")
 
 
+@dataclass(frozen=True)
+class ProviderPlan:
+    """The execution providers to hand to onnxruntime, decided before the session exists.
+
+    Attributes:
+        requested: Providers as configured, in order of preference.
+        attempted: The subset this host can plausibly use, passed to onnxruntime.
+        skipped: Requested providers left out of `attempted`, each with the reason.
+    """
+
+    requested: tuple[str, ...]
+    attempted: tuple[str, ...]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def gpu_attempted(self) -> bool:
+        """Whether a GPU provider is among those handed to onnxruntime."""
+        return not GPU_PROVIDERS.isdisjoint(self.attempted)
+
+
+def tensorrt_libraries_loadable() -> bool:
+    """Tells whether TensorRT's core library can be loaded on this host.
+
+    TensorRT ships separately from CUDA and is missing on most hosts, including most GPU
+    servers. Handing onnxruntime the TensorRT provider without it makes session creation print a
+    long error and retry without it, so it is only tried when this check passes. The library is
+    looked up on the default loader path and in the `tensorrt_libs` pip wheel.
+    """
+    candidates: list[str] = list(TENSORRT_LIBRARY_NAMES)
+    spec = importlib.util.find_spec("tensorrt_libs")
+    if spec is not None and spec.submodule_search_locations:
+        for directory in spec.submodule_search_locations:
+            candidates.extend(str(Path(directory) / name) for name in TENSORRT_LIBRARY_NAMES)
+    for candidate in candidates:
+        try:
+            # RTLD_GLOBAL so that onnxruntime's TensorRT provider library later resolves its
+            # dependency on libnvinfer against this already-loaded copy.
+            ctypes.CDLL(candidate, mode=getattr(ctypes, "RTLD_GLOBAL", 0))
+        except OSError:
+            continue
+        return True
+    return False
+
+
+def resolve_providers(requested: Sequence[str]) -> ProviderPlan:
+    """Decides which of the requested execution providers to hand to onnxruntime.
+
+    A provider is left out when this onnxruntime build lacks it, or when it is TensorRT and
+    TensorRT's library cannot be loaded. If nothing is left, the CPU provider is used.
+
+    Raises:
+        ValueError: If a name is not an onnxruntime execution provider at all (a typo).
+    """
+    known = set(ort.get_all_providers())
+    available = set(ort.get_available_providers())
+    attempted: list[str] = []
+    skipped: dict[str, str] = {}
+    for name in dict.fromkeys(requested):
+        if name not in known:
+            raise ValueError(
+                f"unknown execution provider {name!r}; known providers: {sorted(known)}"
+            )
+        if name not in available:
+            skipped[name] = "not included in this onnxruntime build"
+        elif name == TENSORRT_PROVIDER and not tensorrt_libraries_loadable():
+            skipped[name] = f"TensorRT library ({' / '.join(TENSORRT_LIBRARY_NAMES)}) not found"
+        else:
+            attempted.append(name)
+    if not attempted:
+        attempted.append(CPU_PROVIDER)
+    return ProviderPlan(requested=tuple(requested), attempted=tuple(attempted), skipped=skipped)
+
+
+def provider_entries(plan: ProviderPlan) -> list[str | tuple[str, dict[str, str]]]:
+    """The `providers` argument of a session: the CUDA provider with its options, others bare."""
+    return [
+        (name, cuda_provider_options()) if name == CUDA_PROVIDER else name
+        for name in plan.attempted
+    ]
+
+
 def choose_precision(setting: str, *, cuda_active: bool, fp16_available: bool) -> str:
     """Decides which model file to run: `fp32` or `fp16`.
 
-    `auto` picks fp16 only where it pays and is safe: on the CUDA provider (tensor cores run
-    fp16 about 1.6x faster than fp32 here, for outputs 60 dB apart, see docs/benchmarks.md) and
-    when the fp16 export exists. On CPUs onnxruntime has few fp16 kernels and converts back and
-    forth, so fp32 stays. An explicit `fp16` or `fp32` is obeyed.
+    `auto` picks fp16 only where it pays and is safe: on the CUDA provider (tensor cores, see
+    docs/benchmarks.md) and when the fp16 export exists. On CPUs onnxruntime has few fp16
+    kernels and converts back and forth, so fp32 stays. An explicit `fp16` or `fp32` is obeyed.
 
     Args:
-        setting: `auto`, `fp32` or `fp16`.
+        setting: `auto`, `fp32` or `fp16` (validated by `Settings`).
         cuda_active: Whether the session really runs on the CUDA provider (or TensorRT on CUDA).
         fp16_available: Whether the fp16 file exists.
 
     Returns:
         `fp32` or `fp16`.
     """
-    if setting not in ("auto", "fp32", "fp16"):
-        raise ValueError(f"precision must be auto, fp32 or fp16, got {setting!r}")
     if setting == "auto":
         return "fp16" if cuda_active and fp16_available else "fp32"
     return setting
@@ -83,18 +169,10 @@ def session_options(
     graph_optimization: str = "all",
     cpu_mem_arena: bool = True,
 ) -> ort.SessionOptions:
-    """Builds the onnxruntime session options.
+    """Builds the onnxruntime session options from the settings of the same names.
 
-    Args:
-        intra_op_threads: Threads inside one operator (0: one per physical core).
-        inter_op_threads: Threads running independent operators (0: default; EDSR is one chain
-            of operators, so this rarely matters).
-        graph_optimization: `disable`, `basic`, `extended`, `layout` (recent onnxruntime only) or
-            `all`.
-        cpu_mem_arena: Keep freed CPU buffers in onnxruntime's arena for reuse.
-
-    Returns:
-        The options.
+    Raises:
+        ValueError: For a graph optimisation level this onnxruntime lacks (`layout` is recent).
     """
     if graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
         raise ValueError(
@@ -120,8 +198,8 @@ def cuda_provider_options(
     """Options of onnxruntime's CUDA execution provider, as the strings it expects.
 
     * `prefer_nhwc=1`: the model's tensors are NHWC already and cuDNN's tensor-core kernels
-      want NHWC, so this drops the layout transposes around every convolution; measured on an
-      H100 at 244 against 183 output MP/s in fp32 (docs/benchmarks.md, ../shared/GPU.md).
+      want NHWC, so this drops the layout transposes around every convolution
+      (docs/benchmarks.md, GPU).
     * `cudnn_conv_algo_search=EXHAUSTIVE`: try every cuDNN algorithm once per input shape and
       keep the fastest. It costs up to a second per shape, and the tiler feeds one fixed shape
       that the warm-up runs before the service reports ready, so requests only get the gain.
@@ -130,14 +208,6 @@ def cuda_provider_options(
       exactly, so growing the arena by powers of two would only strand GPU memory.
     * `do_copy_in_default_stream=1`: copies and kernels on one stream (onnxruntime's safe
       default, stated so that nobody "optimises" it into a data race).
-
-    Args:
-        device_id: CUDA device index.
-        conv_algo_search: cuDNN algorithm search mode.
-        prefer_nhwc: Use NHWC kernels where onnxruntime has them.
-
-    Returns:
-        The provider options.
     """
     return {
         "device_id": str(device_id),
@@ -167,19 +237,10 @@ def cudnn_tile_problem(batch: int, tile: int, scale: int, filters: int) -> str |
     """Why cuDNN cannot run batches of `batch` square tiles of side `tile`, or None if it can.
 
     cuDNN's tensor descriptors count elements in 32 bits: a convolution whose tensor holds 2**31
-    elements or more fails on every call with CUDNN_STATUS_NOT_SUPPORTED. Measured on an H100
-    with the EDSR x4 model (docs/benchmarks.md, GPU): 1 x 1448² and 7 x 512² tiles run,
-    1 x 1449² and 8 x 512² fail. EDSR's largest tensors, around its last pixel shuffle, hold
+    elements or more fails on every call with CUDNN_STATUS_NOT_SUPPORTED (measured shapes in
+    docs/benchmarks.md, GPU). EDSR's largest tensors, around its last pixel shuffle, hold
     batch x tile² x scale² x filters elements.
-
-    Args:
-        batch: Tiles per model call.
-        tile: LR tile side in pixels.
-        scale: The model's upscaling factor.
-        filters: The model's feature channels.
-
-    Returns:
-        A message naming the fix, or None when the shape fits.
+    The message names the fix (the largest batch, or tile, that fits).
     """
     per_tile = tile**2 * scale**2 * filters
     if batch * per_tile < CUDNN_MAX_ELEMENTS:

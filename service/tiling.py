@@ -22,33 +22,15 @@ How the image is cut:
   (by repeating the pixel when the axis is one pixel long, where reflection is impossible).
 * The result is written tile by tile into a preallocated uint8 array, so peak memory is the
   output plus a few batches of tiles, not a float32 copy of the whole upscaled image.
-* `upscale_tiled` calls a model directly, one padded batch at a time. `upscale_tiled_async`
-  hands groups of tiles to something that answers with futures (the service's micro-batcher,
-  `service.batching`) and keeps a bounded number of groups in flight, so cutting and stitching
-  overlap with the model, and a short last group can share a model call with other requests.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
-
-__all__ = [
-    "AxisSpan",
-    "TileSpan",
-    "fit_window",
-    "pad_to_tile",
-    "plan_axis",
-    "plan_tiles",
-    "tile_shape",
-    "upscale_tiled",
-    "upscale_tiled_async",
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,18 +158,8 @@ def _plan_windows(length: int, window: int, overlap: int) -> list[AxisSpan]:
 def plan_tiles(
     height: int, width: int, tile_size: int, overlap: int, *, fit: bool = False
 ) -> list[TileSpan]:
-    """Plans the tiles covering a `height` x `width` image, in row-major order.
-
-    Args:
-        height: Image height in pixels.
-        width: Image width in pixels.
-        tile_size: Side of every square tile (the largest side with `fit`).
-        overlap: Minimum context kept around every inner seam (see `plan_axis`).
-        fit: Shrink the tiles to fit this image (see `fit_window`).
-
-    Returns:
-        One `TileSpan` per tile; their kept rectangles partition the image.
-    """
+    """The tiles covering a `height` x `width` image, in row-major order; their kept rectangles
+    partition the image. `tile_size` is the largest side with `fit` (see `fit_window`)."""
     tile_rows, tile_cols = tile_shape(height, width, tile_size, overlap, fit=fit)
     row_spans = _plan_windows(height, tile_rows, overlap)
     col_spans = _plan_windows(width, tile_cols, overlap)
@@ -237,99 +209,17 @@ def _check_image(image: np.ndarray, scale: int, batch_size: int) -> None:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
 
 
-def upscale_tiled_async(
-    image: np.ndarray,
-    submit_tiles: Callable[[np.ndarray], Future[np.ndarray]],
-    *,
-    scale: int,
-    tile_size: int,
-    overlap: int,
-    batch_size: int = 1,
-    in_flight: int = 2,
-    fit: bool = False,
-    interrupt: Callable[[], None] | None = None,
-) -> np.ndarray:
-    """Upscales an image tile by tile through a model that answers with futures.
-
-    Up to `in_flight` groups of tiles are submitted before the oldest is stitched, so that
-    cutting and stitching on the CPU overlap with the model working on the next group (on a
-    GPU, or in a batcher that merges groups of several requests into one model call).
-
-    Args:
-        image: RGB image of shape (H, W, 3), uint8 or float32 with values in 0-255.
-        submit_tiles: Receives a float32 array of k tiles, shape (k, tile_size, tile_size, 3)
-            with 1 <= k <= batch_size (only the last group of an image is short; it is not
-            padded, so whoever batches tiles can fill the rest with other work), and returns a
-            future of the upscaled tiles, shape (k, tile_size * scale, tile_size * scale, 3).
-        scale: Upscaling factor of the model.
-        tile_size: Side of the square tiles, in input pixels.
-        overlap: Context in input pixels kept around each seam and cropped after upscaling.
-        batch_size: Most tiles per submitted group.
-        in_flight: Groups submitted and not yet stitched, at most (1: one at a time).
-        fit: Tiles fitted to this image (`fit_window`) instead of `tile_size` squares.
-        interrupt: Called before each group of tiles is cut; whatever it raises abandons the
-            upscale (the service raises when the client has gone), and the groups already
-            submitted are cancelled.
-
-    Returns:
-        The upscaled image, uint8 of shape (H * scale, W * scale, 3), rounded and clipped.
-
-    Raises:
-        ValueError: On a malformed image or geometry, or when a result has the wrong shape.
-    """
-    image = np.asarray(image)
-    _check_image(image, scale, batch_size)
-    if in_flight < 1:
-        raise ValueError(f"in_flight must be positive, got {in_flight}")
-    height, width = image.shape[:2]
-    tile_rows, tile_cols = tile_shape(height, width, tile_size, overlap, fit=fit)
-    spans = plan_tiles(height, width, tile_size, overlap, fit=fit)
-    padded = pad_to_tile(image, (tile_rows, tile_cols))
-    output = np.empty((height * scale, width * scale, 3), dtype=np.uint8)
-
-    def stitch(group: list[TileSpan], future: Future[np.ndarray]) -> None:
-        upscaled = np.asarray(future.result())
-        expected_shape = (len(group), tile_rows * scale, tile_cols * scale, 3)
-        if upscaled.shape != expected_shape:
-            raise ValueError(
-                f"model returned shape {upscaled.shape} for {len(group)} tile(s) of "
-                f"{tile_cols}x{tile_rows}; expected {expected_shape}"
-            )
-        for span, tile in zip(group, upscaled, strict=True):
-            rows, cols = span.rows, span.cols
-            kept = tile[
-                (rows.keep_start - rows.start) * scale : (rows.keep_end - rows.start) * scale,
-                (cols.keep_start - cols.start) * scale : (cols.keep_end - cols.start) * scale,
-            ]
-            output[
-                rows.keep_start * scale : rows.keep_end * scale,
-                cols.keep_start * scale : cols.keep_end * scale,
-            ] = _to_uint8(kept)
-
-    pending: deque[tuple[list[TileSpan], Future[np.ndarray]]] = deque()
-    try:
-        for first in range(0, len(spans), batch_size):
-            if interrupt is not None:
-                interrupt()
-            group = spans[first : first + batch_size]
-            # A fresh array per group: a model or batcher that keeps the array it was given
-            # never sees it overwritten by the next group.
-            tiles = np.empty((len(group), tile_rows, tile_cols, 3), dtype=np.float32)
-            for index, span in enumerate(group):
-                tiles[index] = padded[
-                    span.rows.start : span.rows.start + tile_rows,
-                    span.cols.start : span.cols.start + tile_cols,
-                ]
-            pending.append((group, submit_tiles(tiles)))
-            if len(pending) >= in_flight:
-                stitch(*pending.popleft())
-        while pending:
-            stitch(*pending.popleft())
-    finally:
-        # After a failure, work not yet started is dropped rather than computed for nobody.
-        for _, future in pending:
-            future.cancel()
-    return output
+def _stitch(output: np.ndarray, span: TileSpan, tile: np.ndarray, scale: int) -> None:
+    """Writes the kept part of one upscaled tile into the output, rounded to uint8."""
+    rows, cols = span.rows, span.cols
+    kept = tile[
+        (rows.keep_start - rows.start) * scale : (rows.keep_end - rows.start) * scale,
+        (cols.keep_start - cols.start) * scale : (cols.keep_end - cols.start) * scale,
+    ]
+    output[
+        rows.keep_start * scale : rows.keep_end * scale,
+        cols.keep_start * scale : cols.keep_end * scale,
+    ] = _to_uint8(kept)
 
 
 def upscale_tiled(
@@ -366,33 +256,30 @@ def upscale_tiled(
     """
     image = np.asarray(image)
     _check_image(image, scale, batch_size)
-
-    def run_padded(tiles: np.ndarray) -> Future[np.ndarray]:
-        count, tile_rows, tile_cols = tiles.shape[:3]
-        expected_shape = (batch_size, tile_rows * scale, tile_cols * scale, 3)
-        batch = tiles
-        if count < batch_size:
-            # Every call gets the one fixed shape: the unused slots are zero tiles.
-            batch = np.zeros((batch_size, *tiles.shape[1:]), dtype=np.float32)
-            batch[:count] = tiles
+    height, width = image.shape[:2]
+    tile_rows, tile_cols = tile_shape(height, width, tile_size, overlap, fit=fit)
+    spans = plan_tiles(height, width, tile_size, overlap, fit=fit)
+    padded = pad_to_tile(image, (tile_rows, tile_cols))
+    output = np.empty((height * scale, width * scale, 3), dtype=np.uint8)
+    expected_shape = (batch_size, tile_rows * scale, tile_cols * scale, 3)
+    for first in range(0, len(spans), batch_size):
+        if interrupt is not None:
+            interrupt()
+        group = spans[first : first + batch_size]
+        # A fresh batch per call, so a model that keeps its input never sees it overwritten; the
+        # unused slots of a short last batch are zero tiles, so every call gets the one shape.
+        batch = np.zeros((batch_size, tile_rows, tile_cols, 3), dtype=np.float32)
+        for index, span in enumerate(group):
+            batch[index] = padded[
+                span.rows.start : span.rows.start + tile_rows,
+                span.cols.start : span.cols.start + tile_cols,
+            ]
         upscaled = np.asarray(run_tiles(batch))
         if upscaled.shape != expected_shape:
             raise ValueError(
                 f"model returned shape {upscaled.shape} for input {batch.shape}; "
                 f"expected {expected_shape}"
             )
-        future: Future[np.ndarray] = Future()
-        future.set_result(upscaled[:count])
-        return future
-
-    return upscale_tiled_async(
-        image,
-        run_padded,
-        scale=scale,
-        tile_size=tile_size,
-        overlap=overlap,
-        batch_size=batch_size,
-        in_flight=1,
-        fit=fit,
-        interrupt=interrupt,
-    )
+        for span, tile in zip(group, upscaled, strict=False):
+            _stitch(output, span, tile, scale)
+    return output

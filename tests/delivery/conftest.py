@@ -26,5 +26,5 @@ def load_script(name: str) -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def replay() -> ModuleType:
-    return load_script("replay_service_image")
+def check() -> ModuleType:
+    return load_script("check_service_image")

@@ -1,9 +1,11 @@
-"""The Dockerfile, proven without a Docker engine: hadolint, its structure, and the replay plan that
-scripts/replay_service_image.py executes in CI (`make test`)."""
+"""The Dockerfile, proven without a Docker engine: hadolint, its structure, and what
+scripts/check_service_image.py (run by `make test`) takes from it and reproduces."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import pytest
 from tests.delivery.conftest import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
+TEXT = DOCKERFILE.read_text()
 
 
 def _hadolint() -> str | None:
@@ -22,13 +25,11 @@ def _hadolint() -> str | None:
     return str(beside_python) if beside_python.exists() else shutil.which("hadolint")
 
 
-@pytest.fixture(scope="module")
-def dockerfile(replay):
-    return replay.parse_dockerfile(DOCKERFILE.read_text())
-
-
-def _instructions(dockerfile, stage: str, keyword: str) -> list[str]:
-    return [ins.args for ins in dockerfile.stages[stage].instructions if ins.keyword == keyword]
+def _instructions(stage: str, keyword: str) -> list[str]:
+    """The arguments of one stage's `keyword` instructions, continuation lines joined."""
+    text = TEXT if stage == "" else TEXT.split(f" AS {stage}\n", 1)[1].split("\nFROM ", 1)[0]
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return re.findall(rf"^{keyword} (.*)$", joined, re.M)
 
 
 def test_hadolint_finds_nothing():
@@ -41,43 +42,54 @@ def test_hadolint_finds_nothing():
     assert result.returncode == 0 and json.loads(result.stdout or "[]") == [], result.stdout
 
 
-def test_stages_and_default_target(dockerfile):
-    assert list(dockerfile.stages) == ["base", "service-build", "train", "service"]
+def test_stages_and_default_target():
+    stages = re.findall(r"^FROM (\S+) AS (\S+)$", TEXT, re.M)
+    assert stages == [
+        ("${PYTHON_IMAGE}", "base"),
+        ("base", "service-build"),
+        ("base", "train"),
+        ("base", "service"),
+    ]
     # `docker build .` builds the last stage: it must be the service.
-    assert list(dockerfile.stages)[-1] == "service"
-    assert dockerfile.global_args["PYTHON_IMAGE"] == "python:3.11-slim-bookworm"
+    assert TEXT.count("\nFROM ") == 4
+    assert TEXT.index("ARG PYTHON_IMAGE=python:3.11-slim-bookworm\n") < TEXT.index("\nFROM ")
 
 
-def test_service_image_is_non_root_with_a_readiness_healthcheck(dockerfile, replay):
-    users = _instructions(dockerfile, "service", "USER")
+def test_service_image_is_non_root_with_a_readiness_healthcheck():
+    users = _instructions("service", "USER")
     assert users and users[-1].split(":")[0] not in ("0", "root")
-    (healthcheck,) = _instructions(dockerfile, "service", "HEALTHCHECK")
+    (healthcheck,) = _instructions("service", "HEALTHCHECK")
     assert "--start-period" in healthcheck
     assert "http://127.0.0.1:8000/readyz" in healthcheck
-    assert _instructions(dockerfile, "service", "EXPOSE") == ["8000"]
-    cmd = replay.exec_form(_instructions(dockerfile, "service", "CMD")[-1])
+    assert _instructions("service", "EXPOSE") == ["8000"]
+    assert _instructions("service", "ENTRYPOINT") == []  # the check runs the CMD alone
+    cmd = json.loads(_instructions("service", "CMD")[-1])
     assert cmd[:3] == ["python", "-m", "service"]
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
     assert cmd[cmd.index("--port") + 1] == "8000"
 
 
-def test_service_image_bakes_in_models_and_lets_the_path_be_replaced(dockerfile):
-    assert "models/ /app/models/" in _instructions(dockerfile, "service", "COPY")
-    assert "UPSCALER_MODEL_PATH=/app/models/edsr_x4.onnx" in _instructions(
-        dockerfile, "service", "ENV"
-    )
+def test_service_image_bakes_in_the_model_the_check_serves(check):
+    assert "models/ /app/models/" in _instructions("service", "COPY")
+    (model,) = [e for e in _instructions("service", "ENV") if e.startswith("UPSCALER_MODEL_PATH=")]
+    assert model == "UPSCALER_MODEL_PATH=/app/models/edsr_x4.onnx"
+    assert check.MODEL == ROOT / "models" / "edsr_x4.onnx" and check.MODEL.is_file()
 
 
-def test_service_venv_gets_only_the_service_dependencies(dockerfile):
-    copies = _instructions(dockerfile, "service-build", "COPY")
+def test_service_venv_gets_only_the_service_dependencies():
+    copies = _instructions("service-build", "COPY")
     assert not any("training" in copy for copy in copies)
-    (run,) = _instructions(dockerfile, "service-build", "RUN")
-    assert 'pip install "/build${SERVICE_EXTRAS:+[${SERVICE_EXTRAS}]}"' in run
-    assert "tensorflow" in run  # the build itself refuses a TensorFlow stack
-    assert "SERVICE_EXTRAS=gpu" in _instructions(dockerfile, "service-build", "ARG")
-    # The runtime stage takes the venv and nothing else from the build stage.
-    from_copies = [c for c in _instructions(dockerfile, "service", "COPY") if "--from" in c]
+    (run,) = _instructions("service-build", "RUN")
+    assert 'pip install "./${SERVICE_EXTRAS:+[${SERVICE_EXTRAS}]}"' in run
+    assert "pip check" in run
+    assert "tensorflow" in run and "keras" in run  # the build itself refuses a TensorFlow stack
+    assert "SERVICE_EXTRAS=gpu" in _instructions("service-build", "ARG")
+    assert _instructions("service-build", "WORKDIR") == ["/build"]
+    # The runtime stage takes the venv and nothing else from the build stage, and installs
+    # nothing of its own: what the check installs is what the image runs.
+    from_copies = [c for c in _instructions("service", "COPY") if "--from" in c]
     assert from_copies == ["--from=service-build /opt/venv /opt/venv"]
+    assert not any(re.search(r"\bpip3? ", run) for run in _instructions("service", "RUN"))
 
 
 def test_gpu_extra_brings_cuda_and_cudnn_wheels():
@@ -89,119 +101,85 @@ def test_gpu_extra_brings_cuda_and_cudnn_wheels():
     assert "tensorflow" not in base and "keras" not in base
 
 
-def test_train_target_has_the_training_stack_and_runs_the_retrain_script(dockerfile, replay):
-    (run,) = _instructions(dockerfile, "train", "RUN")[:1]
-    assert '"/build[${TRAIN_EXTRAS}]"' in run
-    assert "TRAIN_EXTRAS=train" in _instructions(dockerfile, "train", "ARG")
-    assert replay.exec_form(_instructions(dockerfile, "train", "ENTRYPOINT")[0]) == [
-        "bash",
-        "scripts/retrain.sh",
-    ]
-    users = _instructions(dockerfile, "train", "USER")
+def test_train_target_has_the_training_stack_and_runs_the_retrain_script():
+    (run, _) = _instructions("train", "RUN")
+    assert 'pip install "./[${TRAIN_EXTRAS}]"' in run
+    assert "TRAIN_EXTRAS=train" in _instructions("train", "ARG")
+    assert json.loads(_instructions("train", "ENTRYPOINT")[0]) == ["bash", "scripts/retrain.sh"]
+    users = _instructions("train", "USER")
     assert users and users[-1].split(":")[0] not in ("0", "root")
 
 
-def test_dockerignore_lets_every_copy_source_through(dockerfile, replay):
-    ignore = replay.DockerIgnore((ROOT / ".dockerignore").read_text())
-    for stage in dockerfile.stages.values():
-        for ins in stage.instructions:
-            if ins.keyword != "COPY" or ins.args.startswith("--from"):
-                continue
-            for source in ins.args.split()[:-1]:
-                assert not ignore.excluded(source.rstrip("/")), source
-                # Every stage, the train stage too, which the replay does not build.
-                assert (ROOT / source).exists(), f"line {ins.line}: COPY of a missing {source}"
-    assert not ignore.excluded("service/main.py")
+def _dockerignored(path: str) -> bool:
+    """.dockerignore's verdict for a path: the last pattern matching it or a parent folder wins
+    (`*` and `?` stay within one folder, `**` spans any number)."""
+    tokens = {"**/": "(.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated, pattern = pattern.startswith("!"), pattern.lstrip("!").strip("/")
+        split = re.split(r"(\*\*/|\*\*|\*|\?)", pattern)
+        regex = re.compile("".join(tokens.get(part, re.escape(part)) for part in split))
+        if any(regex.fullmatch(prefix) for prefix in prefixes):
+            excluded = not negated
+    return excluded
+
+
+def test_dockerignore_lets_every_copy_source_through():
+    for copy in _instructions("", "COPY"):
+        if copy.startswith("--from"):
+            continue
+        for source in copy.split()[:-1]:
+            assert (ROOT / source).exists(), f"COPY of a missing {source}"
+            assert not _dockerignored(source.rstrip("/")), source
+    assert not _dockerignored("service/main.py")
     for private in (".venv/bin/python", "runs/x/best.keras", ".git/HEAD", "tests/conftest.py"):
-        assert ignore.excluded(private), private
-    assert ignore.excluded("service/__pycache__/main.cpython-311.pyc")
+        assert _dockerignored(private), private
+    assert _dockerignored("service/__pycache__/main.cpython-311.pyc")
+    assert _dockerignored("models/runs/x/state.json")
 
 
-def test_replay_plan_follows_the_dockerfile(replay):
-    plan = replay.build_plan(DOCKERFILE.read_text())
-    assert plan.build_stage == "service-build"
-    assert plan.build_args == {"SERVICE_EXTRAS": ""}  # CI replays the CPU variant
-    runs = [step for step in plan.steps if step.kind == "run"]
-    assert len(runs) == 1 and "pip install" in runs[0].text
-    assert runs[0].env["SERVICE_EXTRAS"] == ""
-    assert runs[0].env["VIRTUAL_ENV"] == "/opt/venv"
-    assert runs[0].shell == ["/bin/bash", "-o", "pipefail", "-c"]
-    skipped = [step.text for step in plan.steps if step.kind == "skip"]
-    assert any("useradd" in text for text in skipped)
-    assert any("ldconfig" in text for text in skipped)
-    copies = [(step.sources, step.dest) for step in plan.steps if step.kind == "copy"]
-    assert (["service/"], "/build/service/") in copies
-    assert (["models/"], "/app/models/") in copies
-    assert plan.runtime_env["UPSCALER_MODEL_PATH"] == "/app/models/edsr_x4.onnx"
-    assert plan.runtime_env["PATH"].startswith("/opt/venv/bin:")
-    assert plan.runtime_workdir == "/app"
-    gpu = replay.build_plan(DOCKERFILE.read_text(), {"SERVICE_EXTRAS": "gpu"})
-    assert [s.env["SERVICE_EXTRAS"] for s in gpu.steps if s.kind == "run"] == ["gpu"]
+# --- scripts/check_service_image.py ---------------------------------------------------------------
 
 
-def test_replay_maps_image_paths_into_the_temporary_folder(replay, tmp_path):
-    plan = replay.build_plan(DOCKERFILE.read_text())
-    replayer = replay.Replayer(plan, tmp_path, sys.executable)
-    assert replayer.map('pip install "/build[x]"') == f'pip install "{tmp_path}/build[x]"'
-    assert replayer.map("/opt/venv/bin:/usr/bin") == f"{tmp_path}/opt/venv/bin:/usr/bin"
-    assert replayer.map("/bin/bash /application /app") == f"/bin/bash /application {tmp_path}/app"
-    assert replay.localise(plan.cmd, 4321)[-4:] == ["--host", "127.0.0.1", "--port", "4321"]
-    assert "http://127.0.0.1:4321/readyz" in replay.localise(plan.healthcheck, 4321)[-1]
+def test_check_installs_what_the_service_build_stage_copies(check):
+    copies = [c.split()[:-1] for c in _instructions("service-build", "COPY")]
+    assert check.copy_sources(TEXT) == [source for sources in copies for source in sources]
+    assert check.copy_sources(TEXT) == ["pyproject.toml", "README.md", "service/"]
+    # The stage's pip argument, "./${SERVICE_EXTRAS:+[${SERVICE_EXTRAS}]}", as the shell expands it.
+    assert check.target("") == "./"
+    assert check.target("gpu") == "./[gpu]"
+    assert check.FORBIDDEN[:2] == ("tensorflow", "keras")
 
 
-def test_dockerfile_parsing_details(replay):
-    parsed = replay.parse_dockerfile(
-        "ARG IMG=python:3.11\n"
-        "FROM ${IMG} AS one\n"
-        "# a comment\n"
-        "ENV A=1 \\\n"
-        "    # comment inside a continuation\n"
-        '    B="two words" PATH=/x:$PATH\n'
-        "FROM one\n"
-        "RUN echo hi\n"
-    )
-    assert parsed.global_args == {"IMG": "python:3.11"}
-    assert list(parsed.stages) == ["one", "1"]
-    (env,) = parsed.stages["one"].instructions
-    assert replay.parse_env(env.args, {"PATH": "/bin"}) == {
-        "A": "1",
-        "B": "two words",
-        "PATH": "/x:/bin",
-    }
-    assert replay.expand("${X:-d}/${Y}/$Z", {"Y": "y", "Z": "z"}) == "d/y/z"
+def test_check_runs_the_image_command_and_healthcheck_on_a_loopback_port(check):
+    cmd, probe = check.image_commands(TEXT, 4321)
+    assert cmd == ["python", "-m", "service", "--host", "127.0.0.1", "--port", "4321"]
+    assert probe[:2] == ["python", "-c"] and "http://127.0.0.1:4321/readyz" in probe[2]
+    assert ":8000" not in " ".join(probe)
+    image_probe = json.loads(_instructions("service", "HEALTHCHECK")[0].split(" CMD ", 1)[1])
+    assert probe[2] == image_probe[2].replace(":8000/", ":4321/")
 
 
-def test_png_helpers_round_trip(replay):
-    assert replay.png_size(replay.tiny_png(12, 8)) == (12, 8)
-    pil = pytest.importorskip("PIL.Image")
-    import io
+def test_check_png_is_a_small_rgb_png(check):
+    from PIL import Image
 
-    with pil.open(io.BytesIO(replay.tiny_png(5, 3))) as image:
-        assert image.size == (5, 3) and image.mode == "RGB"
-
-
-@pytest.mark.parametrize(
-    ("addition", "message"),
-    [
-        ('ENTRYPOINT ["tini", "--"]', "ENTRYPOINT"),
-        ("RUN pip uninstall -y pillow", "a pip command in stage 'service'"),
-    ],
-)
-def test_replay_refuses_service_stage_changes_it_would_not_reproduce(replay, addition, message):
-    text = DOCKERFILE.read_text()
-    marker = "\nCMD ["
-    head, tail = text.rsplit(marker, 1)
-    with pytest.raises(replay.ReplayError, match=message):
-        replay.build_plan(f"{head}\n{addition}{marker}{tail}")
+    with Image.open(io.BytesIO(check.png(12, 8))) as image:
+        assert (image.format, image.size, image.mode) == ("PNG", (12, 8), "RGB")
+        assert len(image.getcolors()) > 1
 
 
-def test_replay_dry_run_prints_the_plan():
+def test_check_dry_run_prints_the_steps():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "replay_service_image.py"), "--dry-run"],
+        [sys.executable, str(ROOT / "scripts" / "check_service_image.py"), "--dry-run"],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "environment built in stage 'service-build'" in result.stdout
-    assert "{'SERVICE_EXTRAS': ''}" in result.stdout
+    assert "copy ['pyproject.toml', 'README.md', 'service/']; pip install './'" in result.stdout
+    assert "'-m', 'service', '--host', '127.0.0.1'" in result.stdout

@@ -71,7 +71,7 @@ def test_make_recipes_do_what_the_readme_says(tmp_path):
         "ruff check .",
         "ruff format --check .",
         "-m pytest",
-        "scripts/replay_service_image.py",
+        "scripts/check_service_image.py",
     ):
         assert command in test
     retrain = dry_run("retrain", "DATA=a b", "ARGS=--steps 4")

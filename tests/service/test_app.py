@@ -21,10 +21,10 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageCms
 
 from service.config import Settings
+from service.deps import ServiceState
+from service.engine import OnnxEngine
 from service.exceptions import ModelLoadError
 from service.main import create_app
-from service.runtime import UpscalerRuntime
-from service.state import ServiceState
 from tests.service.helpers import (
     SCALE,
     encode,
@@ -37,17 +37,17 @@ from tests.service.helpers import (
 SettingsFactory = Callable[..., Settings]
 
 
-class GatedRuntime(UpscalerRuntime):
-    """A real runtime whose `run` can be held, counted, or made to fail, for timing-free tests."""
+class GatedEngine(OnnxEngine):
+    """A real engine whose `run` can be held, counted, or made to fail, for timing-free tests."""
 
     blocking = False
     fail_warm_up = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.entered = threading.Event()
         self.release = threading.Event()
         self.calls = 0
-        super().__init__(*args, **kwargs)
+        super().__init__(settings)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if self.blocking:
@@ -104,8 +104,8 @@ def test_output_matches_direct_tiled_inference(client: TestClient) -> None:
 
     pixels = noise_image(30, 40)
     response = _post_file(client, encode(Image.fromarray(pixels)))
-    runtime = client.app.state.service.runtime
-    expected = upscale_tiled(pixels, runtime.run, scale=SCALE, tile_size=16, overlap=2)
+    engine = client.app.state.service.engine
+    expected = upscale_tiled(pixels, engine.run, scale=SCALE, tile_size=16, overlap=2)
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(response.content))), expected)
 
 
@@ -121,9 +121,9 @@ def test_quality_max_averages_the_eight_flips_and_rotations(client: TestClient) 
     )
     assert response.status_code == 200
     assert response.headers["X-Upscaler-Quality"] == "max"
-    runtime = client.app.state.service.runtime
+    engine = client.app.state.service.engine
     averaged = self_ensemble(
-        lambda image: upscale_tiled(image, runtime.run, scale=SCALE, tile_size=16, overlap=2),
+        lambda image: upscale_tiled(image, engine.run, scale=SCALE, tile_size=16, overlap=2),
         pixels,
     )
     expected = np.clip(np.round(averaged), 0, 255).astype(np.uint8)
@@ -360,17 +360,15 @@ def test_ready_once_warmed_up(client: TestClient, conv_model_path: Path) -> None
 
 
 def test_not_ready_while_warming_up(make_settings: SettingsFactory) -> None:
-    class SlowWarmUp(GatedRuntime):
+    class SlowWarmUp(GatedEngine):
         def warm_up(self) -> float:
             self.entered.set()
             assert self.release.wait(timeout=30)
             return super().warm_up()
 
-    with TestClient(
-        create_app(make_settings(), runtime_factory=SlowWarmUp.from_settings)
-    ) as client:
+    with TestClient(create_app(make_settings(), engine_factory=SlowWarmUp)) as client:
         state = client.app.state.service
-        assert state.runtime.entered.wait(timeout=30)
+        assert state.engine.entered.wait(timeout=30)
         response = client.get("/readyz")
         assert (response.status_code, response.json()["status"]) == (503, "warming_up")
         assert response.headers["retry-after"] == "5"
@@ -378,18 +376,17 @@ def test_not_ready_while_warming_up(make_settings: SettingsFactory) -> None:
         refused = _post_file(client, png_bytes())
         _assert_error(refused, 503, "warming up")
         assert refused.headers["retry-after"] == "5"
-        state.runtime.release.set()
+        state.engine.release.set()
         wait_until_ready(client)
         assert client.get("/readyz").status_code == 200
         assert _post_file(client, png_bytes()).status_code == 200
 
 
 def test_failed_warm_up_keeps_the_service_unready(make_settings: SettingsFactory) -> None:
-    class BrokenWarmUp(GatedRuntime):
+    class BrokenWarmUp(GatedEngine):
         fail_warm_up = True
 
-    factory = BrokenWarmUp.from_settings
-    with TestClient(create_app(make_settings(), runtime_factory=factory)) as client:
+    with TestClient(create_app(make_settings(), engine_factory=BrokenWarmUp)) as client:
         _wait_for(lambda: client.app.state.service.warmup_error is not None)
         response = client.get("/readyz")
         assert (response.status_code, response.json()["status"]) == (503, "failed")
@@ -418,13 +415,13 @@ def test_command_line_exits_when_the_model_is_missing(tmp_path: Path) -> None:
 
 def test_full_queue_answers_503_with_retry_after(make_settings: SettingsFactory) -> None:
     settings = make_settings(max_concurrency=1, max_queue=1, retry_after_seconds=7)
-    with TestClient(create_app(settings, runtime_factory=GatedRuntime.from_settings)) as client:
+    with TestClient(create_app(settings, engine_factory=GatedEngine)) as client:
         wait_until_ready(client)
         state = client.app.state.service
-        state.runtime.blocking = True
+        state.engine.blocking = True
         with ThreadPoolExecutor(max_workers=2) as pool:
             running = pool.submit(_post_file, client, png_bytes())
-            assert state.runtime.entered.wait(timeout=30)
+            assert state.engine.entered.wait(timeout=30)
             queued = pool.submit(_post_file, client, png_bytes())
             _wait_for(lambda: state.gate.waiting == 1)
 
@@ -435,7 +432,7 @@ def test_full_queue_answers_503_with_retry_after(make_settings: SettingsFactory)
             assert "upscaler_queue_depth 1.0" in metrics
             assert "upscaler_inflight 1.0" in metrics
 
-            state.runtime.release.set()
+            state.engine.release.set()
             assert running.result().status_code == 200
             assert queued.result().status_code == 200
 
@@ -533,15 +530,15 @@ def test_a_trickling_upload_times_out_with_408(make_settings: SettingsFactory) -
 
 
 def test_client_gone_while_queued_costs_no_inference(make_settings: SettingsFactory) -> None:
-    app = create_app(make_settings(), runtime_factory=GatedRuntime.from_settings)
+    app = create_app(make_settings(), engine_factory=GatedEngine)
 
-    runtimes: list[GatedRuntime] = []
+    engines: list[GatedEngine] = []
 
     async def scenario() -> int:
         async with _started(app) as state:
-            runtimes.append(state.runtime)
-            state.runtime.blocking = True
-            state.runtime.release.set()
+            engines.append(state.engine)
+            state.engine.blocking = True
+            state.engine.release.set()
             async with state.gate.slot():  # someone else's upscale is running
                 request = asyncio.create_task(
                     _asgi_post(app, [png_bytes()], {"content-type": "image/png"}, [0])
@@ -552,7 +549,7 @@ def test_client_gone_while_queued_costs_no_inference(make_settings: SettingsFact
             return status
 
     assert asyncio.run(scenario()) == 499
-    assert runtimes[0].calls == 0
+    assert engines[0].calls == 0
     assert app.state.metrics.requests.labels(status="499")._value.get() == 1
 
 
@@ -600,49 +597,38 @@ def test_uploads_beyond_the_concurrent_limit_get_503(make_settings: SettingsFact
     assert slow_status == 415  # the slow one was read to the end (and is no image)
 
 
-@pytest.mark.parametrize(
-    ("overrides", "most_calls"),
-    [
-        ({}, 1),
-        # Through the batcher, two groups of tiles are in flight when the client leaves.
-        ({"tile_batch_size": 2, "tile_mode": "fixed"}, 2),
-    ],
-    ids=["direct", "batcher"],
-)
 def test_client_gone_during_the_upscale_stops_it(
     make_settings: SettingsFactory,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-    overrides: dict[str, Any],
-    most_calls: int,
 ) -> None:
-    # 48x48 is nine 16-pixel fitted tiles (sixteen fixed ones). The client leaves while the
-    # first call is in the model; the tiles not yet handed to the model are never run.
-    import service.main
+    # 48x48 is nine 16-pixel fitted tiles. The client leaves while the first call is in the
+    # model; the tiles not yet handed to the model are never run.
+    import service.routes
 
-    monkeypatch.setattr(service.main, "DISCONNECT_POLL_SECONDS", 0.01)
-    app = create_app(make_settings(**overrides), runtime_factory=GatedRuntime.from_settings)
-    runtimes: list[GatedRuntime] = []
+    monkeypatch.setattr(service.routes, "DISCONNECT_POLL_SECONDS", 0.01)
+    app = create_app(make_settings(), engine_factory=GatedEngine)
+    engines: list[GatedEngine] = []
 
     async def scenario() -> int:
         async with _started(app) as state:
-            runtimes.append(state.runtime)
-            state.runtime.blocking = True
+            engines.append(state.engine)
+            state.engine.blocking = True
             gone = asyncio.Event()
             request = asyncio.create_task(
                 _asgi_post(app, [png_bytes(48, 48)], {"content-type": "image/png"}, [0], gone=gone)
             )
-            await anyio.to_thread.run_sync(state.runtime.entered.wait, 30)
+            await anyio.to_thread.run_sync(state.engine.entered.wait, 30)
             gone.set()
             # The watcher polls every 10 ms: give it a few polls before the tile completes.
             await asyncio.sleep(0.2)
-            state.runtime.release.set()
+            state.engine.release.set()
             status, _, _ = await request
             return status
 
     with caplog.at_level("INFO", logger="service"):
         assert asyncio.run(scenario()) == 499
-    assert 1 <= runtimes[0].calls <= most_calls
+    assert engines[0].calls == 1
     assert app.state.metrics.requests.labels(status="499")._value.get() == 1
     assert "POST /upscale abandoned: the client disconnected" in caplog.text
 

@@ -1,5 +1,5 @@
-"""The HTTP layer's performance features: content negotiation, timing headers, tile modes and
-the batcher behind concurrent requests, and what /readyz reports about them."""
+"""The HTTP layer's performance features: content negotiation, timing headers, tile modes,
+batched tiles under concurrent requests, and what /readyz reports about them."""
 
 from __future__ import annotations
 
@@ -95,9 +95,10 @@ def test_server_timing_splits_the_request(client: TestClient) -> None:
 def test_readyz_reports_the_performance_settings(client: TestClient) -> None:
     body = client.get("/readyz").json()
     assert (body["precision"], body["precision_setting"]) == ("fp32", "auto")
-    assert body["io_binding"] is False
     assert body["tile_mode"] == "fit"  # the CPU provider fits tiles to the image
-    assert body["batching"] is None  # one tile per call: nothing to batch
+    assert (body["tile_size"], body["tile_overlap"], body["tile_batch_size"]) == (16, 2, 1)
+    # Service-side I/O binding and the cross-request tile batcher are gone.
+    assert "io_binding" not in body and "batching" not in body
     assert body["encoding"]["png"].startswith("strips")
     assert body["encoding"]["formats"] == ["image/png", "image/webp", "image/jpeg"]
 
@@ -119,10 +120,10 @@ def test_both_tile_modes_serve_the_models_output(
         wait_until_ready(client)
         assert client.get("/readyz").json()["tile_mode"] == tile_mode
         response = _post(client, encode(Image.fromarray(pixels)))
-        runtime = client.app.state.service.runtime
+        engine = client.app.state.service.engine
     # The conv model sees 3x3 pixels: any tiling with overlap 2 equals whole-image inference
     # (one fitted 64-pixel tile covers this image whole).
-    expected = upscale_tiled(pixels, runtime.run, scale=SCALE, tile_size=64, overlap=2, fit=True)
+    expected = upscale_tiled(pixels, engine.run, scale=SCALE, tile_size=64, overlap=2, fit=True)
     assert np.array_equal(_pixels(response), expected)
 
 
@@ -136,13 +137,12 @@ def test_pillow_png_writer_gives_the_same_pixels(make_settings: SettingsFactory)
     assert np.array_equal(outputs[0], outputs[1])
 
 
-def test_concurrent_requests_share_batches_and_get_their_own_images(
+def test_concurrent_requests_in_batched_fixed_tiles_get_their_own_images(
     make_settings: SettingsFactory,
 ) -> None:
     settings = make_settings(
         tile_mode="fixed",
         tile_batch_size=4,
-        batch_wait_ms=5,
         max_concurrency=4,
         max_queue=16,
         max_input_pixels=128 * 128,
@@ -150,14 +150,16 @@ def test_concurrent_requests_share_batches_and_get_their_own_images(
     images = [noise_image(12 + 7 * index, 20 + 5 * index, seed=index) for index in range(6)]
     with TestClient(create_app(settings)) as client:
         wait_until_ready(client)
-        runtime = client.app.state.service.runtime
+        ready = client.get("/readyz").json()
+        engine = client.app.state.service.engine
         with ThreadPoolExecutor(6) as pool:
             responses = list(
                 pool.map(lambda image: _post(client, encode(Image.fromarray(image))), images)
             )
-        batching = client.get("/readyz").json()["batching"]
-    assert batching is not None and batching["batches"] > 0
+    assert (ready["tile_mode"], ready["tile_batch_size"]) == ("fixed", 4)
     for image, response in zip(images, responses, strict=True):
         assert response.status_code == 200
-        expected = upscale_tiled(image, runtime.run, scale=SCALE, tile_size=16, overlap=2)
+        expected = upscale_tiled(
+            image, engine.run, scale=SCALE, tile_size=16, overlap=2, batch_size=4
+        )
         assert np.array_equal(_pixels(response), expected)

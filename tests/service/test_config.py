@@ -24,7 +24,7 @@ def test_defaults() -> None:
     assert settings.model_path == Path("models/edsr_x4.onnx")
     assert settings.providers == list(DEFAULT_PROVIDERS)
     assert (settings.tile_size, settings.tile_overlap, settings.tile_batch_size) == (192, 8, 1)
-    assert (settings.tile_mode, settings.precision, settings.batch_wait_ms) == ("auto", "auto", 2.0)
+    assert (settings.tile_mode, settings.precision) == ("auto", "auto")
     assert (settings.graph_optimization, settings.cpu_mem_arena) == ("all", True)
     assert (settings.png_encoder, settings.encode_threads, settings.jpeg_quality) == (
         "strips",
@@ -89,7 +89,6 @@ def test_performance_settings_from_the_environment(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("UPSCALER_PRECISION", "fp16")
     monkeypatch.setenv("UPSCALER_CPU_MEM_ARENA", "false")
     monkeypatch.setenv("UPSCALER_GRAPH_OPTIMIZATION", "extended")
-    monkeypatch.setenv("UPSCALER_BATCH_WAIT_MS", "0.5")
     monkeypatch.setenv("UPSCALER_TILE_MODE", "fixed")
     monkeypatch.setenv("UPSCALER_PNG_ENCODER", "pillow")
     monkeypatch.setenv("UPSCALER_JPEG_QUALITY", "80")
@@ -99,7 +98,7 @@ def test_performance_settings_from_the_environment(monkeypatch: pytest.MonkeyPat
         False,
         "extended",
     )
-    assert (settings.batch_wait_ms, settings.tile_mode) == (0.5, "fixed")
+    assert settings.tile_mode == "fixed"
     assert (settings.png_encoder, settings.jpeg_quality) == ("pillow", 80)
 
 
@@ -112,10 +111,27 @@ def test_performance_settings_from_the_environment(monkeypatch: pytest.MonkeyPat
         ("png_encoder", "libpng"),
         ("jpeg_quality", 0),
         ("jpeg_quality", 101),
-        ("batch_wait_ms", -1),
         ("encode_threads", -1),
     ],
 )
 def test_performance_settings_are_validated(field: str, value: object) -> None:
     with pytest.raises(ValidationError):
         Settings(**{field: value})
+
+
+def test_the_generated_settings_table_in_docs_api_is_current() -> None:
+    # docs/api.md holds the project's one settings table, written by scripts/settings_table.py.
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location(
+        "settings_table", root / "scripts" / "settings_table.py"
+    )
+    assert spec is not None and spec.loader is not None
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    text = (root / "docs" / "api.md").read_text()
+    assert table.render_table() in text, (
+        "docs/api.md is stale: run `scripts/settings_table.py --write`"
+    )
+    assert text.count(table.BEGIN) == 1

@@ -1,4 +1,4 @@
-"""The real CUDA path: provider options, fp16, I/O binding and batched tiles through the app.
+"""The real CUDA path: provider options, fp16 and batched fixed tiles through the app.
 
 Marked `gpu` and skipped unless onnxruntime really runs the CUDA provider here. Run on a GPU
 machine with `python -m pytest -m gpu tests/service`.
@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.config import Settings
+from service.engine import OnnxEngine
 from service.main import create_app
 from service.ortconfig import cuda_usable
-from service.runtime import UpscalerRuntime
 from tests.service.helpers import CPU_ONLY, batch_runner, noise_image, png_bytes, wait_until_ready
 
 CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -42,31 +42,34 @@ def gpu_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_cuda_runtime_uses_the_service_options_fp16_and_binding(gpu_models: Path) -> None:
-    runtime = UpscalerRuntime(
-        gpu_models, providers=CUDA, tile_size=32, batch_size=4, io_binding=True
-    )
-    assert runtime.primary_provider == "CUDAExecutionProvider", runtime.fallback_reason
-    options = runtime._session.get_provider_options()["CUDAExecutionProvider"]
+def _engine(path: Path, **overrides: object) -> OnnxEngine:
+    values = {"providers": CUDA, "tile_size": 32, "tile_overlap": 4}
+    return OnnxEngine(Settings(model_path=path, **{**values, **overrides}))
+
+
+def test_cuda_engine_uses_the_service_options_and_fp16(gpu_models: Path) -> None:
+    engine = _engine(gpu_models, tile_batch_size=4)
+    assert engine.info.provider == "CUDAExecutionProvider", engine.info.fallback_reason
+    options = engine._session.get_provider_options()["CUDAExecutionProvider"]
     assert options["prefer_nhwc"] == "1"
     assert options["cudnn_conv_algo_search"] == "EXHAUSTIVE"
-    assert (runtime.precision, runtime.io_binding) == ("fp16", True)
-    runtime.warm_up()
+    assert (engine.info.precision, engine.info.tile_mode) == ("fp16", "fixed")
+    engine.warm_up()
     batch = np.stack([noise_image(32, 32, seed=s) for s in range(4)]).astype(np.float32)
     expected = batch_runner(gpu_models)(batch)
-    assert np.abs(runtime.run(batch) - expected).max() <= 1.0
-    assert np.abs(runtime.run(batch[:1]) - expected[:1]).max() <= 1.0  # unbound shape
+    assert np.abs(engine.run(batch) - expected).max() <= 1.0
+    assert np.abs(engine.run(batch[:1]) - expected[:1]).max() <= 1.0  # another shape
 
 
 def test_cuda_fp32_matches_the_cpu(gpu_models: Path) -> None:
-    runtime = UpscalerRuntime(gpu_models, providers=CUDA, tile_size=32, precision="fp32")
+    engine = _engine(gpu_models, precision="fp32")
     batch = noise_image(32, 32)[np.newaxis].astype(np.float32)
-    assert runtime.precision == "fp32"
+    assert engine.info.precision == "fp32"
     # TF32 convolutions on recent GPUs keep about 3 decimal digits.
-    assert np.abs(runtime.run(batch) - batch_runner(gpu_models)(batch)).max() <= 0.5
+    assert np.abs(engine.run(batch) - batch_runner(gpu_models)(batch)).max() <= 0.5
 
 
-def test_app_batches_concurrent_requests_on_the_gpu(gpu_models: Path) -> None:
+def test_app_serves_concurrent_requests_in_batched_tiles_on_the_gpu(gpu_models: Path) -> None:
     settings = Settings(
         model_path=gpu_models,
         providers=CUDA,
@@ -90,13 +93,12 @@ def test_app_batches_concurrent_requests_on_the_gpu(gpu_models: Path) -> None:
     with TestClient(create_app(settings)) as client:
         wait_until_ready(client)
         ready = client.get("/readyz").json()
-        assert (ready["precision"], ready["io_binding"], ready["tile_mode"]) == (
+        assert (ready["precision"], ready["tile_mode"], ready["tile_batch_size"]) == (
             "fp16",
-            False,
             "fixed",
+            4,
         )
         with ThreadPoolExecutor(4) as pool:
             outputs = list(pool.map(lambda _: post(client), range(8)))
-        assert client.get("/readyz").json()["batching"]["batches"] > 0
     for output in outputs:
         assert np.abs(output.astype(int) - reference).max() <= 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.encoding import OutputFormat
+from service.encode import OutputFormat
 from service.exceptions import NotAcceptableError
 from service.negotiation import acceptable_formats, choose_format_for_size
 

@@ -1,4 +1,4 @@
-"""Session, provider and precision choices: pure functions, tested on any machine."""
+"""Provider plans, session options and precision choices: tested on any machine."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
+from service import ortconfig
 from service.ortconfig import (
     GRAPH_OPTIMIZATION_LEVELS,
     choose_precision,
@@ -14,6 +15,7 @@ from service.ortconfig import (
     cudnn_tile_problem,
     declared_filters,
     fp16_path_for,
+    resolve_providers,
     session_options,
 )
 
@@ -42,11 +44,6 @@ def test_training_writes_where_the_service_looks() -> None:
 )
 def test_choose_precision(setting: str, cuda: bool, available: bool, expected: str) -> None:
     assert choose_precision(setting, cuda_active=cuda, fp16_available=available) == expected
-
-
-def test_unknown_precision_is_refused() -> None:
-    with pytest.raises(ValueError, match="precision"):
-        choose_precision("int8", cuda_active=True, fp16_available=True)
 
 
 def test_session_options() -> None:
@@ -106,3 +103,33 @@ def test_cudnn_tile_problem_names_the_largest_batch_that_fits() -> None:
 def test_declared_filters_fall_back_to_the_edsr_baseline() -> None:
     assert declared_filters({"filters": "256"}) == 256
     assert declared_filters({}) == declared_filters({"filters": "many"}) == 64
+
+
+def test_tensorrt_is_skipped_when_its_library_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ortconfig, "tensorrt_libraries_loadable", lambda: False)
+    monkeypatch.setattr(
+        ort,
+        "get_available_providers",
+        lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"],
+    )
+    plan = resolve_providers(["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    assert plan.attempted == ("CPUExecutionProvider",)
+    assert "TensorRT library" in plan.skipped["TensorrtExecutionProvider"]
+
+
+def test_tensorrt_is_tried_when_its_library_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ortconfig, "tensorrt_libraries_loadable", lambda: True)
+    monkeypatch.setattr(
+        ort,
+        "get_available_providers",
+        lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"],
+    )
+    plan = resolve_providers(["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    assert plan.attempted == ("TensorrtExecutionProvider", "CPUExecutionProvider")
+
+
+def test_providers_missing_from_the_build_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    plan = resolve_providers(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert plan.attempted == ("CPUExecutionProvider",)
+    assert plan.skipped == {"CUDAExecutionProvider": "not included in this onnxruntime build"}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,6 @@ from service.tiling import (
     plan_tiles,
     tile_shape,
     upscale_tiled,
-    upscale_tiled_async,
 )
 from tests.service.helpers import (
     SCALE,
@@ -286,82 +283,11 @@ def test_fitted_tiles_have_one_shape_per_image() -> None:
     assert shapes == {(1, rows, cols, 3)}
 
 
-class _LazyFuture(Future):
-    """Computes its result only when asked for it, so the test sees what is still in flight."""
-
-    def __init__(self, compute: Callable[[], np.ndarray]) -> None:
-        super().__init__()
-        self._compute = compute
-
-    def result(self, timeout: float | None = None) -> np.ndarray:
-        if not self.done():
-            self.set_result(self._compute())
-        return super().result(timeout)
-
-
-def test_async_tiler_keeps_groups_in_flight_and_matches(conv_model_path: Path) -> None:
-    image = noise_image(50, 41)
-    run = batch_runner(conv_model_path)
-    futures: list[_LazyFuture] = []
-    submitted: list[int] = []
-    most_in_flight = 0
-
-    def submit(tiles: np.ndarray) -> Future:
-        nonlocal most_in_flight
-        submitted.append(tiles.shape[0])
-        futures.append(_LazyFuture(lambda: run(tiles)))
-        most_in_flight = max(most_in_flight, sum(not future.done() for future in futures))
-        return futures[-1]
-
-    result = upscale_tiled_async(
-        image, submit, scale=SCALE, tile_size=TILE, overlap=1, batch_size=3, in_flight=2
-    )
-    expected = upscale_tiled(image, run, scale=SCALE, tile_size=TILE, overlap=1, batch_size=3)
-    np.testing.assert_array_equal(result, expected)
-    assert most_in_flight == 2
-    tiles = len(plan_tiles(50, 41, TILE, 1))
-    # The short last group is submitted as is (not padded): a batcher fills it with other work.
-    assert submitted == [3] * (tiles // 3) + ([tiles % 3] if tiles % 3 else [])
-
-
-def test_async_tiler_cancels_pending_work_on_failure() -> None:
-    futures: list[Future] = []
-
-    def submit(tiles: np.ndarray) -> Future:
-        future: Future = Future()
-        if not futures:
-            future.set_exception(RuntimeError("model failed"))
-        futures.append(future)
-        return future
-
-    with pytest.raises(RuntimeError, match="model failed"):
-        upscale_tiled_async(
-            noise_image(40, 40), submit, scale=SCALE, tile_size=TILE, overlap=2, in_flight=3
-        )
-    assert len(futures) == 3
-    assert all(future.cancelled() for future in futures[1:])
-
-
-def test_async_tiler_checks_result_shapes() -> None:
-    def submit(tiles: np.ndarray) -> Future:
-        future: Future = Future()
-        future.set_result(tiles)  # not upscaled
-        return future
-
-    with pytest.raises(ValueError, match="expected"):
-        upscale_tiled_async(noise_image(9, 9), submit, scale=SCALE, tile_size=8, overlap=1)
-    with pytest.raises(ValueError, match="in_flight"):
-        upscale_tiled_async(
-            noise_image(9, 9), submit, scale=SCALE, tile_size=8, overlap=1, in_flight=0
-        )
-
-
 class _AbandonedError(Exception):
     pass
 
 
-@pytest.mark.parametrize("batched", [False, True])
-def test_interrupt_abandons_the_upscale_between_model_calls(batched: bool) -> None:
+def test_interrupt_abandons_the_upscale_between_model_calls() -> None:
     # 40x40 needs nine 16-pixel tiles; the interrupt fires once two calls have run.
     calls = []
 
@@ -373,20 +299,13 @@ def test_interrupt_abandons_the_upscale_between_model_calls(batched: bool) -> No
         if len(calls) >= 2:
             raise _AbandonedError
 
-    image = noise_image(40, 40)
     with pytest.raises(_AbandonedError):
-        if batched:
-
-            def submit(tiles: np.ndarray) -> Future[np.ndarray]:
-                future: Future[np.ndarray] = Future()
-                future.set_result(model(tiles))
-                return future
-
-            upscale_tiled_async(
-                image, submit, scale=SCALE, tile_size=TILE, overlap=OVERLAP, interrupt=interrupt
-            )
-        else:
-            upscale_tiled(
-                image, model, scale=SCALE, tile_size=TILE, overlap=OVERLAP, interrupt=interrupt
-            )
+        upscale_tiled(
+            noise_image(40, 40),
+            model,
+            scale=SCALE,
+            tile_size=TILE,
+            overlap=OVERLAP,
+            interrupt=interrupt,
+        )
     assert len(calls) == 2

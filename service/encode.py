@@ -1,10 +1,10 @@
 """Encoding the upscaled pixels into the response's image format: PNG, lossless WebP or JPEG.
 
 Pure image work, no HTTP: the HTTP layer picks an `OutputFormat` from the Accept header (see
-`service.negotiation`) and this module turns the arrays the pipeline produced (RGB, optional
-alpha, greyscale flag, ICC profile) into bytes.
+`service.negotiation`) and this module puts back what decoding set aside (alpha, upscaled here;
+the greyscale flag; the ICC profile) and turns the arrays into bytes.
 
-* PNG (the default) is written by `service.pngstream` (strips compressed in parallel, ISA-L when
+* PNG (the default) is written by `service.pngwriter` (strips compressed in parallel, ISA-L when
   installed), or by Pillow when `png_encoder="pillow"`. Both decode to identical pixels.
 * WebP is always lossless, at libwebp's fastest effort: the point of an upscaler is the detail.
   WebP has no greyscale mode, so grey output becomes RGB with equal channels (and a grey ICC
@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from service.imaging import encode_png
-from service.pngstream import encode_png_strips
+from service.decode import icc_colour_space
+from service.host import available_cpus
+from service.pngwriter import deflate_backend, encode_png_strips
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -57,7 +58,7 @@ MAX_SIDE: dict[OutputFormat, int] = {
 class PngEncoder(StrEnum):
     """Implementations of the PNG output."""
 
-    STRIPS = "strips"  # service.pngstream: parallel strips, ISA-L when installed
+    STRIPS = "strips"  # service.pngwriter: parallel strips, ISA-L when installed
     PILLOW = "pillow"  # Pillow's single-threaded encoder
 
 
@@ -88,19 +89,15 @@ class EncodeOptions:
         )
 
 
-#: libwebp's fastest lossless settings (`method` 0; in lossless mode `quality` is the effort),
-#: measured at 12-17 output MP/s on 2 cores against 2-5 MP/s for the defaults, for files about
-#: 15 % larger. `exact` keeps the colour under fully transparent pixels, as PNG does.
+#: libwebp's fastest lossless settings (`method` 0; in lossless mode `quality` is the effort):
+#: several times faster than its defaults for slightly larger files. `exact` keeps the colour
+#: under fully transparent pixels, as PNG does.
 WEBP_LOSSLESS_OPTIONS: dict[str, object] = {
     "lossless": True,
     "method": 0,
     "quality": 0,
     "exact": True,
 }
-
-#: ICC colour space (bytes 16-20 of a profile header) of a greyscale profile.
-_GREY_ICC_SPACE = b"GRAY"
-
 
 #: Rows converted at a time by `luma` and `flatten_on_white`: their integer temporaries are a
 #: few times the size of the pixels, which for whole 8192 x 8192 outputs came to gigabytes.
@@ -129,9 +126,37 @@ def compose(rgb: np.ndarray, alpha: np.ndarray | None = None, grey: bool = False
 
 
 def _save(image: Image.Image, image_format: str, **options: object) -> bytes:
+    if not options.get("icc_profile"):
+        options.pop("icc_profile", None)
     buffer = io.BytesIO()
     image.save(buffer, format=image_format, **options)
     return buffer.getvalue()
+
+
+def resize_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
+    """Upscales an alpha channel (H, W) uint8 with bicubic interpolation to (H*scale, W*scale)."""
+    height, width = alpha.shape
+    resized = Image.fromarray(alpha).resize(
+        (width * scale, height * scale), Image.Resampling.BICUBIC
+    )
+    return np.asarray(resized)
+
+
+def encode_png(
+    rgb: np.ndarray,
+    *,
+    alpha: np.ndarray | None = None,
+    grey: bool = False,
+    icc_profile: bytes | None = None,
+    compress_level: int = 1,
+) -> bytes:
+    """Encodes PNG with Pillow's encoder (RGB, RGBA, L or LA; zlib level 0-9)."""
+    image = Image.fromarray(rgb)
+    if grey:
+        image = image.convert("L")
+    if alpha is not None:
+        image.putalpha(Image.fromarray(alpha))
+    return _save(image, "PNG", compress_level=compress_level, icc_profile=icc_profile)
 
 
 def encode_webp_lossless(
@@ -146,13 +171,10 @@ def encode_webp_lossless(
     if grey:
         # WebP stores colour only; repeating the grey keeps the pixels the PNG would have.
         pixels = pixels[..., [0, 0, 0, 1]] if alpha is not None else pixels[..., [0, 0, 0]]
-        if icc_profile and icc_profile[16:20] == _GREY_ICC_SPACE:
+        if icc_colour_space(icc_profile) == b"GRAY":
             icc_profile = None
     image = Image.fromarray(np.ascontiguousarray(pixels))
-    options = dict(WEBP_LOSSLESS_OPTIONS)
-    if icc_profile:
-        options["icc_profile"] = icc_profile
-    return _save(image, "WEBP", **options)
+    return _save(image, "WEBP", **WEBP_LOSSLESS_OPTIONS, icc_profile=icc_profile)
 
 
 def flatten_on_white(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -183,10 +205,7 @@ def encode_jpeg(
     if alpha is not None:
         pixels = flatten_on_white(pixels, alpha)
     image = Image.fromarray(np.ascontiguousarray(pixels[..., 0]) if grey else pixels)
-    options: dict[str, object] = {"quality": quality}
-    if icc_profile:
-        options["icc_profile"] = icc_profile
-    return _save(image, "JPEG", **options)
+    return _save(image, "JPEG", quality=quality, icc_profile=icc_profile)
 
 
 def encode_output(
@@ -237,8 +256,6 @@ def describe_png_writer(options: EncodeOptions) -> str:
     """Names the PNG writer in use, e.g. `strips (isal level 1, 2 threads)`, for /readyz."""
     if options.png_encoder is PngEncoder.PILLOW:
         return f"pillow (zlib level {options.png_compress_level})"
-    from service.pngstream import default_threads, deflate_backend
-
     backend = deflate_backend(options.png_compress_level)
-    threads = options.encode_threads or default_threads()
+    threads = options.encode_threads or available_cpus()
     return f"strips ({backend.name} level {backend.level}, {threads} threads)"

@@ -1,8 +1,8 @@
-"""A PNG writer that filters and compresses horizontal strips in parallel threads.
+"""The strip PNG writer: filters and compresses horizontal strips in parallel threads.
 
 Pillow's PNG encoder runs on one core and tries every PNG filter on every row; on the service's
-large outputs it runs at 10-20 output megapixels a second, slower than the model on a GPU. This
-writer produces the same image much faster:
+large outputs it is slower than the model on a GPU (docs/benchmarks.md, encode). This writer
+produces the same image much faster:
 
 * Every row gets the PNG "Up" filter (the row minus the row above it), computed with numpy. On
   upscaled pictures, whose neighbouring rows are alike, it compresses about as well as Pillow's
@@ -15,8 +15,8 @@ writer produces the same image much faster:
   (combined from the strips' own checksums) wrap the lot. Each strip is primed with the last
   32 KiB of the strip before it (`zdict`), which a decoder reading the joined stream has just
   seen, so cutting costs almost no compression.
-* Deflate comes from ISA-L (`isal`, several times faster than zlib at its low levels, and smaller
-  output than zlib level 1 here) when it is installed, else from the standard library's zlib.
+* Deflate comes from ISA-L (`isal`, several times faster than zlib at its low levels) when it is
+  installed, else from the standard library's zlib.
 
 Pure numpy and the standard library (plus optional `isal`); no knowledge of HTTP or Pillow.
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -35,13 +34,7 @@ from types import ModuleType
 
 import numpy as np
 
-__all__ = [
-    "DeflateBackend",
-    "adler32_combine",
-    "deflate_backend",
-    "encode_png_strips",
-    "plan_strips",
-]
+from service.host import available_cpus
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: PNG colour type for each channel count: grey, grey + alpha, RGB, RGBA.
@@ -191,14 +184,6 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="png-strip")
 
 
-def default_threads() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _header_chunks(width: int, height: int, channels: int, icc_profile: bytes | None) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, COLOUR_TYPES[channels], 0, 0, 0)
     chunks = PNG_SIGNATURE + _chunk(b"IHDR", header)
@@ -247,7 +232,7 @@ def encode_png_strips(
         raise ValueError(f"cannot encode an empty image of shape {pixels.shape}")
     pixels = np.ascontiguousarray(pixels)
     backend = deflate_backend(level, prefer_isal)
-    threads = threads or default_threads()
+    threads = threads or available_cpus()
     strips = plan_strips(height, width * channels, threads, min_strip_bytes)
     tasks = [
         (pixels, start, end, backend, index == len(strips) - 1)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.pngstream import (
+from service.pngwriter import (
     adler32_combine,
     deflate_backend,
     encode_png_strips,

@@ -1,4 +1,4 @@
-"""Image decoding and PNG encoding around the model.
+"""Decoding an upload into the arrays the model takes; no HTTP, no model.
 
 Input bytes become an RGB uint8 array (what the model sees) plus what must be put back
 afterwards: the alpha channel, whether the picture is greyscale, and its ICC profile. The checks
@@ -16,8 +16,8 @@ Mode handling, in short:
 * Anything else (32-bit float or integer, signed samples, LAB, HSV...) is rejected as
   unsupported.
 
-Grey images are upscaled as RGB with three equal channels and turned back into grey; alpha is
-upscaled separately with bicubic interpolation, since the model only knows colour.
+Grey images are upscaled as RGB with three equal channels and turned back into grey by
+`service.encode`; alpha is upscaled separately, since the model only knows colour.
 """
 
 from __future__ import annotations
@@ -72,9 +72,6 @@ _TARGET_MODES: dict[str, str] = {
     "CMYK": "RGB",
     "YCbCr": "RGB",
 }
-
-#: ICC colour space (bytes 16-20 of a profile header) that fits each output mode.
-_ICC_SPACE_FOR_GREY = {True: b"GRAY", False: b"RGB "}
 
 
 @dataclass(frozen=True)
@@ -276,12 +273,16 @@ def _target_mode(image: Image.Image) -> str:
     return target
 
 
+def icc_colour_space(icc_profile: bytes | None) -> bytes:
+    """The colour space an ICC profile describes, from its header (`b"RGB "`, `b"GRAY"`...)."""
+    return icc_profile[16:20] if icc_profile else b""
+
+
 def _compatible_icc(icc_profile: bytes | None, grey: bool) -> bytes | None:
     # A profile only means something for the colour space it was made for; a CMYK profile on
     # the RGB output, say, would make viewers show wrong colours, so it is dropped.
-    if icc_profile and icc_profile[16:20] == _ICC_SPACE_FOR_GREY[grey]:
-        return icc_profile
-    return None
+    fits = icc_colour_space(icc_profile) == (b"GRAY" if grey else b"RGB ")
+    return icc_profile if fits else None
 
 
 def _decode_loaded(image: Image.Image, info: ImageInfo) -> DecodedImage:
@@ -375,53 +376,3 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
             raise UnsupportedImageError(
                 f"cannot convert pixel mode {image.mode} of this {info.format} file: {exc}"
             ) from exc
-
-
-def resize_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
-    """Upscales an alpha channel with bicubic interpolation.
-
-    Args:
-        alpha: uint8 array of shape (H, W).
-        scale: Integer factor.
-
-    Returns:
-        uint8 array of shape (H * scale, W * scale).
-    """
-    height, width = alpha.shape
-    resized = Image.fromarray(alpha).resize(
-        (width * scale, height * scale), Image.Resampling.BICUBIC
-    )
-    return np.asarray(resized)
-
-
-def encode_png(
-    rgb: np.ndarray,
-    *,
-    alpha: np.ndarray | None = None,
-    grey: bool = False,
-    icc_profile: bytes | None = None,
-    compress_level: int = 1,
-) -> bytes:
-    """Encodes the upscaled pixels as PNG.
-
-    Args:
-        rgb: uint8 array of shape (H, W, 3).
-        alpha: Optional uint8 alpha of shape (H, W); adds an alpha channel (RGBA or LA).
-        grey: Write greyscale (L or LA) instead of colour.
-        icc_profile: ICC profile to embed.
-        compress_level: zlib level, 0 (none) to 9 (smallest, slowest).
-
-    Returns:
-        The PNG file.
-    """
-    image = Image.fromarray(rgb)
-    if grey:
-        image = image.convert("L")
-    if alpha is not None:
-        image.putalpha(Image.fromarray(alpha))
-    options: dict[str, object] = {"compress_level": compress_level}
-    if icc_profile:
-        options["icc_profile"] = icc_profile
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", **options)
-    return buffer.getvalue()

@@ -1,4 +1,4 @@
-"""Decoding every supported mode and format, and encoding the PNG result."""
+"""Decoding every supported mode and format."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
+from service.decode import decode_image, inspect_image
 from service.exceptions import (
     CorruptImageError,
     EmptyUploadError,
     ImageTooLargeError,
     UnsupportedImageError,
 )
-from service.imaging import decode_image, encode_png, inspect_image, resize_alpha
 from tests.service.helpers import encode, noise_image, raw_png, raw_tiff
 
 LIMIT = 10_000
@@ -245,34 +245,3 @@ def test_png_checksum_error_is_corrupt() -> None:
     png[20] ^= 0xFF  # inside the IHDR chunk, so its CRC no longer matches
     with pytest.raises(CorruptImageError):
         decode_image(bytes(png), max_pixels=LIMIT)
-
-
-def test_resize_alpha_uses_bicubic() -> None:
-    alpha = np.array([[0, 255], [255, 0]], dtype=np.uint8)
-    resized = resize_alpha(alpha, 4)
-    expected = np.asarray(Image.fromarray(alpha).resize((8, 8), Image.Resampling.BICUBIC))
-    assert resized.shape == (8, 8)
-    np.testing.assert_array_equal(resized, expected)
-
-
-@pytest.mark.parametrize(
-    ("grey", "with_alpha", "mode"),
-    [(False, False, "RGB"), (False, True, "RGBA"), (True, False, "L"), (True, True, "LA")],
-)
-def test_encode_png_modes(grey: bool, with_alpha: bool, mode: str) -> None:
-    rgb = noise_image(4, 4)
-    if grey:
-        rgb = np.repeat(rgb[..., :1], 3, axis=2)
-    alpha = np.full((4, 4), 9, dtype=np.uint8) if with_alpha else None
-    image = Image.open(io.BytesIO(encode_png(rgb, alpha=alpha, grey=grey)))
-    assert image.format == "PNG"
-    assert image.mode == mode
-    assert image.size == (4, 4)
-    if grey:
-        np.testing.assert_array_equal(np.asarray(image.convert("L")), rgb[..., 0])
-
-
-def test_encode_png_embeds_icc_profile() -> None:
-    profile = _srgb_profile()
-    image = Image.open(io.BytesIO(encode_png(noise_image(2, 2), icc_profile=profile)))
-    assert image.info["icc_profile"] == profile

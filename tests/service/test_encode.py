@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from service.encoding import (
+from service.encode import (
     EncodeOptions,
     OutputFormat,
     PngEncoder,
@@ -16,9 +16,11 @@ from service.encoding import (
     describe_png_writer,
     encode_jpeg,
     encode_output,
+    encode_png,
     encode_webp_lossless,
     flatten_on_white,
     luma,
+    resize_alpha,
 )
 from tests.service.helpers import noise_image
 
@@ -160,3 +162,34 @@ def test_encode_output_dispatches_on_the_format() -> None:
 def test_describe_png_writer() -> None:
     assert describe_png_writer(EncodeOptions(png_encoder=PngEncoder.PILLOW)).startswith("pillow")
     assert describe_png_writer(EncodeOptions(encode_threads=3)).endswith("3 threads)")
+
+
+def test_resize_alpha_uses_bicubic() -> None:
+    alpha = np.array([[0, 255], [255, 0]], dtype=np.uint8)
+    resized = resize_alpha(alpha, 4)
+    expected = np.asarray(Image.fromarray(alpha).resize((8, 8), Image.Resampling.BICUBIC))
+    assert resized.shape == (8, 8)
+    np.testing.assert_array_equal(resized, expected)
+
+
+@pytest.mark.parametrize(
+    ("grey", "with_alpha", "mode"),
+    [(False, False, "RGB"), (False, True, "RGBA"), (True, False, "L"), (True, True, "LA")],
+)
+def test_encode_png_modes(grey: bool, with_alpha: bool, mode: str) -> None:
+    rgb = noise_image(4, 4)
+    if grey:
+        rgb = np.repeat(rgb[..., :1], 3, axis=2)
+    alpha = np.full((4, 4), 9, dtype=np.uint8) if with_alpha else None
+    image = Image.open(io.BytesIO(encode_png(rgb, alpha=alpha, grey=grey)))
+    assert image.format == "PNG"
+    assert image.mode == mode
+    assert image.size == (4, 4)
+    if grey:
+        np.testing.assert_array_equal(np.asarray(image.convert("L")), rgb[..., 0])
+
+
+def test_encode_png_embeds_icc_profile() -> None:
+    profile = _profile("sRGB")
+    image = Image.open(io.BytesIO(encode_png(noise_image(2, 2), icc_profile=profile)))
+    assert image.info["icc_profile"] == profile

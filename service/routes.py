@@ -1,0 +1,238 @@
+"""The endpoints, as plain functions on one `APIRouter`: `POST /upscale`, the probes and metrics.
+
+A request reads top to bottom: the parameters of `upscale` (`service.deps`) check the query, the
+Accept header and the upload in that order, then the pipeline (`service.pipeline`) checks the
+header, waits for a slot and does the work in a worker thread. Errors are domain exceptions,
+mapped to statuses in one table (`service.errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from service.deps import (
+    UPLOAD_FIELD,
+    AcceptedFormats,
+    ReadyService,
+    RequestedQuality,
+    ServiceState,
+    UploadedBytes,
+)
+from service.encode import OutputFormat, describe_png_writer
+from service.errors import UPSCALE_ERROR_RESPONSES
+from service.exceptions import ClientDisconnectedError
+from service.pipeline import Quality, UpscaleResult
+
+router = APIRouter()
+
+UPSCALE_PATH = "/upscale"
+#: How often a running upscale checks whether its client is still there.
+DISCONNECT_POLL_SECONDS = 0.5
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_UPLOAD_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The image, as multipart field `file` or as the raw request body.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [UPLOAD_FIELD],
+                    "properties": {UPLOAD_FIELD: _BINARY["schema"]},
+                }
+            },
+            "image/*": _BINARY,
+        },
+    }
+}
+_HEADERS = {
+    "X-Upscaler-Provider": "onnxruntime execution provider that ran the model.",
+    "X-Inference-Time-Ms": "Model time in milliseconds (excludes queueing, decoding, encoding).",
+    "X-Input-Size": "Input WIDTHxHEIGHT after EXIF rotation.",
+    "X-Output-Size": "Output WIDTHxHEIGHT.",
+    "X-Upscaler-Quality": "`standard` or `max`.",
+    "Server-Timing": "decode, model and encode durations in milliseconds "
+    "(`decode;dur=1.2, model;dur=45.0, encode;dur=8.1`).",
+    "Vary": "`Accept`: the format depends on it.",
+}
+_UPSCALE_SUCCESS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The upscaled image, exactly scale x the input's width and height: PNG "
+        "by default, lossless WebP for `Accept: image/webp`, JPEG for `Accept: image/jpeg`.",
+        "content": {output_format.media_type: _BINARY for output_format in OutputFormat},
+        "headers": {
+            name: {"description": text, "schema": {"type": "string"}}
+            for name, text in _HEADERS.items()
+        },
+    }
+}
+
+
+@router.post(
+    UPSCALE_PATH,
+    summary="Upscale an image",
+    description=(
+        "Send an image (JPEG, PNG, WebP, BMP, TIFF or GIF) as multipart field `file` or as "
+        "the raw body with an `image/*` Content-Type; receive an image with exactly scale x "
+        "its width and height: PNG by default, lossless WebP for `Accept: image/webp`, JPEG "
+        "for `Accept: image/jpeg` (alpha flattened onto white). Alpha, greyscale and the ICC "
+        "profile are kept; EXIF orientation is applied; 16-bit images become 8 bits."
+    ),
+    response_class=Response,
+    responses={**_UPSCALE_SUCCESS, **UPSCALE_ERROR_RESPONSES},
+    openapi_extra=_UPLOAD_OPENAPI,
+)
+async def upscale(
+    request: Request,
+    state: ReadyService,
+    formats: AcceptedFormats,
+    quality: RequestedQuality,
+    data: UploadedBytes,
+) -> Response:
+    """Upscales one image: header check, a slot, then decode → model → encode in a thread."""
+    pipeline = state.pipeline
+    # Reading the header is cheap and rejects bad or oversized files before they queue.
+    output_format = await run_in_threadpool(pipeline.choose_format, data, formats, quality)
+    async with state.gate.slot():
+        # A client that gave up while queued must not cost an inference.
+        if await request.is_disconnected():
+            raise ClientDisconnectedError("the client disconnected while queued")
+        with state.metrics.inflight.track_inprogress():
+            async with _cancel_when_disconnected(request) as cancel:
+                result = await anyio.to_thread.run_sync(
+                    pipeline, data, output_format, quality, cancel, limiter=state.limiter
+                )
+    state.metrics.observe_upscale(
+        result.input_pixels, result.output_pixels, result.inference_seconds
+    )
+    return Response(
+        content=result.content,
+        media_type=result.output_format.media_type,
+        headers=_response_headers(result, state.engine.info.provider, quality),
+    )
+
+
+def _response_headers(result: UpscaleResult, provider: str, quality: Quality) -> dict[str, str]:
+    steps = (
+        ("decode", result.decode_seconds),
+        ("model", result.inference_seconds),
+        ("encode", result.encode_seconds),
+    )
+    return {
+        "X-Upscaler-Provider": provider,
+        "X-Inference-Time-Ms": f"{result.inference_seconds * 1000:.1f}",
+        "X-Input-Size": f"{result.input_width}x{result.input_height}",
+        "X-Output-Size": f"{result.output_width}x{result.output_height}",
+        "X-Upscaler-Quality": quality.value,
+        "Server-Timing": ", ".join(f"{name};dur={s * 1000:.1f}" for name, s in steps),
+        # Caches must not serve a WebP to a client that asked for PNG.
+        "Vary": "Accept",
+    }
+
+
+@contextlib.asynccontextmanager
+async def _cancel_when_disconnected(request: Request) -> AsyncIterator[threading.Event]:
+    """Yields an event that is set when the client disconnects, for the worker thread to poll.
+
+    The upscale runs in a thread that cannot be cancelled from the event loop; the tiler checks
+    this event between model calls instead, so a client that gives up stops costing model time
+    within one call.
+    """
+    cancel = threading.Event()
+    watcher = asyncio.create_task(_watch_disconnect(request, cancel))
+    try:
+        yield cancel
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+    cancel.set()
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    """Always ok while the process runs."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: the model is loaded and warmed up",
+    responses={503: {"description": "Still starting, warming up, or warm-up failed."}},
+)
+async def readyz(request: Request) -> JSONResponse:
+    """`ready` with a description of the model, or 503 `starting`/`warming_up`/`failed`."""
+    state: ServiceState | None = request.app.state.service
+    # Like /upscale's 503s, a not-ready answer says when to look again.
+    retry = {"Retry-After": str(request.app.state.settings.retry_after_seconds)}
+    if state is None:
+        return JSONResponse({"status": "starting"}, status_code=503, headers=retry)
+    if state.warmup_error is not None:
+        body = {"status": "failed", "detail": state.warmup_error, **_describe(state)}
+        return JSONResponse(body, status_code=503, headers=retry)
+    if not state.ready:
+        return JSONResponse(
+            {"status": "warming_up", **_describe(state)}, status_code=503, headers=retry
+        )
+    return JSONResponse({"status": "ready", **_describe(state)})
+
+
+def _describe(state: ServiceState) -> dict[str, Any]:
+    info, settings, encoding = state.engine.info, state.settings, state.pipeline.encode_options
+    warmup = info.warmup_seconds
+    return {
+        "model": {
+            "path": str(info.path),
+            "scale": info.scale,
+            "input": info.input_name,
+            "output": info.output_name,
+            "metadata": dict(info.metadata),
+        },
+        "providers": list(info.providers),
+        "requested_providers": list(info.requested_providers),
+        "skipped_providers": dict(info.skipped_providers),
+        "fallback": info.fallback,
+        "fallback_reason": info.fallback_reason,
+        "precision": info.precision,
+        "precision_setting": info.precision_setting,
+        "tile_size": info.tile_size,
+        "tile_overlap": settings.tile_overlap,
+        "tile_mode": info.tile_mode,
+        "tile_batch_size": info.batch_size,
+        "warmup_ms": None if warmup is None else round(warmup * 1000, 1),
+        "max_concurrency": settings.max_concurrency,
+        "max_queue": settings.max_queue,
+        "encoding": {
+            "png": describe_png_writer(encoding),
+            "jpeg_quality": encoding.jpeg_quality,
+            "formats": [output_format.media_type for output_format in OutputFormat],
+        },
+    }
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def prometheus_metrics(request: Request) -> Response:
+    """The app's metrics, in the format the scraper asks for."""
+    body, content_type = request.app.state.metrics.render(request.headers.get("accept"))
+    return Response(content=body, headers={"Content-Type": content_type})
+
+
+# HEAD too, as load balancers and uptime checkers often probe with it (same status, no body);
+# left out of the OpenAPI page, where it would only repeat the GET operations.
+for _path, _probe in (("/healthz", healthz), ("/readyz", readyz)):
+    router.add_api_route(_path, _probe, methods=["HEAD"], include_in_schema=False)
