@@ -65,13 +65,22 @@ $(TEST_STAMP): pyproject.toml | $(PY)
 	$(PIP_INSTALL) -e '.[train,dev]'
 	@touch $@
 
+# The browser tests (tests/web) drive Debian's chromium through Playwright; Playwright's own
+# browser download (`playwright install`) is never used.
+CHROMIUM := /usr/lib/chromium/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 # --- the two commands ----------------------------------------------------------------------------
 
 serve: $(SERVE_STAMP)
 	@test -f '$(MODEL)' || { echo "No model at $(MODEL). Train one (make retrain DATA=...), or pass MODEL=path/to/model.onnx." >&2; exit 1; }
 	$(PY) -m service --host $(HOST) --port $(PORT) --model '$(MODEL)'
 
-test: $(TEST_STAMP)
+test: $(TEST_STAMP) $(CHROMIUM)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest

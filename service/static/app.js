@@ -1,0 +1,524 @@
+// The upscaler's web page: queue images, send them to POST /upscale one at a time, compare.
+// Plain JavaScript, no framework, no build step; it talks to this page's own origin only.
+"use strict";
+
+const FORMATS = {
+  png: { type: "image/png", ext: "png" },
+  webp: { type: "image/webp", ext: "webp" },
+  jpeg: { type: "image/jpeg", ext: "jpg" },
+};
+const EXT_BY_TYPE = { "image/png": "png", "image/webp": "webp", "image/jpeg": "jpg" };
+const SETTINGS_KEY = "edsr-upscaler.settings";
+const MAX_503_RETRIES = 20;
+
+const $ = (id) => document.getElementById(id);
+const config = JSON.parse($("service-config")?.textContent || "{}");
+let scale = 4;
+const queue = [];
+let shown = null; // the item whose result is on display
+let zoom = "fit";
+let split = 50;
+
+// ---- small helpers -------------------------------------------------------------------------
+
+function el(tag, props = {}, ...children) {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children.filter((child) => child != null));
+  return node;
+}
+
+function bytes(n) {
+  if (n < 1024) return `${n} B`;
+  const units = ["KiB", "MiB", "GiB"];
+  let value = n / 1024;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
+}
+
+const megapixels = (pixels) => `${(pixels / 1e6).toFixed(pixels < 1e6 ? 2 : 1)} MP`;
+const side = (pixels) => Math.floor(Math.sqrt(pixels));
+const dims = (w, h) => `${w}×${h}`;
+
+function clock(ms) {
+  const s = ms / 1000;
+  return `${Math.floor(s / 60)}:${(s % 60).toFixed(1).padStart(4, "0")}`;
+}
+
+function announce(text) {
+  $("announce").textContent = text;
+}
+
+function stem(name) {
+  const dot = name.lastIndexOf(".");
+  return dot > 0 ? name.slice(0, dot) : name;
+}
+
+// ---- settings, remembered in localStorage --------------------------------------------------
+
+const settings = { quality: "standard", format: "png", model: "" };
+
+function loadSettings() {
+  try {
+    Object.assign(settings, JSON.parse(localStorage.getItem(SETTINGS_KEY) || "{}"));
+  } catch {
+    // Storage disabled or unreadable: keep the defaults.
+  }
+  if (!(settings.format in FORMATS)) settings.format = "png";
+  if (settings.quality !== "max") settings.quality = "standard";
+  const form = $("options");
+  form.elements.quality.value = settings.quality;
+  form.elements.format.value = settings.format;
+}
+
+function saveSettings() {
+  const form = $("options");
+  settings.quality = form.elements.quality.value;
+  settings.format = form.elements.format.value;
+  settings.model = $("model-field").hidden ? settings.model : $("model").value;
+  try {
+    localStorage.setItem(SETTINGS_KEY, JSON.stringify(settings));
+  } catch {
+    // Not remembered; still used for this visit.
+  }
+  queue.filter((item) => item.state === "waiting" || item.state === "rejected").forEach(check);
+  pump();
+}
+
+// ---- what the service says about itself ----------------------------------------------------
+
+function showLimits() {
+  const { maxUploadBytes: b, maxInputPixels: p, maxEnsembleInputPixels: e } = config;
+  if (!b) return;
+  $("limits").textContent =
+    `Limits: ${bytes(b)} per file, ${megapixels(p)} (${dims(side(p), side(p))}) per image; ` +
+    `quality Max up to ${megapixels(e)} (${dims(side(e), side(e))}).`;
+}
+
+async function pollReady() {
+  const status = $("status");
+  let wait = 5;
+  try {
+    const response = await fetch("/readyz", { cache: "no-store" });
+    const body = await response.json().catch(() => ({}));
+    if (body.model?.scale) scale = body.model.scale;
+    const provider = (body.providers?.[0] || "").replace("ExecutionProvider", "");
+    if (response.ok) {
+      status.dataset.state = "ready";
+      status.textContent = `Ready · ${provider || "model loaded"}${body.fallback ? " (fallback)" : ""}`;
+      return;
+    }
+    status.dataset.state = body.status === "failed" ? "failed" : "starting";
+    status.textContent = body.status === "failed" ? "Model failed to load" : "Warming up…";
+    wait = Number(response.headers.get("Retry-After")) || wait;
+  } catch {
+    status.dataset.state = "failed";
+    status.textContent = "Service unreachable";
+  }
+  setTimeout(pollReady, wait * 1000);
+}
+
+async function loadModels() {
+  // GET /models is optional: without a 200 answer the choice stays hidden.
+  try {
+    const response = await fetch("/models");
+    if (!response.ok) return;
+    const body = await response.json();
+    const list = Array.isArray(body) ? body : body.models;
+    const names = (list || []).map((m) => (typeof m === "string" ? m : m.name || m.id)).filter(Boolean);
+    if (!names.length) return;
+    const select = $("model");
+    select.replaceChildren(...names.map((name) => el("option", { value: name, textContent: name })));
+    if (names.includes(settings.model)) select.value = settings.model;
+    settings.model = select.value;
+    $("model-field").hidden = false;
+  } catch {
+    // No model list: the service picks its model.
+  }
+}
+
+// ---- the queue ------------------------------------------------------------------------------
+
+let pasted = 0;
+
+function addFiles(files, origin) {
+  for (let file of files) {
+    if (origin === "paste") {
+      // Clipboard images are all called "image.png"; give each its own name.
+      pasted += 1;
+      const ext = (file.type.split("/")[1] || "png").replace("jpeg", "jpg");
+      file = new File([file], `pasted-${pasted}.${ext}`, { type: file.type });
+    }
+    const item = { file, state: "waiting", url: URL.createObjectURL(file) };
+    item.node = renderItem(item);
+    updateItem(item);
+    queue.push(item);
+    $("queue").append(item.node.li);
+    measure(item);
+  }
+  $("queue-empty").hidden = queue.length > 0;
+}
+
+async function measure(item) {
+  // Decoding in the browser gives the size before anything is sent. image-orientation is
+  // from-image by default, so a rotated camera JPEG measures as it will be upscaled.
+  const img = new Image();
+  img.src = item.url;
+  try {
+    await img.decode();
+    item.width = img.naturalWidth;
+    item.height = img.naturalHeight;
+  } catch {
+    item.width = item.height = null; // e.g. TIFF: the service may still read it
+  }
+  item.measured = true;
+  check(item);
+  pump();
+}
+
+function check(item) {
+  // Refuses, before any upload, a file the service would refuse for its size.
+  const { maxUploadBytes, maxInputPixels, maxEnsembleInputPixels } = config;
+  const pixels = item.width * item.height;
+  let problem = null;
+  if (maxUploadBytes && item.file.size > maxUploadBytes) {
+    problem = `Too large: ${bytes(item.file.size)}; the service takes up to ${bytes(maxUploadBytes)}.`;
+  } else if (maxInputPixels && pixels > maxInputPixels) {
+    problem = `Too many pixels: ${dims(item.width, item.height)} is ${megapixels(pixels)}; the service takes up to ${megapixels(maxInputPixels)}.`;
+  } else if (settings.quality === "max" && maxEnsembleInputPixels && pixels > maxEnsembleInputPixels) {
+    problem = `Too large for quality Max (${megapixels(pixels)}; up to ${megapixels(maxEnsembleInputPixels)}): choose Standard.`;
+  }
+  if (problem) setState(item, "rejected", problem);
+  else if (item.state === "rejected") setState(item, "waiting", "Waiting");
+  else updateItem(item);
+}
+
+function pump() {
+  if (queue.some((item) => item.state === "running")) return;
+  const next = queue.find((item) => item.state === "waiting" && item.measured);
+  if (next) start(next);
+}
+
+function renderItem(item) {
+  const li = el("li", { className: "item" });
+  const thumb = el("img", { className: "thumb", alt: "", src: item.url });
+  thumb.onerror = () => thumb.classList.add("broken");
+  const name = el("p", { className: "item-name", textContent: item.file.name });
+  const size = el("p", { className: "item-dims" });
+  const status = el("p", { className: "item-status" });
+  const progress = el("progress", { max: 1, value: 0, hidden: true });
+  progress.setAttribute("aria-label", `Progress of ${item.file.name}`);
+  const actions = el("div", { className: "item-actions" });
+  li.append(thumb, el("div", { className: "item-main" }, name, size, status, progress), actions);
+  return { li, size, status, progress, actions };
+}
+
+function button(label, onclick, className = "button") {
+  return el("button", { type: "button", className, textContent: label, onclick });
+}
+
+function setState(item, state, text) {
+  item.state = state;
+  item.statusText = text;
+  updateItem(item);
+}
+
+function updateItem(item) {
+  const { li, size, status, progress, actions } = item.node;
+  li.dataset.state = item.state;
+  const known = item.width != null;
+  const out = known ? ` → ${dims(item.width * scale, item.height * scale)}` : "";
+  size.textContent = item.measured
+    ? `${known ? dims(item.width, item.height) : "size unknown to the browser"}${out} · ${bytes(item.file.size)}`
+    : `${bytes(item.file.size)} · measuring…`;
+  status.textContent = item.statusText || "Waiting";
+  status.setAttribute("role", item.state === "failed" || item.state === "rejected" ? "alert" : "status");
+  progress.hidden = item.state !== "running";
+  const buttons = [];
+  const name = item.file.name;
+  if (item.state === "running") {
+    buttons.push(button("Stop", () => stop(item), "button danger"));
+  } else if (item.state === "waiting") {
+    buttons.push(button("Remove", () => remove(item)));
+  } else if (item.state === "done") {
+    buttons.push(button("Compare", () => show(item)));
+    const link = el("a", { className: "button", href: item.result.url, download: item.result.name, textContent: "Download" });
+    buttons.push(link);
+  } else {
+    if (item.retryable) buttons.push(button("Retry", () => { setState(item, "waiting", "Waiting"); pump(); }));
+    buttons.push(button("Remove", () => remove(item)));
+  }
+  // "Stop photo.png" rather than a row of identical "Stop" buttons for a screen reader.
+  buttons.forEach((b) => b.setAttribute("aria-label", `${b.textContent} ${name}`));
+  actions.replaceChildren(...buttons);
+}
+
+function remove(item) {
+  queue.splice(queue.indexOf(item), 1);
+  item.node.li.remove();
+  URL.revokeObjectURL(item.url);
+  if (item.result) URL.revokeObjectURL(item.result.url);
+  if (shown === item) $("result").hidden = true;
+  $("queue-empty").hidden = queue.length > 0;
+}
+
+// ---- one upscale: upload progress, elapsed time, Stop, 503 with Retry-After -----------------
+
+function start(item) {
+  item.started = performance.now();
+  item.attempts = 0;
+  item.request = { ...settings };
+  setState(item, "running", "Starting…");
+  item.ticker = setInterval(() => tick(item), 100);
+  send(item);
+}
+
+function tick(item) {
+  const elapsed = clock(performance.now() - item.started);
+  let text = item.phase;
+  if (item.retryAt) text += ` in ${Math.ceil((item.retryAt - Date.now()) / 1000)} s`;
+  item.node.status.textContent = `${text} · ${elapsed}`;
+}
+
+function send(item) {
+  const { quality, format, model } = item.request;
+  const params = new URLSearchParams();
+  if (quality === "max") params.set("quality", "max");
+  if (model && !$("model-field").hidden) params.set("model", model);
+  const xhr = new XMLHttpRequest();
+  item.xhr = xhr;
+  item.attempts += 1;
+  item.retryAt = null;
+  item.phase = "Uploading 0 %";
+  xhr.open("POST", `/upscale${params.size ? `?${params}` : ""}`);
+  xhr.responseType = "blob";
+  // The service negotiates the output format from Accept (PNG when nothing else is asked).
+  xhr.setRequestHeader("Accept", FORMATS[format].type);
+  // The raw file as the body: no multipart overhead, so the byte limit is the file's size.
+  const type = item.file.type.startsWith("image/") ? item.file.type : "application/octet-stream";
+  xhr.setRequestHeader("Content-Type", type);
+  const bar = item.node.progress;
+  bar.value = 0;
+  xhr.upload.onprogress = (event) => {
+    if (!event.lengthComputable) return;
+    bar.value = event.loaded / event.total;
+    item.phase = `Uploading ${Math.round(bar.value * 100)} %`;
+  };
+  xhr.upload.onload = () => {
+    bar.removeAttribute("value"); // indeterminate: the service does not report tile progress
+    item.phase = "Upscaling";
+  };
+  xhr.onload = () => received(item, xhr);
+  xhr.onerror = () => finish(item, "failed", "Network error: the service could not be reached.", true);
+  xhr.onabort = () => {}; // Stop settles the item itself
+  xhr.send(item.file);
+}
+
+async function received(item, xhr) {
+  if (xhr.status === 200) {
+    succeeded(item, xhr);
+    return;
+  }
+  let detail = `HTTP ${xhr.status}`;
+  try {
+    detail = JSON.parse(await xhr.response.text()).detail || detail;
+  } catch {
+    // Not the service's JSON (a proxy's page?): the status code will do.
+  }
+  if (xhr.status === 503 && item.attempts < MAX_503_RETRIES) {
+    const wait = Math.max(1, Number(xhr.getResponseHeader("Retry-After")) || 5);
+    item.retryAt = Date.now() + wait * 1000;
+    item.phase = `Service busy (${detail}); retrying`;
+    item.node.progress.value = 0;
+    item.retryTimer = setTimeout(() => item.state === "running" && send(item), wait * 1000);
+    return;
+  }
+  // Retrying helps after a timeout or a server fault, not after a refusal of the file itself.
+  finish(item, "failed", `${xhr.status}: ${detail}`, xhr.status === 408 || xhr.status >= 500);
+}
+
+function succeeded(item, xhr) {
+  const header = (name) => xhr.getResponseHeader(name) || "";
+  const type = header("Content-Type").split(";")[0];
+  const name = `${stem(item.file.name)}_x${scale}.${EXT_BY_TYPE[type] || "png"}`;
+  const [width, height] = header("X-Output-Size").split("x").map(Number);
+  item.result = {
+    url: URL.createObjectURL(xhr.response),
+    name,
+    width,
+    height,
+    facts: [
+      ["Input", header("X-Input-Size").replace("x", "×")],
+      ["Output", `${dims(width, height)} · ${type.replace("image/", "").toUpperCase()} · ${bytes(xhr.response.size)}`],
+      ["Quality", header("X-Upscaler-Quality")],
+      ["Model time", `${header("X-Inference-Time-Ms")} ms`],
+      ["Server timing", header("Server-Timing").replace(/;dur=/g, " ").replace(/, /g, " ms · ") + " ms"],
+      ["Provider", header("X-Upscaler-Provider")],
+      ["Total", clock(performance.now() - item.started)],
+    ],
+  };
+  finish(item, "done", `Done in ${clock(performance.now() - item.started)}`);
+  show(item);
+}
+
+function finish(item, state, text, retryable = false) {
+  item.retryable = retryable || state === "stopped";
+  clearInterval(item.ticker);
+  clearTimeout(item.retryTimer);
+  item.xhr = null;
+  item.retryAt = null;
+  setState(item, state, text);
+  announce(`${item.file.name}: ${text}`);
+  pump();
+}
+
+function stop(item) {
+  // abort() closes the connection; the service notices and drops the rest of the work.
+  item.xhr?.abort();
+  finish(item, "stopped", "Stopped");
+}
+
+// ---- before/after comparison ---------------------------------------------------------------
+
+function show(item) {
+  shown = item;
+  const { url, name, width, height, facts } = item.result;
+  $("result").hidden = false;
+  $("result-title").textContent = name;
+  $("before").src = item.url;
+  $("before").alt = `${item.file.name}, the input, drawn with square pixels`;
+  $("after").src = url;
+  $("after").alt = `${name}, the upscaled result`;
+  const download = $("download");
+  download.href = url;
+  download.download = name;
+  download.textContent = `Download ${name}`;
+  $("facts").replaceChildren(
+    ...facts.map(([term, value]) => el("div", {}, el("dt", { textContent: term }), el("dd", { textContent: value }))),
+  );
+  item.result.width = width;
+  item.result.height = height;
+  layout();
+}
+
+function layout() {
+  if (!shown) return;
+  const { width, height } = shown.result;
+  const viewport = $("viewport");
+  let factor = Number(zoom);
+  if (zoom === "fit") {
+    const room = viewport.clientWidth || width;
+    const tall = window.innerHeight * 0.7;
+    factor = Math.min(8, room / width, tall / height);
+  }
+  const stage = $("stage");
+  stage.style.width = `${Math.round(width * factor)}px`;
+  stage.style.height = `${Math.round(height * factor)}px`;
+  stage.classList.toggle("sharp", factor > 1);
+  stage.classList.toggle("zoomed", zoom !== "fit");
+  document.querySelectorAll("[data-zoom]").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.zoom === zoom)));
+  setSplit(split);
+}
+
+function setSplit(value) {
+  split = Math.min(100, Math.max(0, Math.round(value)));
+  $("after").style.clipPath = `inset(0 0 0 ${split}%)`;
+  const handle = $("split");
+  handle.style.left = `${split}%`;
+  handle.setAttribute("aria-valuenow", String(split));
+  handle.setAttribute("aria-valuetext", `${split} % input, ${100 - split} % result`);
+}
+
+function splitFromPointer(event) {
+  const rect = $("stage").getBoundingClientRect();
+  setSplit(((event.clientX - rect.left) / rect.width) * 100);
+}
+
+function wireComparison() {
+  const stage = $("stage");
+  const handle = $("split");
+  let dragging = false;
+  stage.addEventListener("pointerdown", (event) => {
+    // A touch on a zoomed picture pans it; only the handle moves the split then.
+    if (event.pointerType === "touch" && zoom !== "fit" && event.target !== handle) return;
+    dragging = true;
+    stage.setPointerCapture(event.pointerId);
+    splitFromPointer(event);
+    handle.focus({ preventScroll: true });
+    event.preventDefault();
+  });
+  stage.addEventListener("pointermove", (event) => dragging && splitFromPointer(event));
+  const end = () => (dragging = false);
+  stage.addEventListener("pointerup", end);
+  stage.addEventListener("pointercancel", end);
+  handle.addEventListener("keydown", (event) => {
+    const step = event.shiftKey ? 10 : 1;
+    const moves = {
+      ArrowLeft: -step, ArrowDown: -step, ArrowRight: step, ArrowUp: step,
+      PageDown: -10, PageUp: 10, Home: -100, End: 100,
+    };
+    if (!(event.key in moves)) return;
+    setSplit(split + moves[event.key]);
+    event.preventDefault();
+  });
+  document.querySelectorAll("[data-zoom]").forEach((b) => {
+    b.addEventListener("click", () => {
+      zoom = b.dataset.zoom;
+      layout();
+    });
+  });
+  window.addEventListener("resize", () => zoom === "fit" && layout());
+}
+
+// ---- input: picker, drop anywhere, paste ---------------------------------------------------
+
+function wireInput() {
+  const input = $("file-input");
+  $("pick").addEventListener("click", () => input.click());
+  input.addEventListener("change", () => {
+    addFiles([...input.files], "picker");
+    input.value = "";
+  });
+  const overlay = $("drop-overlay");
+  let depth = 0;
+  const carriesFiles = (event) => [...(event.dataTransfer?.types || [])].includes("Files");
+  document.addEventListener("dragenter", (event) => {
+    if (!carriesFiles(event)) return;
+    depth += 1;
+    overlay.hidden = false;
+  });
+  document.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (!depth) overlay.hidden = true;
+  });
+  document.addEventListener("dragover", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+  });
+  document.addEventListener("drop", (event) => {
+    depth = 0;
+    overlay.hidden = true;
+    if (!event.dataTransfer?.files.length) return;
+    event.preventDefault();
+    addFiles([...event.dataTransfer.files], "drop");
+  });
+  document.addEventListener("paste", (event) => {
+    const files = [...(event.clipboardData?.files || [])].filter((f) => f.type.startsWith("image/"));
+    if (!files.length) return;
+    event.preventDefault();
+    addFiles(files, "paste");
+  });
+  $("options").addEventListener("change", saveSettings);
+  $("options").addEventListener("submit", (event) => event.preventDefault());
+}
+
+loadSettings();
+showLimits();
+wireInput();
+wireComparison();
+pollReady();
+loadModels();

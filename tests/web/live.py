@@ -1,0 +1,167 @@
+"""A real service on a free loopback port, for the browser and CLI tests.
+
+The app is the service's own (`create_app`) with the page's router mounted, run by uvicorn in a
+thread on 127.0.0.1; tiny ONNX models come from `tests.service.helpers`. `slow_model` makes one
+model file slow (a pause before each model call, whatever code calls onnxruntime), so a test can
+stop a request while its tiles are still running and count the calls made after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import onnxruntime as ort
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from service import web
+from service.config import Settings
+from service.main import create_app
+from tests.service.helpers import CPU_ONLY
+
+#: Debian's `chromium` package; never a browser fetched by `playwright install`.
+CHROMIUM = Path(os.environ.get("UPSCALER_TEST_CHROMIUM", "/usr/lib/chromium/chromium"))
+#: Resolves nothing but loopback names, so the browser makes no outside lookups at all.
+CHROMIUM_ARGS = [
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+#: Limits small enough for tiny test images, large enough for the ones the tests upscale.
+TEST_LIMITS: dict[str, Any] = {
+    "max_upload_bytes": 32 * 1024,
+    "max_input_pixels": 128 * 128,
+    "max_ensemble_input_pixels": 40 * 40,
+}
+
+
+def tiny_settings(model_path: Path, **overrides: Any) -> Settings:
+    """Settings for a small, fast, CPU-only service; keyword arguments override fields."""
+    values: dict[str, Any] = {
+        "model_path": model_path,
+        "providers": CPU_ONLY,
+        "tile_size": 16,
+        "tile_overlap": 2,
+        "intra_op_threads": 1,
+        "max_concurrency": 1,
+        "max_queue": 2,
+        "retry_after_seconds": 1,
+        **TEST_LIMITS,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def web_app(settings: Settings) -> FastAPI:
+    """The service's app with the page mounted, as the app factory will mount it."""
+    app = create_app(settings)
+    app.include_router(web.router)
+    return app
+
+
+class LiveServer:
+    """Runs `app` with uvicorn on 127.0.0.1 in a thread until the context exits."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+
+    def __enter__(self) -> LiveServer:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            if not self._thread.is_alive():
+                break
+            time.sleep(0.05)
+        self.__exit__()
+        raise RuntimeError("the test service did not become ready within 30 s")
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample of the service's Prometheus metrics (0 when absent)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
+        pattern = re.escape(name + (f"{{{wanted}}}" if wanted else "")) + r" (\S+)"
+        found = re.search(f"^{pattern}$", text, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
+
+@dataclass
+class SlowModel:
+    """Counts and delays onnxruntime calls on one model file (see `slow_model`)."""
+
+    path: Path
+    delay: float
+    calls: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@contextlib.contextmanager
+def slow_model(path: Path, delay: float) -> Iterator[SlowModel]:
+    """Makes every `InferenceSession.run` on `path` sleep `delay` seconds first, and counts them.
+
+    Patched at onnxruntime's own class, so it holds whatever the service's engine is called.
+    """
+    slow = SlowModel(path=path, delay=delay)
+    original = ort.InferenceSession.run
+    target = str(path)
+
+    def run(session: ort.InferenceSession, *args: Any, **kwargs: Any) -> Any:
+        if getattr(session, "_model_path", None) == target:
+            time.sleep(slow.delay)
+            with slow.lock:
+                slow.calls += 1
+        return original(session, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ort.InferenceSession, "run", run)
+        yield slow
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Raises TimeoutError in the test (main thread) once `seconds` have passed."""
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"test ran past {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
