@@ -1,8 +1,13 @@
 """Training configuration: one dataclass, saved as JSON in every run folder so a run can be
-reproduced, resumed and described (the export and the model card read it back)."""
+reproduced, resumed and described (the export and the model card read it back).
+
+Each field is also a `train` flag (`--batch-size` for `batch_size`): `add_flags` builds them from
+the fields' metadata and `to_flags` writes a config back as flags, so a knob is declared once.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -13,39 +18,83 @@ from training.degradations import MIXTURES
 CONFIG_FILE = "config.json"
 
 
+def knob(default, help: str = "", **flag):
+    """A field with its flag's help and argparse settings (`choices`, `metavar`, `nargs`); a list
+    default becomes a `default_factory` (which ruff's RUF009 cannot see, hence its waivers)."""
+    metadata = {"help": help, **flag}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def derived(default):
+    """A field the trainer fills in with what it really used; it has no flag."""
+    return knob(default, flag=False)
+
+
 @dataclass
 class TrainConfig:
-    """Every knob of a training run. Field names match the command-line flags."""
+    """Every knob of a training run."""
 
-    data: list[str]
-    out: str
-    val_data: list[str] = field(default_factory=list)
-    val_holdout: int = 10
-    val_crop: int = 0
-    steps: int = 10_000
-    eval_every: int = 1000
-    batch_size: int = 16
-    patch_size: int = 96
-    degradation: str = "bicubic"
-    scale: int = 4
-    filters: int = 64
-    blocks: int = 16
-    res_scale: float = 1.0
-    lr: float = 1e-4
-    lr_schedule: str = "piecewise"
-    lr_boundaries: list[int] = field(default_factory=lambda: [5000])
-    lr_values: list[float] | None = None
-    patience: int = 10
-    init_from: str = ""
-    mixed_precision: str = "off"
-    jit_compile: str = "auto"
-    seed: int = 0
-    workers: int = 2
-    verbose: int = 1
-    # Filled in by the trainer, not by the user: what was really used.
-    backend: str = ""
-    train_images: int = 0
-    val_images: list[str] = field(default_factory=list)
+    data: list[str] = knob(  # noqa: RUF009
+        [],
+        "training images: a folder (searched recursively; DIV2K layout recognised) or a file; "
+        "several after one flag or the flag repeated (not needed with --resume)",
+        metavar="DIR",
+    )
+    out: str = knob("", "run folder", metavar="RUN_DIR")
+    val_data: list[str] = knob(  # noqa: RUF009
+        [],
+        "validation images: folders or files, several after one flag or the flag repeated; "
+        "excluded from training",
+        metavar="PATH",
+    )
+    val_holdout: int = knob(
+        10, "without --val-data: hold out this many training images for validation"
+    )
+    val_crop: int = knob(0, "validate on centred HR crops of this size (0 = whole images)")
+    steps: int = knob(10_000, "total training steps (with --resume: the new total)")
+    eval_every: int = knob(1000, "steps between validations (and checkpoints)")
+    batch_size: int = knob(16)
+    patch_size: int = knob(96, "HR patch side")
+    degradation: str = knob(
+        "bicubic",
+        "how each training patch's LR is made: the textbook antialiased bicubic, or a mixture "
+        "drawn afresh per patch (see training/degradations.py)",
+        choices=sorted(MIXTURES),
+    )
+    scale: int = knob(4, choices=(2, 3, 4))
+    filters: int = knob(64)
+    blocks: int = knob(16)
+    res_scale: float = knob(1.0)
+    lr: float = knob(1e-4, "initial learning rate")
+    lr_schedule: str = knob("piecewise", choices=("piecewise", "cosine"))
+    lr_boundaries: list[int] = knob(  # noqa: RUF009
+        [5000], "piecewise schedule: steps at which the rate changes", nargs="*"
+    )
+    lr_values: list[float] | None = knob(  # noqa: RUF009
+        None,
+        "piecewise schedule: the rates (one more than boundaries); default: --lr halved at "
+        "each boundary",
+        nargs="*",
+    )
+    patience: int = knob(10, "stop after this many validations without gain (0 = never)")
+    init_from: str = knob(
+        "",
+        "start from the weights of this .keras checkpoint or fp32 .onnx export (e.g. "
+        "models/edsr_x4.onnx) to fine-tune; the architecture flags must match it",
+        metavar="MODEL",
+    )
+    mixed_precision: str = knob("off", choices=("off", "float16", "bfloat16"))
+    jit_compile: str = knob("auto", choices=("auto", "on", "off"))
+    seed: int = knob(0)
+    workers: int = knob(2, "data-loading worker threads")
+    verbose: int = knob(
+        1, "Keras fit verbosity: 1 = progress bar, 2 = one line per evaluation", choices=(0, 1, 2)
+    )
+    backend: str = derived("")
+    train_images: int = derived(0)
+    val_images: list[str] = derived([])  # noqa: RUF009
 
     def learning_rate_values(self) -> list[float]:
         """The piecewise-constant values: as given, else `lr` halved at each boundary."""
@@ -55,6 +104,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raises ValueError for settings that cannot work together."""
+        for item in _flag_fields():
+            value, choices = getattr(self, item.name), item.metadata.get("choices")
+            if choices is not None and value not in choices:
+                raise ValueError(f"unknown {_flag(item)} {value!r}; expected one of {choices}")
         if self.patch_size % self.scale:
             raise ValueError(f"--patch-size {self.patch_size} must be a multiple of --scale")
         if self.val_crop % self.scale:
@@ -66,17 +119,9 @@ class TrainConfig:
                 f"--steps {self.steps} must be a multiple of --eval-every "
                 f"{self.eval_every} (one validation per --eval-every steps)"
             )
-        if self.degradation not in MIXTURES:
-            raise ValueError(
-                f"unknown --degradation {self.degradation!r}; expected one of {sorted(MIXTURES)}"
-            )
-        if self.lr_schedule not in ("piecewise", "cosine"):
-            raise ValueError(f"unknown --lr-schedule {self.lr_schedule!r}")
         values = self.learning_rate_values()
         if self.lr_schedule == "piecewise" and len(values) != len(self.lr_boundaries) + 1:
             raise ValueError("--lr-values needs exactly one more value than --lr-boundaries")
-        if self.mixed_precision not in ("off", "float16", "bfloat16"):
-            raise ValueError(f"unknown --mixed-precision {self.mixed_precision!r}")
 
     def save(self, run_dir: Path) -> None:
         """Writes the config as JSON into the run folder."""
@@ -84,7 +129,60 @@ class TrainConfig:
 
     @classmethod
     def load(cls, run_dir: Path) -> TrainConfig:
-        """Reads the config a run folder was started with."""
+        """Reads the config a run folder was started with (keys it does not know are ignored)."""
         raw = json.loads((run_dir / CONFIG_FILE).read_text())
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        return cls(
+            **{item.name: raw[item.name] for item in dataclasses.fields(cls) if item.name in raw}
+        )
+
+
+def _flag_fields() -> list[dataclasses.Field]:
+    return [item for item in dataclasses.fields(TrainConfig) if item.metadata.get("flag", True)]
+
+
+def _flag(item: dataclasses.Field) -> str:
+    return "--" + item.name.replace("_", "-")
+
+
+def _element_type(annotation: str) -> type:
+    """`int` for "int" and for "list[int]": the annotations are strings (see the __future__
+    import), and a list flag parses each value."""
+    return {"int": int, "float": float}.get(annotation.removeprefix("list[").split("]")[0], str)
+
+
+def add_flags(
+    parser: argparse.ArgumentParser, required: tuple[str, ...] = (), defaults: dict | None = None
+) -> None:
+    """Adds a flag for every TrainConfig field, its help ending in the default (`defaults`
+    overrides the dataclass's). A flag not given is absent from the parsed namespace, so the
+    caller knows what was asked for; list fields take several values, or repeat."""
+    shown = {**dataclasses.asdict(TrainConfig()), **(defaults or {})}
+    for item in _flag_fields():
+        settings = {key: value for key, value in item.metadata.items() if key != "help"}
+        if str(item.type).startswith("list["):
+            settings = {"action": "extend", "nargs": "+", **settings}
+        default = shown[item.name]
+        shown_default = "" if default in (None, "", []) else f" (default: {default})"
+        parser.add_argument(
+            _flag(item),
+            type=_element_type(str(item.type)),
+            default=argparse.SUPPRESS,
+            required=item.name in required,
+            help=(item.metadata["help"] + shown_default).strip(),
+            **settings,
+        )
+
+
+def to_flags(config: TrainConfig) -> list[str]:
+    """The `train` flags that rebuild `config`: one per field that differs from its default."""
+    flags = []
+    for item in _flag_fields():
+        value = getattr(config, item.name)
+        if value == getattr(TrainConfig(), item.name):
+            continue
+        if isinstance(value, list):
+            # A list emptied of a non-empty default is the bare flag (its nargs is "*").
+            flags += [f"{_flag(item)}={element}" for element in value] or [_flag(item)]
+        else:
+            flags.append(f"{_flag(item)}={value}")
+    return flags

@@ -8,11 +8,13 @@ odd-sized inputs; an export that disagrees by more than the tolerance is not wri
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import subprocess
+from collections.abc import Callable
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
@@ -33,19 +35,14 @@ class ExportError(RuntimeError):
 
 def code_version() -> str:
     """`git describe` of the source tree when available, else the installed package version."""
-    try:
-        described = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        if described:
-            return described
-    except (OSError, subprocess.SubprocessError):
-        pass
+    command = ["git", "describe", "--always", "--dirty"]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        here = Path(__file__).parent
+        git = subprocess.run(
+            command, cwd=here, capture_output=True, text=True, timeout=10, check=True
+        )
+        if git.stdout.strip():
+            return git.stdout.strip()
     try:
         return importlib_metadata.version("edsr-upscaler")
     except importlib_metadata.PackageNotFoundError:
@@ -63,9 +60,8 @@ def run_metadata(checkpoint: Path) -> dict[str, str]:
     if (folder / CONFIG_FILE).exists():
         config = json.loads((folder / CONFIG_FILE).read_text())
         meta["training_data"] = ", ".join(config.get("data", [])) or "unknown"
-        meta["train_images"] = str(config.get("train_images", "unknown"))
-        meta["patch_size"] = str(config.get("patch_size", "unknown"))
-        meta["batch_size"] = str(config.get("batch_size", "unknown"))
+        for key in ("train_images", "patch_size", "batch_size"):
+            meta[key] = str(config.get(key, "unknown"))
         if config.get("init_from"):
             # A fine-tuned model's steps count from these weights, not from scratch.
             meta["init_from"] = str(config["init_from"])
@@ -111,14 +107,8 @@ def _convert(model, opset: int):
 
 
 def verify_parity(keras_model, onnx_bytes: bytes, tolerance: float, seed: int = 0) -> float:
-    """Runs Keras and onnxruntime on random odd-sized inputs.
-
-    Returns:
-        The largest absolute difference seen, on the 0-255 scale.
-
-    Raises:
-        ExportError: When it exceeds `tolerance`.
-    """
+    """The largest |Keras - onnxruntime| on random odd-sized inputs, on the 0-255 scale; an
+    ExportError when it exceeds `tolerance`."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
@@ -143,18 +133,9 @@ def export_onnx(
     tolerance: float = 0.05,
     fp16: bool = False,
 ) -> dict:
-    """Exports a checkpoint to a verified ONNX file plus a JSON sidecar of its metadata.
-
-    Args:
-        checkpoint: A `.keras` file written by training.
-        out: Where to write the `.onnx` file; `<out>.json` gets the metadata and parity figure.
-        opset: ONNX opset (17 or newer).
-        tolerance: Largest allowed |ONNX - Keras| on the 0-255 scale.
-        fp16: Also write the verified half-precision copy `<stem>_fp16.onnx` beside `out`
-            (see `training.precision`); its parity goes into the report.
-
-    Returns:
-        The metadata written, with the measured parity.
+    """Exports a `.keras` checkpoint to a verified `out` ONNX file, writes its metadata and
+    parity figure to `<out>.json` and returns them. `tolerance` bounds |ONNX - Keras| on the
+    0-255 scale; `fp16` also writes the verified half-precision copy (`training.precision`).
 
     Raises:
         ExportError: Wrong backend, failed conversion, checker or parity failure (of the fp16
@@ -168,7 +149,7 @@ def export_onnx(
         raise ExportError(f"opset {opset} is too old; use 17 or newer")
     import onnx
 
-    from training.model import describe_edsr, load_edsr
+    from training.model import load_edsr
 
     checkpoint, out = Path(checkpoint), Path(out)
     model = load_edsr(checkpoint)
@@ -177,6 +158,27 @@ def export_onnx(
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as error:
         raise ExportError(f"onnx.checker rejected the export: {error}") from error
+    meta = _describe(proto, model, checkpoint, opset)
+    serialized = proto.SerializeToString()
+    parity = verify_parity(model, serialized, tolerance)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(out, lambda tmp: tmp.write_bytes(serialized))
+    report = {**meta, "parity_max_abs_diff": parity, "onnx_file": out.name}
+    if fp16:
+        from training.precision import PrecisionError, convert_to_fp16
+
+        try:
+            report.update(convert_to_fp16(out))
+        except PrecisionError as error:
+            raise ExportError(str(error)) from error
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    log.info("exported %s -> %s (max |onnx - keras| = %.2e)", checkpoint, out, parity)
+    return report
+
+
+def _describe(proto, model, checkpoint: Path, opset: int) -> dict[str, str]:
+    """Writes the model's, the run's and the export's facts into `proto` and returns them."""
+    from training.model import describe_edsr
 
     arch = describe_edsr(model)
     meta = {key: str(value) for key, value in arch.items()}
@@ -198,21 +200,76 @@ def export_onnx(
         f"EDSR x{arch['scale']} super-resolution ({arch['blocks']} blocks, "
         f"{arch['filters']} filters)"
     )
-    serialized = proto.SerializeToString()
-    parity = verify_parity(model, serialized, tolerance)
+    return meta
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}")
-    tmp.write_bytes(serialized)
-    os.replace(tmp, out)
-    report = {**meta, "parity_max_abs_diff": parity, "onnx_file": out.name}
-    if fp16:
-        from training.precision import PrecisionError, convert_to_fp16
 
-        try:
-            report.update(convert_to_fp16(out))
-        except PrecisionError as error:
-            raise ExportError(str(error)) from error
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    log.info("exported %s -> %s (max |onnx - keras| = %.2e)", checkpoint, out, parity)
-    return report
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Calls `write` on a temporary path beside `path`, then renames it onto `path`: a process
+    killed mid-write leaves the previous file whole, never a truncated one."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def read_onnx_export(path, dtype: str = "float32"):
+    """Rebuilds the Keras model of an fp32 export from its metadata and Conv weights.
+
+    tf2onnx keeps one ONNX Conv per Keras Conv2D, in the network's order (the graph is a chain
+    of convolutions with skips, so the topological order is unique), with kernels in ONNX's
+    OIHW layout instead of Keras' HWIO.
+
+    Raises:
+        ValueError: An fp16 file, missing EDSR metadata, or weights that do not reproduce the
+            file's output.
+    """
+    import onnx
+    from keras import layers
+    from onnx import numpy_helper
+
+    from training.model import ARCHITECTURE, build_in
+
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if meta.get("precision", "fp32") != "fp32":
+        raise ValueError(f"{path} is a {meta['precision']} export; use the fp32 file")
+    try:
+        # Exports written before res_scale was recorded are of the paper's baseline, 1.0.
+        meta = {"res_scale": "1.0", **meta}
+        arch = {key: kind(meta[key]) for key, kind in ARCHITECTURE.items()}
+    except KeyError as error:
+        raise ValueError(
+            f"{path} lacks the EDSR metadata {error} of `python -m training export`"
+        ) from error
+    model = build_in(dtype, arch)
+    initializers = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    convs = [node for node in proto.graph.node if node.op_type == "Conv"]
+    conv_layers = [layer for layer in model.layers if isinstance(layer, layers.Conv2D)]
+    if len(convs) != len(conv_layers):
+        raise ValueError(f"{path} has {len(convs)} convolutions, the model {len(conv_layers)}")
+    for node, layer in zip(convs, conv_layers, strict=True):
+        kernel = initializers[node.input[1]].transpose(2, 3, 1, 0)
+        # tf2onnx drops a bias that is all zeros (an untrained layer) from the Conv node.
+        has_bias = len(node.input) > 2 and node.input[2]
+        bias = initializers[node.input[2]] if has_bias else np.zeros(kernel.shape[-1], np.float32)
+        layer.set_weights([kernel, bias])
+    _check_read_back(model, proto.SerializeToString(), path)
+    return model
+
+
+def _check_read_back(model, onnx_bytes: bytes, path) -> None:
+    """Raises ValueError unless the rebuilt model reproduces the ONNX file's output: graph
+    optimisers may fold constants into convolutions (tf2onnx does for all-zero biases), which
+    reading kernels back cannot undo."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    probe = np.random.default_rng(0).uniform(0, 255, (1, 11, 13, 3)).astype(np.float32)
+    expected = session.run(None, {session.get_inputs()[0].name: probe})[0]
+    worst = float(np.abs(np.asarray(model(probe, training=False)) - expected).max())
+    # On a GPU, JAX (and TensorFlow) run float32 convolutions in TF32 by default, which moved
+    # this probe's output by 0.14 grey levels on an H100; a weight read back wrongly moves it by
+    # whole grey levels, so half a grey level separates the two.
+    if worst > 0.5:
+        raise ValueError(
+            f"weights read back from {path} do not reproduce it (max diff {worst:.3g})"
+        )

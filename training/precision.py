@@ -14,7 +14,6 @@ since that is where the fp16 model is meant to serve.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 
 # The fp16 file must sit where the service looks for it, and speak the export's contract.
 from service.ortconfig import cuda_usable, fp16_path_for
-from training.export import INPUT_NAME, OUTPUT_NAME, PARITY_SHAPES
+from training.export import INPUT_NAME, OUTPUT_NAME, PARITY_SHAPES, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +33,6 @@ DEFAULT_TOLERANCE = 1.0
 
 class PrecisionError(RuntimeError):
     """The fp16 copy could not be made or failed its verification."""
-
-
-def _parity_providers() -> list[list[str]]:
-
-    provider_sets = [["CPUExecutionProvider"]]
-    # onnxruntime-gpu lists CUDA as available even on hosts without a GPU, then logs an error
-    # and falls back; asking for it only where an NVIDIA driver exists keeps CPU exports quiet.
-    if cuda_usable():
-        provider_sets.append(["CUDAExecutionProvider", "CPUExecutionProvider"])
-    return provider_sets
 
 
 def fp16_parity(fp32_bytes: bytes, fp16_bytes: bytes, seed: int = 0) -> dict[str, float]:
@@ -60,7 +49,12 @@ def fp16_parity(fp32_bytes: bytes, fp16_bytes: bytes, seed: int = 0) -> dict[str
     reference = ort.InferenceSession(fp32_bytes, providers=["CPUExecutionProvider"])
     expected = [reference.run([OUTPUT_NAME], {INPUT_NAME: batch})[0] for batch in batches]
     report: dict[str, float] = {"max_abs_diff": 0.0, "psnr_db": float("inf")}
-    for providers in _parity_providers():
+    provider_sets = [["CPUExecutionProvider"]]
+    # onnxruntime-gpu lists CUDA as available even on hosts without a GPU, then logs an error
+    # and falls back; asking for it only where an NVIDIA driver exists keeps CPU exports quiet.
+    if cuda_usable():
+        provider_sets.append(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    for providers in provider_sets:
         session = ort.InferenceSession(fp16_bytes, providers=providers)
         used = session.get_providers()[0]
         worst = 0.0
@@ -84,19 +78,12 @@ def fp16_parity(fp32_bytes: bytes, fp16_bytes: bytes, seed: int = 0) -> dict[str
 def convert_to_fp16(
     src: str | Path, dst: str | Path | None = None, tolerance: float = DEFAULT_TOLERANCE
 ) -> dict[str, object]:
-    """Writes a verified fp16 copy of an fp32 ONNX export.
-
-    Args:
-        src: The fp32 model (from `training.export.export_onnx`).
-        dst: Where to write; default `<stem>_fp16.onnx` beside `src`.
-        tolerance: Largest allowed |fp16 - fp32| on the 0-255 scale.
-
-    Returns:
-        The file written and the parity figures.
+    """Writes a verified fp16 copy of the fp32 export `src` to `dst` (default:
+    `<stem>_fp16.onnx` beside it) and returns the file's name and parity figures.
 
     Raises:
         PrecisionError: If the converter fails, `onnx.checker` rejects the result, or the outputs
-            differ by more than `tolerance` (nothing is written then).
+            differ by more than `tolerance` on the 0-255 scale (nothing is written then).
     """
     import onnx
     from onnxconverter_common import float16
@@ -113,11 +100,10 @@ def convert_to_fp16(
         except Exception as exc:  # the converter raises assorted types on odd graphs
             raise PrecisionError(f"fp16 conversion of {src} failed: {exc}") from exc
     # The converter keeps metadata_props; the precision entry tells what this file is.
-    kept = [(entry.key, entry.value) for entry in converted.metadata_props]
-    del converted.metadata_props[:]
-    for key, value in [*((k, v) for k, v in kept if k != "precision"), ("precision", "fp16")]:
-        entry = converted.metadata_props.add()
-        entry.key, entry.value = key, value
+    onnx.helper.set_model_props(
+        converted,
+        {**{entry.key: entry.value for entry in converted.metadata_props}, "precision": "fp16"},
+    )
     try:
         onnx.checker.check_model(converted)
     except onnx.checker.ValidationError as exc:
@@ -128,9 +114,7 @@ def convert_to_fp16(
         raise PrecisionError(
             f"fp16 output differs from fp32 by {parity['max_abs_diff']:.3f} > {tolerance}"
         )
-    tmp = dst.with_name(f".tmp-{dst.name}")
-    tmp.write_bytes(serialized)
-    os.replace(tmp, dst)
+    write_atomically(dst, lambda tmp: tmp.write_bytes(serialized))
     log.info(
         "wrote %s (max |fp16 - fp32| = %.3f, %.1f dB)",
         dst,

@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,9 @@ import keras
 from training import data
 from training.config import TrainConfig
 from training.degradations import MIXTURES
+from training.export import write_atomically
 from training.metrics import psnr_metric
-from training.model import build_edsr, dtype_policy_scope
+from training.model import EDSR, dtype_policy_scope, load_edsr
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +58,12 @@ class RunState:
     steps_per_epoch: int = 0
 
     def save(self, run_dir: Path) -> None:
-        _atomic_write_text(run_dir / STATE_FILE, json.dumps(dataclasses.asdict(self), indent=2))
+        text = json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+        write_atomically(run_dir / STATE_FILE, lambda tmp: tmp.write_text(text))
 
     @classmethod
     def load(cls, run_dir: Path) -> RunState:
         return cls(**json.loads((run_dir / STATE_FILE).read_text()))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
-
-
-def _atomic_save(model: keras.Model, path: Path) -> None:
-    # A run killed mid-save must not leave a truncated checkpoint behind: write beside, then rename.
-    tmp = path.with_name(f".tmp-{path.name}")
-    model.save(tmp)
-    os.replace(tmp, path)
 
 
 class RunCheckpoint(keras.callbacks.Callback):
@@ -83,33 +71,28 @@ class RunCheckpoint(keras.callbacks.Callback):
     early-stopping count and the step counter, all in one place so a resume restores them together
     (Keras' own ModelCheckpoint and EarlyStopping forget their state when `fit()` restarts)."""
 
-    def __init__(self, run_dir: Path, state: RunState, patience: int, steps_per_epoch: int):
+    def __init__(self, run_dir: Path, state: RunState, patience: int):
         super().__init__()
-        self.run_dir = run_dir
-        self.state = state
-        self.patience = patience
-        self.steps_per_epoch = steps_per_epoch
+        self.run_dir, self.state, self.patience = run_dir, state, patience
         self._epoch_started = time.monotonic()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
         state = self.state
         state.train_seconds += time.monotonic() - self._epoch_started
-        state.epoch = epoch + 1
-        state.step = trained_steps(state.epoch, self.steps_per_epoch)
+        state.epoch, state.step = epoch + 1, logs["step"]  # counted by StepLogger
         val_psnr = logs.get("val_psnr")
         if val_psnr is not None and (state.best_val_psnr is None or val_psnr > state.best_val_psnr):
             state.best_val_psnr = float(val_psnr)
             state.best_step = state.step
             state.wait = 0
-            _atomic_save(self.model, self.run_dir / BEST_CHECKPOINT)
+            write_atomically(self.run_dir / BEST_CHECKPOINT, self.model.save)
             log.info("step %d: validation PSNR %.3f dB, new best", state.step, val_psnr)
         else:
             state.wait += 1
-        _atomic_save(self.model, self.run_dir / LAST_CHECKPOINT)
+        write_atomically(self.run_dir / LAST_CHECKPOINT, self.model.save)
         if self.patience and state.wait >= self.patience:
             state.stopped_early = True
             self.model.stop_training = True
@@ -117,28 +100,22 @@ class RunCheckpoint(keras.callbacks.Callback):
         state.save(self.run_dir)
 
 
-def trained_steps(epochs: int, steps_per_epoch: int) -> int:
-    """Batches trained after `epochs` epochs.
-
-    Counted from the epochs rather than read from `optimizer.iterations`, which under float16
-    loss scaling counts only the updates applied (a step whose gradients overflowed is skipped),
-    so it would lag behind the batches trained.
-    """
-    return epochs * steps_per_epoch
-
-
 class StepLogger(keras.callbacks.Callback):
     """Adds the step (batches trained) and the learning rate in force to each history row, so
-    curves can be drawn against steps whatever `--eval-every` was."""
+    curves can be drawn against steps whatever `--eval-every` was.
+
+    The step is counted from the epochs rather than read from `optimizer.iterations`, which
+    under float16 loss scaling counts only the updates applied (a step whose gradients
+    overflowed is skipped), so it would lag behind the batches trained.
+    """
 
     def __init__(self, steps_per_epoch: int):
         super().__init__()
         self.steps_per_epoch = steps_per_epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["step"] = trained_steps(epoch + 1, self.steps_per_epoch)
-            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+        logs["step"] = (epoch + 1) * self.steps_per_epoch
+        logs["learning_rate"] = float(self.model.optimizer.learning_rate)
 
 
 def _drop_history_after(history: Path, step: int) -> None:
@@ -161,7 +138,7 @@ def _drop_history_after(history: Path, step: int) -> None:
     log.info("dropping %d history row(s) past step %d", len(rows) - len(kept), step)
     buffer = io.StringIO()
     csv.writer(buffer).writerows(kept)  # the excel dialect, as Keras' CSVLogger writes
-    _atomic_write_text(history, buffer.getvalue())
+    write_atomically(history, lambda tmp: tmp.write_text(buffer.getvalue()))
 
 
 def learning_rate_schedule(config: TrainConfig):
@@ -176,7 +153,7 @@ def learning_rate_schedule(config: TrainConfig):
 
 def build_and_compile(config: TrainConfig) -> keras.Model:
     """Builds the EDSR model the config describes, compiled with L1 loss, Adam and batch PSNR."""
-    model = build_edsr(config.scale, config.filters, config.blocks, config.res_scale)
+    model = EDSR(config.scale, config.filters, config.blocks, config.res_scale)
     jit = {"auto": "auto", "on": True, "off": False}[config.jit_compile]
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate_schedule(config)),
@@ -214,12 +191,11 @@ def _prepare_run_dir(config: TrainConfig, resume: bool) -> tuple[TrainConfig, Ru
             # Asking for more steps than an early-stopped run had is asking it to go on.
             log.info("extending an early-stopped run: the patience count starts again")
             state.stopped_early, state.wait = False, 0
-        saved.steps = config.steps
-        saved.verbose = config.verbose
         # The run lives where it was found: a copied or moved run folder must not write into
         # the folder its config.json was first written in.
-        saved.out = config.out
-        return saved, state
+        return dataclasses.replace(
+            saved, steps=config.steps, verbose=config.verbose, out=config.out
+        ), state
     if (run_dir / STATE_FILE).exists():
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume or a new --out")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -255,18 +231,10 @@ def _align_epochs(state: RunState, wanted: int) -> int:
 
 
 def train(config: TrainConfig, resume: bool = False) -> RunState:
-    """Trains (or resumes) a run and returns its final state.
-
-    Args:
-        config: What to train. On resume, only `out` (where the run folder is now), `steps`
-            (the new total; more steps than an early-stopped run had restart its patience
-            count) and `verbose` are taken from it; the rest comes from the run folder's
-            config.json.
-        resume: Continue the run in `config.out` from its latest state.
-
-    Returns:
-        The run state after the last evaluation.
-    """
+    """Trains a run, or with `resume` continues the one in `config.out`, and returns its final
+    state. A resume takes only `out` (where the run folder is now), `steps` (the new total; more
+    steps than an early-stopped run had restart its patience count) and `verbose` from `config`;
+    the rest comes from the run folder's config.json."""
     if not resume:
         config.validate()  # before the run folder is created, so a typo leaves nothing behind
     config, state = _prepare_run_dir(config, resume)
@@ -281,28 +249,13 @@ def train(config: TrainConfig, resume: bool = False) -> RunState:
 def _train(config: TrainConfig, state: RunState, resume: bool) -> RunState:
     run_dir = Path(config.out)
     keras.utils.set_random_seed(config.seed)
-
-    sources = data.discover_sources(config.data, config.scale)
-    train_sources, val_sources = _split_validation(config, sources)
-    train_pairs = data.load_pairs(train_sources, config.scale, min_hr_size=config.patch_size)
-    val_pairs = data.load_pairs(val_sources, config.scale, min_hr_size=config.val_crop)
-    config.backend = keras.backend.backend()
-    config.train_images = len(train_pairs)
-    config.val_images = [str(s.hr_path) for s in val_sources]
+    train_pairs, val_pairs = _load_images(config)
     config.save(run_dir)
-    log.info(
-        "training on %d images, validating on %d, backend %s",
-        len(train_pairs),
-        len(val_pairs),
-        config.backend,
-    )
-
     steps_per_epoch = _align_epochs(state, min(config.eval_every, config.steps))
     epochs = config.steps // steps_per_epoch
     if state.epoch >= epochs or state.stopped_early:
         log.info("run already complete at step %d", state.step)
         return state
-
     model = build_and_compile(config)
     if resume:
         # Build the optimizer's slots first so the checkpoint's moments and step count load
@@ -313,11 +266,8 @@ def _train(config: TrainConfig, state: RunState, resume: bool) -> RunState:
         _drop_history_after(run_dir / HISTORY_FILE, state.step)
     elif config.init_from:
         # Fine-tuning: start from trained weights (any precision policy), with a fresh optimizer.
-        from training.model import load_edsr
-
         model.set_weights(load_edsr(config.init_from).get_weights())
         log.info("initialised the weights from %s", config.init_from)
-
     train_stream = data.TrainingPatches(
         train_pairs,
         config.scale,
@@ -329,15 +279,6 @@ def _train(config: TrainConfig, state: RunState, resume: bool) -> RunState:
         degradation=None if config.degradation == "bicubic" else MIXTURES[config.degradation],
         workers=config.workers,
     )
-    val_stream = data.ValidationImages(val_pairs, config.scale, crop=config.val_crop)
-    callbacks = [
-        StepLogger(steps_per_epoch),
-        keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=resume),
-        RunCheckpoint(run_dir, state, config.patience, steps_per_epoch),
-    ]
-    if importlib.util.find_spec("tensorflow") and importlib.util.find_spec("tensorboard"):
-        # TensorBoard's writer needs TensorFlow; on a JAX-only machine the CSV history remains.
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False))
     model.fit(
         train_stream,
         epochs=epochs,
@@ -346,8 +287,8 @@ def _train(config: TrainConfig, state: RunState, resume: bool) -> RunState:
         # own shuffle would reorder them with Python's global RNG, which a resume reseeds, so a
         # resumed run would see the same batches in another order than an uninterrupted one.
         shuffle=False,
-        validation_data=val_stream,
-        callbacks=callbacks,
+        validation_data=data.ValidationImages(val_pairs, config.scale, crop=config.val_crop),
+        callbacks=_callbacks(run_dir, state, config.patience, steps_per_epoch, resume),
         verbose=config.verbose,
     )
     best = state.best_val_psnr
@@ -358,3 +299,33 @@ def _train(config: TrainConfig, state: RunState, resume: bool) -> RunState:
         state.best_step,
     )
     return state
+
+
+def _load_images(config: TrainConfig) -> tuple[list, list]:
+    """The training and validation image pairs; records what was used in `config`."""
+    sources = data.discover_sources(config.data, config.scale)
+    train_sources, val_sources = _split_validation(config, sources)
+    train_pairs = data.load_pairs(train_sources, config.scale, min_hr_size=config.patch_size)
+    val_pairs = data.load_pairs(val_sources, config.scale, min_hr_size=config.val_crop)
+    config.backend = keras.backend.backend()
+    config.train_images = len(train_pairs)
+    config.val_images = [str(s.hr_path) for s in val_sources]
+    log.info(
+        "training on %d images, validating on %d, backend %s",
+        len(train_pairs),
+        len(val_pairs),
+        config.backend,
+    )
+    return train_pairs, val_pairs
+
+
+def _callbacks(run_dir: Path, state: RunState, patience: int, steps_per_epoch: int, resume: bool):
+    callbacks = [
+        StepLogger(steps_per_epoch),
+        keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=resume),
+        RunCheckpoint(run_dir, state, patience),
+    ]
+    if importlib.util.find_spec("tensorflow") and importlib.util.find_spec("tensorboard"):
+        # TensorBoard's writer needs TensorFlow; on a JAX-only machine the CSV history remains.
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False))
+    return callbacks

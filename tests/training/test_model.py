@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from training.model import PixelShuffle, build_edsr, describe_edsr, load_edsr
+from training.model import EDSR, PixelShuffle, build_edsr, describe_edsr, load_edsr
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
@@ -68,4 +68,24 @@ def test_load_edsr_runs_a_mixed_precision_checkpoint_in_float32(tmp_path, tiny_m
     model = load_edsr(tmp_path / "bf16.keras")
     assert {layer.compute_dtype for layer in model.layers if layer.weights} == {"float32"}
     for mine, theirs in zip(model.get_weights(), trained.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_the_architecture_round_trips_through_get_config(tmp_path, tiny_model_kwargs):
+    model = EDSR(scale=3, res_scale=0.1, **tiny_model_kwargs)
+    assert EDSR.from_config(model.get_config()).get_config() == model.get_config()
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras")
+    assert isinstance(reloaded, EDSR) and reloaded.get_config() == model.get_config()
+
+
+def test_a_checkpoint_saved_as_a_plain_functional_model_loads_and_resumes(tmp_path):
+    # Checkpoints written before EDSR was a class hold a plain functional model.
+    trained = EDSR(filters=8, blocks=2, res_scale=0.1)
+    plain = keras.Model(trained.inputs, trained.outputs, name=trained.name)
+    plain.save(tmp_path / "old.keras")
+    assert describe_edsr(load_edsr(tmp_path / "old.keras")) == describe_edsr(trained)
+    resumed = EDSR(filters=8, blocks=2, res_scale=0.1)
+    resumed.load_weights(tmp_path / "old.keras")
+    for mine, theirs in zip(resumed.get_weights(), trained.get_weights(), strict=True):
         np.testing.assert_array_equal(mine, theirs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,49 +10,62 @@ from pathlib import Path
 
 import pytest
 
-from training.ablation import VARIANTS, AblationPlan
-from training.ablation import main as ablation
+from training.config import TrainConfig, to_flags
+from training.research.ablation import BASE, VARIANTS, AblationPlan
+from training.research.ablation import main as ablation
 
 
 def _plan(tmp_path: Path, **overrides) -> AblationPlan:
     settings = dict(
-        data=("train",),
-        extra_data=("extra",),
-        val_data=("train/held_out.png",),
-        out=tmp_path / "ablation",
+        data=["train", "extra"],
+        val_data=["train/held_out.png"],
+        out=str(tmp_path / "ablation"),
         steps=400,
         eval_every=100,
     )
-    return AblationPlan(**{**settings, **overrides})
+    return AblationPlan(TrainConfig(**{**BASE, **settings, **overrides}), extra_data=("extra",))
 
 
-def _flag(args: list[str], name: str) -> list[str]:
-    return [arg.split("=", 1)[1] for arg in args if arg.startswith(f"--{name}=")]
+def _changes(config: TrainConfig, base: TrainConfig) -> dict:
+    return {
+        name: value
+        for name, value in dataclasses.asdict(config).items()
+        if name != "out" and value != getattr(base, name)
+    }
 
 
 def test_every_variant_differs_from_base_in_one_thing_only(tmp_path):
     plan = _plan(tmp_path)
-    base = plan.train_args("base")
-    assert _flag(base, "data") == ["train", "extra"]
-    assert _flag(base, "lr-schedule") == ["cosine"]
-    assert _flag(base, "mixed-precision") == ["off"]
-    assert _flag(base, "patch-size") == ["192"]
+    base = plan.config("base")
+    assert base.data == ["train", "extra"]
+    assert (base.lr_schedule, base.mixed_precision, base.patch_size) == ("cosine", "off", 192)
+    assert base.out == str(tmp_path / "ablation" / "base")
 
-    changed = {
-        variant: {arg for arg in plan.train_args(variant) if "--out=" not in arg} - set(base)
-        for variant in VARIANTS
+    changed = {variant: _changes(plan.config(variant), base) for variant in VARIANTS}
+    assert changed == {
+        "base": {},
+        "data-no-extra": {"data": ["train"]},
+        "piecewise": {"lr_schedule": "piecewise", "lr_boundaries": [200, 300]},
+        "patch-large": {"patch_size": 256},
+        "bf16": {"mixed_precision": "bfloat16"},
     }
-    assert changed["base"] == set()
-    assert changed["data-no-extra"] == set()  # it only drops --data=extra
-    assert "--data=extra" not in plan.train_args("data-no-extra")
-    assert changed["piecewise"] == {"--lr-schedule=piecewise", "--lr-boundaries", "200", "300"}
-    assert changed["patch-large"] == {"--patch-size=256"}
-    assert changed["bf16"] == {"--mixed-precision=bfloat16"}
+
+
+def test_each_variant_trains_through_the_train_command_line(tmp_path):
+    from training.__main__ import _parser
+
+    plan = _plan(tmp_path)
+    for variant in VARIANTS:
+        flags = to_flags(plan.config(variant))
+        parsed = vars(_parser().parse_args(["train", *flags]))
+        del parsed["command"], parsed["resume"]
+        assert TrainConfig(**parsed) == plan.config(variant), variant
+    assert "--data=extra" not in to_flags(plan.config("data-no-extra"))
 
 
 def test_an_unknown_variant_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown variant"):
-        _plan(tmp_path).train_args("everything")
+        _plan(tmp_path).config("everything")
 
 
 def test_a_tiny_ablation_trains_scores_and_resumes(image_folder, tmp_path, capsys):
@@ -92,12 +106,12 @@ def test_a_run_started_with_other_settings_stops_the_ablation(image_folder, tmp_
 
 
 def test_runs_trained_elsewhere_are_compared_by_data_names(tmp_path):
-    from training.ablation import check_existing_run
+    from training.research.ablation import check_existing_run
 
-    here = _plan(tmp_path, data=("/data/here/train",), val_data=("/data/here/train/a.png",))
+    here = _plan(tmp_path, data=["/data/here/train", "extra"], val_data=["/data/here/train/a.png"])
     run = here.out / "bf16"
     run.mkdir(parents=True)
-    settings = {**here.settings("bf16"), "data": ["/tmp/gpu/train", "/tmp/gpu/extra"]}
+    settings = {**dataclasses.asdict(here.config("bf16")), "data": ["/tmp/gpu/train", "/tmp/extra"]}
     settings["val_data"] = ["/tmp/gpu/train/a.png"]
     (run / "config.json").write_text(json.dumps(settings))
     check_existing_run(here, "bf16")  # same names, other machine: accepted
@@ -124,7 +138,7 @@ def test_without_val_data_every_variant_validates_on_the_same_images(image_folde
 
 
 def test_the_table_shows_training_images_and_tolerates_missing_sets():
-    from training.ablation import markdown_table
+    from training.research.ablation import markdown_table
 
     results = {
         "base": {"train_images": 604, "state": {"best_step": 4}, "bench": {"Set5": {"psnr": 31.0}}},
@@ -150,7 +164,7 @@ def test_variants_can_train_side_by_side(image_folder, tmp_path):
 
 
 def test_a_failed_variant_fails_the_ablation_after_the_others_finish(tmp_path, monkeypatch):
-    from training import ablation as module
+    from training.research import ablation as module
 
     plan = _plan(tmp_path, out=tmp_path)
     commands = {

@@ -9,11 +9,11 @@ import pytest
 
 from training.evaluate import evaluate_folder, load_upscaler
 from training.export import export_onnx
-from training.model_card import chain_histories
-from training.model_card import main as model_card
+from training.research.model_card import chain_histories
+from training.research.model_card import main as model_card
 from training.train import train
 
-SHARED_SET5 = Path(__file__).resolve().parents[3] / "shared" / "data" / "bench" / "Set5"
+SHARED_SET5 = Path(__file__).resolve().parents[4] / "shared" / "data" / "bench" / "Set5"
 
 
 def test_model_card_writes_tables_curve_and_picture(tiny_config, image_folder, tmp_path, capsys):

@@ -2,7 +2,7 @@
 models on both kinds of LR, the training curve, and a before/after picture.
 
 Usage (from the repository root):
-    python -m training.model_card --model models/edsr_x4.onnx --run RUN_DIR \
+    python -m training.research.model_card --model models/edsr_x4.onnx --run RUN_DIR \
         --bench ../shared/data/bench/Set5 ../shared/data/bench/Set14 ../shared/data/bench/BSD100 \
         --peers ../shared/data/peers --out models/edsr_x4.json --self-ensemble \
         --curve models/training_curve.png --picture docs/images/before_after.png
@@ -70,68 +70,51 @@ def opencv_peer(model_file: Path, algorithm: str, scale: int) -> Callable[[np.nd
 
 
 def benchmark(
-    methods: dict[str, Callable],
-    bench: list[Path],
-    scale: int,
-    lr_kinds: tuple[str, ...] = data.LR_KINDS,
-    standard_only: frozenset[str] = frozenset(),
+    methods: dict[str, Callable], bench: list[Path], scale: int, standard_only=frozenset()
 ) -> dict:
-    """Scores every method on every set for every LR kind.
-
-    Args:
-        methods: The upscalers to score, by name.
-        bench: Benchmark set folders.
-        scale: Upscaling factor.
-        lr_kinds: LR kinds to score on (`data.LR_KINDS`).
-        standard_only: Names of methods scored on the standard (`pil`) LR only, such as the
-            8-times-slower self-ensemble.
+    """Scores every method on every set for every LR kind (`data.LR_KINDS`), except the
+    methods in `standard_only` (the 8-times-slower self-ensemble), scored on standard LR only.
 
     Returns:
         {lr_kind: {method: {set: {"psnr", "ssim", "seconds_per_image"}}}}, with a "bicubic" method
         taken from the protocol's own bicubic baseline.
     """
     results: dict = {}
-    for kind in lr_kinds:
-        table: dict = {"bicubic": {}}
+    for kind in data.LR_KINDS:
+        results[kind] = table = {"bicubic": {}}
         for name, method in methods.items():
             if kind != "pil" and name in standard_only:
                 continue
             table[name] = {}
             for folder in bench:
                 row = evaluate_folder(method, folder, scale, lr_kind=kind)
-                table[name][row["set"]] = {
-                    "psnr": round(row["psnr"], 3),
-                    "ssim": round(row["ssim"], 4),
-                    "seconds_per_image": round(row["seconds_per_image"], 4),
-                }
-                table["bicubic"][row["set"]] = {
-                    "psnr": round(row["bicubic_psnr"], 3),
-                    "ssim": round(row["bicubic_ssim"], 4),
-                }
-        results[kind] = table
+                seconds = round(row["seconds_per_image"], 4)
+                table[name][row["set"]] = {**_figures(row), "seconds_per_image": seconds}
+                table["bicubic"][row["set"]] = _figures(row, "bicubic_")
     return results
+
+
+def _figures(row: dict, prefix: str = "") -> dict:
+    return {"psnr": round(row[f"{prefix}psnr"], 3), "ssim": round(row[f"{prefix}ssim"], 4)}
 
 
 def markdown_table(results: dict, kind: str, sets: list[str], previous: dict | None = None) -> str:
     """The PSNR / SSIM table for one LR kind, with the previous model's rows (when given) and the
     published figures (standard LR) beside."""
-    header = "| method | " + " | ".join(sets) + " |"
-    lines = [header, "|---|" + "---|" * len(sets)]
     rows = dict(results[kind])
     for method, per_set in (previous or {}).get(kind, {}).items():
         rows[method.replace(THIS_MODEL, "EDSR x4 (previous model)")] = per_set
+    for method, figures in PUBLISHED.items() if kind == "pil" else ():
+        rows[f"{method}, published"] = {
+            s: {"psnr": figures[s][0], "ssim": figures[s][1]} for s in sets if s in figures
+        }
+    lines = ["| method | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
     for method, per_set in rows.items():
         cells = [
             f"{per_set[s]['psnr']:.2f} / {per_set[s]['ssim']:.4f}" if s in per_set else "–"
             for s in sets
         ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    if kind == "pil":
-        for method, figures in PUBLISHED.items():
-            cells = [
-                f"{figures[s][0]:.2f} / {figures[s][1]:.4f}" if s in figures else "–" for s in sets
-            ]
-            lines.append(f"| {method}, published | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -169,17 +152,14 @@ def chain_histories(run_dirs: list[Path]) -> tuple[list[dict], list[float]]:
     offset = 0.0
     for index, run_dir in enumerate(run_dirs):
         if index:
-            previous_best = float(
-                json.loads((run_dirs[index - 1] / "state.json").read_text())["best_step"]
-            )
-            offset += previous_best
+            offset += json.loads((run_dirs[index - 1] / "state.json").read_text())["best_step"]
             rows = [row for row in rows if row["step"] <= offset]
             boundaries.append(offset)
         rows += [{**row, "step": row["step"] + offset} for row in read_history(run_dir)]
     return rows, boundaries
 
 
-def plot_curve(history: list[dict], out: Path, boundaries: list[float] = ()) -> None:
+def plot_curve(history: list[dict], boundaries: list[float], out: Path) -> None:
     """Training L1 loss and validation PSNR against steps, one PNG; a dashed line marks where
     each later training stage starts."""
     import matplotlib
@@ -247,9 +227,11 @@ def before_after(upscaler: Upscaler, hr_path: Path, out: Path, box: tuple[int, i
     canvas.save(out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m training.research.model_card",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="the exported .onnx model")
     parser.add_argument(
@@ -279,27 +261,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--picture-box", type=int, nargs=3, default=(0, 0, 128), metavar=("TOP", "LEFT", "SIZE")
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    model = load_upscaler(args.model)
+
+def _methods(model: Upscaler, peers: str | None, ensemble: bool) -> dict[str, Callable]:
+    """The upscalers to score: the OpenCV peers found in `peers`, the model, its self-ensemble."""
     methods: dict[str, Callable] = {}
-    if args.peers:
-        for name, (file, algorithm) in PEERS.items():
-            if (Path(args.peers) / file).exists():
-                methods[f"OpenCV {name}"] = opencv_peer(
-                    Path(args.peers) / file, algorithm, model.scale
-                )
+    for name, (file, algorithm) in PEERS.items():
+        if peers and (Path(peers) / file).exists():
+            methods[f"OpenCV {name}"] = opencv_peer(Path(peers) / file, algorithm, model.scale)
     methods[THIS_MODEL] = model
-    if args.self_ensemble:
+    if ensemble:
         methods[THIS_MODEL_ENSEMBLE] = lambda lr: self_ensemble(model, lr)
+    return methods
+
+
+def _training(run_dirs: list[Path]) -> dict:
+    """The last stage's config and state, and every stage's, read from the run folders."""
+    stages = [
+        {name: json.loads((run / f"{name}.json").read_text()) for name in ("config", "state")}
+        for run in run_dirs
+    ]
+    return {**stages[-1], "stages": stages}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    model = load_upscaler(args.model)
     bench = [Path(b) for b in args.bench]
     # Read before anything is written: --previous may name the file --out overwrites.
     previous = json.loads(Path(args.previous).read_text()) if args.previous else None
+    methods = _methods(model, args.peers, args.self_ensemble)
     results = benchmark(methods, bench, model.scale, standard_only=frozenset({THIS_MODEL_ENSEMBLE}))
 
     sidecar = Path(args.model).with_suffix(".json")
     card = json.loads(sidecar.read_text()) if sidecar.exists() else {}
-    previous_rows = _previous_rows(previous) if previous else None
     card["evaluation"] = {
         "protocol": "Y (BT.601) PSNR / SSIM, x4, 4px border shaved, HR cropped to a multiple of 4,"
         " SR rounded to uint8",
@@ -311,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "published": PUBLISHED,
         "cpu": platform.processor() or platform.machine(),
     }
+    previous_rows = _previous_rows(previous) if previous else None
     if previous:
         card["previous_model"] = {
             "results": previous_rows,
@@ -318,23 +315,14 @@ def main(argv: list[str] | None = None) -> int:
             "training": previous.get("training"),
         }
     if args.run:
-        runs = [Path(run) for run in args.run]
-        stages = [
-            {
-                "config": json.loads((run / "config.json").read_text()),
-                "state": json.loads((run / "state.json").read_text()),
-            }
-            for run in runs
-        ]
-        card["training"] = {**stages[-1], "stages": stages}
+        card["training"] = _training([Path(run) for run in args.run])
         if args.curve:
-            history, boundaries = chain_histories(runs)
-            plot_curve(history, Path(args.curve), boundaries)
+            plot_curve(*chain_histories([Path(run) for run in args.run]), Path(args.curve))
     if args.picture:
         image = (
             Path(args.picture_image)
             if args.picture_image
-            else sorted(s.hr_path for s in data.discover_sources([bench[0]], model.scale))[0]
+            else min(s.hr_path for s in data.discover_sources([bench[0]], model.scale))
         )
         before_after(model, image, Path(args.picture), tuple(args.picture_box))
     Path(args.out).write_text(json.dumps(card, indent=2) + "\n")
