@@ -43,7 +43,7 @@ help:
 	@echo "make retrain DATA=dir train, export, evaluate (BENCH='dir ...'), install into models/"
 	@echo "                      (ARGS='--steps 20000 ...', RUN_DIR=..., MODEL_OUT=..., EXPORT_ARGS=)"
 	@echo "make lint | format    ruff check + format check | ruff format + ruff check --fix"
-	@echo "make settings-table   regenerate README.md's UPSCALER_* table from service/config.py"
+	@echo "make settings-table   regenerate docs/api.md's UPSCALER_* table from service/config.py"
 	@echo "make docker-build     build the GPU service image (docker-build-cpu: the CPU one)"
 
 # --- the virtual environment -------------------------------------------------------------------
@@ -102,7 +102,7 @@ retrain: $(TRAIN_STAMP)
 		bash scripts/retrain.sh $(foreach dir,$(DATA),--data '$(dir)') $(ARGS)
 
 settings-table: $(SERVE_STAMP)
-	$(PY) scripts/settings_table.py --write README.md
+	$(PY) scripts/settings_table.py --write
 
 docker-build:
 	docker build -t edsr-upscaler:gpu .
