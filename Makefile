@@ -41,7 +41,7 @@ help:
 	@echo "                      (MODEL=..., HOST=0.0.0.0, PORT=..., SERVE_EXTRAS=gpu)"
 	@echo "make test             install train+dev extras, run ruff, pytest and the image check"
 	@echo "make retrain DATA=dir train, export, evaluate (BENCH='dir ...'), install into models/"
-	@echo "                      (ARGS='--steps 20000 ...', RUN_DIR=..., MODEL_OUT=..., EXPORT_ARGS=)"
+	@echo "                      (ARGS='--steps 20000 ...', MODEL_NAME=..., DEGRADATION=realistic, RUN_DIR=..., EXPORT_ARGS=)"
 	@echo "make lint | format    ruff check + format check | ruff format + ruff check --fix"
 	@echo "make settings-table   regenerate docs/api.md's UPSCALER_* table from service/config.py"
 	@echo "make docker-build     build the GPU service image (docker-build-cpu: the CPU one)"
@@ -97,8 +97,9 @@ format: $(TEST_STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 retrain: $(TRAIN_STAMP)
-	@test -n '$(DATA)' || case ' $(ARGS) ' in *' --resume '*) ;; *) echo "usage: make retrain DATA='folder ...' [ARGS='--steps 20000'] [BENCH='Set5-folder ...'] [RUN_DIR=...] [MODEL_OUT=...]; to continue a run: make retrain RUN_DIR=runs/NAME ARGS=--resume" >&2; exit 2;; esac
+	@test -n '$(DATA)' || case ' $(ARGS) ' in *' --resume '*) ;; *) echo "usage: make retrain DATA='folder ...' [ARGS='--steps 20000'] [BENCH='Set5-folder ...'] [MODEL_NAME=edsr_x4_real] [DEGRADATION=realistic] [RUN_DIR=...]; to continue a run: make retrain RUN_DIR=runs/NAME ARGS=--resume" >&2; exit 2;; esac
 	PYTHON='$(PY)' BENCH='$(BENCH)' RUN_DIR='$(RUN_DIR)' MODEL_OUT='$(MODEL_OUT)' EXPORT_ARGS='$(EXPORT_ARGS)' \
+		MODEL_NAME='$(MODEL_NAME)' DEGRADATION='$(DEGRADATION)' \
 		bash scripts/retrain.sh $(foreach dir,$(DATA),--data '$(dir)') $(ARGS)
 
 settings-table: $(SERVE_STAMP)

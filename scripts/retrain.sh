@@ -11,8 +11,13 @@
 #              it to finish the run as planned); no --data is needed then.
 #   BENCH      space-separated benchmark folders (Set5, Set14, ...) to score the exported model
 #              on; the table goes to RUN_DIR/eval.txt. Optional.
-#   MODEL_OUT  where the model is installed (default: models/edsr_x4.onnx in the repository);
-#              the export's metadata sidecar goes beside it (edsr_x4.json).
+#   MODEL_NAME the served model's name (default: edsr_x4): installed as MODELS_DIR/MODEL_NAME.onnx,
+#              which the service offers as `?model=MODEL_NAME` after a restart.
+#   MODELS_DIR the folder the service serves (default: models/ in the repository).
+#   DEGRADATION training degradation preset (`--degradation`: bicubic, realistic, ...); unset:
+#              the flag's default, or with --resume the run's own.
+#   MODEL_OUT  where the model is installed (default: MODELS_DIR/MODEL_NAME.onnx);
+#              the export's metadata sidecar goes beside it (MODEL_NAME.json).
 #   EXPORT_ARGS `python -m training export` flags (default "--fp16": the half-precision copy,
 #              edsr_x4_fp16.onnx, that the service runs on CUDA, as shipped). Set it empty to
 #              skip that copy; a previous model's fp16 copy is then removed, so that the service
@@ -48,7 +53,12 @@ for arg in "$@"; do
 done
 
 RUN_DIR=${RUN_DIR:-$ROOT/runs/$(date -u +%Y%m%d-%H%M%S)}
-MODEL_OUT=${MODEL_OUT:-$ROOT/models/edsr_x4.onnx}
+MODEL_NAME=${MODEL_NAME:-edsr_x4}
+MODEL_OUT=${MODEL_OUT:-${MODELS_DIR:-$ROOT/models}/$MODEL_NAME.onnx}
+train_args=("$@")
+if [[ -n ${DEGRADATION:-} ]]; then
+    train_args+=(--degradation "$DEGRADATION")
+fi
 BENCH=${BENCH:-}
 # Unset means the default; set but empty means no extra flags.
 EXPORT_ARGS=${EXPORT_ARGS---fp16}
@@ -60,7 +70,7 @@ fi
 STAGED="$RUN_DIR/$(basename "$MODEL_OUT")"
 
 echo "==> 1/4 train into $RUN_DIR"
-"$PYTHON" -m training train --out "$RUN_DIR" "$@"
+"$PYTHON" -m training train --out "$RUN_DIR" "${train_args[@]}"
 
 # Training may run on any Keras backend; the export converts through TensorFlow (tf2onnx).
 echo "==> 2/4 export $RUN_DIR/best.keras -> $STAGED"

@@ -62,6 +62,8 @@ def run_metadata(checkpoint: Path) -> dict[str, str]:
         meta["training_data"] = ", ".join(config.get("data", [])) or "unknown"
         for key in ("train_images", "patch_size", "batch_size"):
             meta[key] = str(config.get(key, "unknown"))
+        # Runs from before degradation presets existed trained on the standard one.
+        meta["degradation"] = str(config.get("degradation", "bicubic"))
         if config.get("init_from"):
             # A fine-tuned model's steps count from these weights, not from scratch.
             meta["init_from"] = str(config["init_from"])

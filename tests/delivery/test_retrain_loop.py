@@ -124,6 +124,19 @@ def test_retrain_exports_into_models_and_the_restarted_service_serves_it(
         assert response.headers["X-Output-Size"] == "56x40"
 
 
+@pytest.mark.slow
+def test_retrain_installs_a_named_model_trained_on_a_degradation_preset(photos, tmp_path):
+    models = tmp_path / "models"
+    run = tmp_path / "run"
+    env = {"RUN_DIR": str(run), "MODELS_DIR": str(models), "EXPORT_ARGS": ""}
+    env |= {"MODEL_NAME": "edsr_x4_real", "DEGRADATION": "realistic"}
+    result = _retrain(["--data", str(photos), *TINY_RUN], **env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads((run / "config.json").read_text())["degradation"] == "realistic"
+    assert _metadata(models / "edsr_x4_real.onnx")["degradation"] == "realistic"
+    assert json.loads((models / "edsr_x4_real.json").read_text())["degradation"] == "realistic"
+
+
 def test_retrain_refuses_out_and_a_model_path_that_is_not_onnx(tmp_path):
     result = _retrain(["--data", str(tmp_path), "--out", str(tmp_path / "r")])
     assert result.returncode == 2 and "RUN_DIR" in result.stderr
