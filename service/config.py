@@ -44,7 +44,25 @@ class Settings(BaseSettings):
 
     model_path: Path = Field(
         default=Path("models/edsr_x4.onnx"),
-        description="ONNX model exported by the training package.",
+        description="One ONNX model to serve alone, named by its file stem and so the default. "
+        "Setting it (or `python -m service --model`) makes the service ignore MODELS_DIR and "
+        "DEFAULT_MODEL; left unset, every model in MODELS_DIR is served, and this default is "
+        "only the file that single-model tools (`service.client --local`) load.",
+    )
+    models_dir: Path = Field(
+        default=Path("models"),
+        description="Folder whose models are all loaded and warmed up at start-up, unless "
+        "MODEL_PATH is set: every `NAME.onnx` (a `_fp16.onnx` copy is that model's fp16 "
+        "export, see PRECISION, not a model of its own), with its card `NAME.json` beside it "
+        "for GET /models. Requests pick one with `?model=NAME`; each costs its weights in "
+        "memory and one warm-up.",
+    )
+    default_model: str = Field(
+        default="edsr_x4",
+        min_length=1,
+        description="Model (file stem in MODELS_DIR) that `POST /upscale` uses without "
+        "`?model=`; start-up fails if MODELS_DIR has no such model. Ignored when MODEL_PATH is "
+        "set.",
     )
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_PROVIDERS),
@@ -143,11 +161,31 @@ class Settings(BaseSettings):
         description="Keep onnxruntime's CPU memory arena (reuses the buffers of the tile shape "
         "between calls).",
     )
-    precision: Literal["auto", "fp32", "fp16"] = Field(
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         default="auto",
         description="Model precision. `auto` runs the fp16 export (`<model>_fp16.onnx`, from "
         "`python -m training export --fp16`) when the CUDA provider is really in use and the "
-        "file exists, else the fp32 model; `fp16` requires that file.",
+        "file exists, else the fp32 model; `fp16` requires that file. On OpenVINO, `auto` "
+        "computes in bfloat16 where the CPU has it (AMX / AVX512-BF16), else in fp32; `bf16` "
+        "and `fp16` fall back to fp32, with the reason in /readyz, where the CPU lacks them "
+        "(onnxruntime has no bf16 and runs fp32 for it).",
+    )
+    engine: Literal["auto", "onnxruntime", "openvino"] = Field(
+        default="auto",
+        description="Inference engine. `auto`: onnxruntime when one of PROVIDERS really runs "
+        "on a GPU, else OpenVINO on the CPU when installed (faster there than onnxruntime's "
+        "CPU provider, docs/benchmarks.md), else onnxruntime's CPU provider. A requested "
+        "engine that cannot load falls back to onnxruntime, with the reason in /readyz.",
+    )
+    openvino_hint: Literal["latency", "throughput"] = Field(
+        default="latency",
+        description="OpenVINO PERFORMANCE_HINT. `latency`: one stream uses every core for one "
+        "request; `throughput`: several streams run parallel requests (MAX_CONCURRENCY > 1).",
+    )
+    openvino_cache_dir: Path | None = Field(
+        default=None,
+        description="Folder where OpenVINO caches compiled models (CACHE_DIR), which makes "
+        "later start-ups faster; unset: compile at every start.",
     )
     png_encoder: Literal["strips", "pillow"] = Field(
         default="strips",

@@ -1,9 +1,9 @@
 """What the routes' parameters are: the running service's state (reached through an `Annotated`
 dependency), readiness, the query and Accept header, and the size-limited upload.
 
-`POST /upscale` declares them in the order they run, cheapest first: the query and the Accept
-header are checked before a single byte of the body is read, and the body is counted while it
-arrives, before the request queues for a model slot.
+`POST /upscale` declares them in the order they run, cheapest first: the model and quality
+queries and the Accept header are checked before a single byte of the body is read, and the body
+is counted while it arrives, before the request queues for a model slot.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from starlette.types import Message, Receive
 from service.admission import AdmissionGate
 from service.config import Settings
 from service.encode import OutputFormat
-from service.engine import OnnxEngine
+from service.engine import Engine
 from service.exceptions import (
     ClientDisconnectedError,
     EmptyUploadError,
@@ -35,9 +35,14 @@ from service.exceptions import (
 from service.metrics import ServiceMetrics
 from service.negotiation import acceptable_formats
 from service.pipeline import Pipeline, Quality
+from service.registry import ModelRegistry, ServedModel
 
 #: Name of the multipart field that carries the image.
 UPLOAD_FIELD = "file"
+
+#: Where `requested_model` leaves the chosen model's name in the request's state, for the
+#: metrics middleware (which sees the request before and after the endpoint, not its parameters).
+MODEL_STATE_KEY = "upscaler_model"
 
 #: Raw (non-multipart) bodies are accepted with these media types, or with none at all.
 _RAW_MEDIA_TYPES = frozenset({"", "application/octet-stream"})
@@ -49,21 +54,21 @@ class ServiceState:
 
     Attributes:
         settings: The settings the app was built with.
-        engine: The loaded model (`engine.info` describes it).
-        pipeline: decode → model → encode for that model.
+        models: The loaded models, each with its engine and pipeline (`engine` and `pipeline`
+            are the default model's).
         metrics: The app's Prometheus metrics.
         gate: Admission control for upscales.
         uploads: Bounds the request bodies being received at once (no queue: beyond the bound,
             503), since each may hold up to `settings.max_upload_bytes` in memory.
         limiter: Worker threads for upscales, as many as `settings.max_concurrency`, kept apart
             from the default thread pool so that other blocking work never waits behind them.
-        warmed: Set once the warm-up run succeeded; readiness and upscales wait for it.
-        warmup_error: Why warm-up failed, if it did.
+        warmed: Set once every model's warm-up run succeeded; readiness and upscales wait
+            for it, so no request meets a cold model.
+        warmup_error: Why warm-up failed (naming the model), if it did.
     """
 
     settings: Settings
-    engine: OnnxEngine
-    pipeline: Pipeline
+    models: ModelRegistry
     metrics: ServiceMetrics
     gate: AdmissionGate
     uploads: AdmissionGate
@@ -72,13 +77,14 @@ class ServiceState:
     warmup_error: str | None = None
 
     @classmethod
-    def start(cls, settings: Settings, engine: OnnxEngine, metrics: ServiceMetrics) -> ServiceState:
-        """The state of a service whose model has just been loaded (not yet warmed up)."""
+    def start(
+        cls, settings: Settings, models: ModelRegistry, metrics: ServiceMetrics
+    ) -> ServiceState:
+        """The state of a service whose models have just been loaded (not yet warmed up)."""
         retry = settings.retry_after_seconds
         state = cls(
             settings=settings,
-            engine=engine,
-            pipeline=Pipeline.for_engine(engine, settings),
+            models=models,
             metrics=metrics,
             gate=AdmissionGate(settings.max_concurrency, settings.max_queue, retry),
             uploads=AdmissionGate(
@@ -90,8 +96,23 @@ class ServiceState:
             limiter=anyio.CapacityLimiter(settings.max_concurrency),
         )
         metrics.track_queue(lambda: state.gate.waiting)
-        metrics.set_provider(engine.info.provider, engine.info.fallback)
+        default = models.default.engine.info
+        metrics.set_provider(default.provider, default.fallback)
+        metrics.set_models(
+            [(m.name, m.engine.info.provider, m.engine.info.precision) for m in models],
+            models.default_name,
+        )
         return state
+
+    @property
+    def engine(self) -> Engine:
+        """The default model's engine."""
+        return self.models.default.engine
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The default model's pipeline."""
+        return self.models.default.pipeline
 
     @property
     def ready(self) -> bool:
@@ -127,6 +148,33 @@ def get_ready_state(state: Annotated[ServiceState, Depends(get_state)]) -> Servi
 
 
 ReadyService = Annotated[ServiceState, Depends(get_ready_state)]
+
+
+def requested_model(
+    request: Request,
+    state: ReadyService,
+    model: Annotated[
+        str | None,
+        Query(
+            description="Name of the model to run (GET /models lists them); the default model "
+            "(UPSCALER_DEFAULT_MODEL) when omitted.",
+        ),
+    ] = None,
+) -> ServedModel:
+    """The `model` query parameter: one of the loaded models, the default when omitted.
+
+    Checked before the upload is read, like `quality`, and with the service's one error shape.
+    The chosen name is left in the request's state for the metrics' `model` label.
+
+    Raises:
+        UnknownModelError: For a name no loaded model has (422, listing the known names).
+    """
+    served = state.models.get(model)
+    setattr(request.state, MODEL_STATE_KEY, served.name)
+    return served
+
+
+RequestedModel = Annotated[ServedModel, Depends(requested_model)]
 
 
 def _limited_receive(receive: Receive, limit: int) -> Receive:

@@ -17,31 +17,35 @@ import anyio
 from fastapi import FastAPI
 
 from service.config import Settings
-from service.deps import ServiceState
-from service.engine import OnnxEngine
+from service.deps import MODEL_STATE_KEY, ServiceState
+from service.engine import Engine, create_engine
 from service.errors import install_error_handlers
 from service.exceptions import ModelLoadError
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
+from service.registry import load_models
 from service.routes import UPSCALE_PATH, router
 
 logger = logging.getLogger("service")
 
-EngineFactory = Callable[[Settings], OnnxEngine]
+#: Loads one model from settings whose `model_path` names it; called once per served model.
+EngineFactory = Callable[[Settings], Engine]
 
 
 def create_app(
-    settings: Settings | None = None, *, engine_factory: EngineFactory = OnnxEngine
+    settings: Settings | None = None, *, engine_factory: EngineFactory = create_engine
 ) -> FastAPI:
     """Builds the upscaling app.
 
-    The model is loaded when the app starts (its lifespan), not here, so building an app is
-    cheap. A model that cannot be loaded makes start-up fail with `ModelLoadError` naming the
-    path, and uvicorn exits. Warm-up then runs in the background: `/healthz` answers at once,
-    `/readyz` and `/upscale` answer 503 until the warm-up finished.
+    The models (every one in the models folder, or the one `model_path` names: see
+    `service.registry`) are loaded when the app starts (its lifespan), not here, so building an
+    app is cheap. A model that cannot be loaded makes start-up fail with `ModelLoadError` naming
+    the path, and uvicorn exits. Warm-up then runs in the background, one model after the other:
+    `/healthz` answers at once, `/readyz` and `/upscale` answer 503 until every model is warm.
 
     Args:
         settings: Settings to use; read from the environment when omitted.
-        engine_factory: Loads the model from the settings (tests substitute their own).
+        engine_factory: Loads one model from settings whose `model_path` names it (tests
+            substitute their own); called once per model, in the models' order.
     """
     settings = settings or Settings()
     metrics = ServiceMetrics()
@@ -55,23 +59,25 @@ def create_app(
     app.state.metrics = metrics
     app.state.service = None  # a ServiceState once the lifespan has loaded the model
     install_error_handlers(app)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, path=UPSCALE_PATH)
+    app.add_middleware(
+        RequestMetricsMiddleware, metrics=metrics, path=UPSCALE_PATH, model_key=MODEL_STATE_KEY
+    )
     app.include_router(router)
     return app
 
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI, engine_factory: EngineFactory) -> AsyncIterator[None]:
-    """Loads the model once, warms it up in the background, and drops it at shutdown."""
+    """Loads the models once, warms them up in the background, and drops them at shutdown."""
     _ensure_log_output()
     settings: Settings = app.state.settings
     try:
         # Loading can take seconds (CUDA initialisation); keep the event loop free meanwhile.
-        engine = await anyio.to_thread.run_sync(engine_factory, settings)
+        models = await anyio.to_thread.run_sync(load_models, settings, engine_factory)
     except ModelLoadError as exc:
         logger.error("cannot start: %s", exc)
         raise
-    state = ServiceState.start(settings, engine, app.state.metrics)
+    state = ServiceState.start(settings, models, app.state.metrics)
     app.state.service = state
     warm_up = asyncio.create_task(_warm_up(state))
     try:
@@ -84,14 +90,20 @@ async def _lifespan(app: FastAPI, engine_factory: EngineFactory) -> AsyncIterato
 
 
 async def _warm_up(state: ServiceState) -> None:
-    try:
-        await anyio.to_thread.run_sync(state.engine.warm_up, abandon_on_cancel=True)
-    except Exception as exc:
-        state.warmup_error = str(exc)
-        logger.exception("model warm-up failed; the service stays unready")
-        return
+    # One model after the other: warming up runs the model on a full tile with every core (or
+    # searches GPU kernels), so in parallel they would only compete, and memory peaks once.
+    # Ready only when all are warm: a request may pick any listed model, and none should pay
+    # a first-run cost (seconds on GPUs) or find it unusable after /readyz said ready.
+    for model in state.models:
+        try:
+            await anyio.to_thread.run_sync(model.engine.warm_up, abandon_on_cancel=True)
+        except Exception as exc:
+            state.warmup_error = f"model {model.name!r}: {exc}"
+            logger.exception("warm-up of model %r failed; the service stays unready", model.name)
+            return
     state.warmed.set()
-    logger.info("ready to upscale")
+    names = ", ".join(state.models.names)
+    logger.info("ready to upscale with %s (default %s)", names, state.models.default_name)
 
 
 def _ensure_log_output() -> None:

@@ -2,6 +2,10 @@
 
 Each app gets its own `CollectorRegistry` rather than prometheus_client's global one, so that
 several apps in one process (as in the test suite) do not register the same names twice.
+
+The upscale metrics carry a `model` label: the name of the model that served the request (a
+loaded model's name, never the raw query value, so the label's values stay bounded), or empty
+for requests refused before a model was chosen (not ready, unknown model).
 """
 
 from __future__ import annotations
@@ -22,33 +26,40 @@ class ServiceMetrics:
 
     Attributes:
         registry: The registry to expose.
-        requests: `upscaler_requests_total{status}`, upscale requests by HTTP status.
-        request_seconds: `upscaler_request_seconds`, upscale latency from request to response.
-        inference_seconds: `upscaler_inference_seconds`, model time per upscale (tiles only).
+        requests: `upscaler_requests_total{model,status}`, upscale requests by HTTP status.
+        request_seconds: `upscaler_request_seconds{model}`, upscale latency from request to
+            response.
+        inference_seconds: `upscaler_inference_seconds{model}`, model time per upscale (tiles
+            only).
         inflight: `upscaler_inflight`, upscales running now.
         queue_depth: `upscaler_queue_depth`, upscales waiting for a slot now.
-        pixels: `upscaler_pixels_total{side}`, pixels of successful upscales; `side` is `input`
-            (uploaded image) or `output` (the 16x larger result).
-        provider: `upscaler_provider_info{provider,fallback}`, 1 for the provider in use.
+        pixels: `upscaler_pixels_total{model,side}`, pixels of successful upscales; `side` is
+            `input` (uploaded image) or `output` (the 16x larger result).
+        provider: `upscaler_provider_info{provider,fallback}`, 1 for the provider in use (the
+            default model's).
+        models: `upscaler_model_info{model,default,provider,precision}`, 1 for each loaded
+            model.
     """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "upscaler_requests",
-            "Upscale requests by HTTP status code.",
-            ["status"],
+            "Upscale requests by model and HTTP status code.",
+            ["model", "status"],
             registry=self.registry,
         )
         self.request_seconds = Histogram(
             "upscaler_request_seconds",
             "Upscale request latency in seconds, including queueing, decoding and encoding.",
+            ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.inference_seconds = Histogram(
             "upscaler_inference_seconds",
             "Model time per upscale in seconds (all tiles of one image).",
+            ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -60,13 +71,19 @@ class ServiceMetrics:
             "upscaler_pixels",
             "Pixels of successful upscales; side=input counts uploaded pixels, side=output "
             "the upscaled ones.",
-            ["side"],
+            ["model", "side"],
             registry=self.registry,
         )
         self.provider = Gauge(
             "upscaler_provider_info",
             "Execution provider running the model (value 1), and whether it is a fallback.",
             ["provider", "fallback"],
+            registry=self.registry,
+        )
+        self.models = Gauge(
+            "upscaler_model_info",
+            "Models loaded (value 1): name, whether it is the default, provider and precision.",
+            ["model", "default", "provider", "precision"],
             registry=self.registry,
         )
 
@@ -79,18 +96,35 @@ class ServiceMetrics:
         self.provider.clear()
         self.provider.labels(provider=provider, fallback=str(fallback).lower()).set(1)
 
-    def observe_upscale(
-        self, input_pixels: int, output_pixels: int, inference_seconds: float
-    ) -> None:
-        """Counts one successful upscale."""
-        self.pixels.labels(side="input").inc(input_pixels)
-        self.pixels.labels(side="output").inc(output_pixels)
-        self.inference_seconds.observe(inference_seconds)
+    def set_models(self, models: list[tuple[str, str, str]], default: str) -> None:
+        """Records the loaded models as `(name, provider, precision)`, and the default's name.
 
-    def observe_request(self, status: int, seconds: float) -> None:
-        """Counts one finished upscale request."""
-        self.requests.labels(status=str(status)).inc()
-        self.request_seconds.observe(seconds)
+        Also starts each model's latency and pixel series at zero, so that a model nobody has
+        used yet shows as such rather than as a missing series.
+        """
+        self.models.clear()
+        for name, provider, precision in models:
+            is_default = str(name == default).lower()
+            self.models.labels(
+                model=name, default=is_default, provider=provider, precision=precision
+            ).set(1)
+            self.request_seconds.labels(model=name)
+            self.inference_seconds.labels(model=name)
+            for side in ("input", "output"):
+                self.pixels.labels(model=name, side=side)
+
+    def observe_upscale(
+        self, input_pixels: int, output_pixels: int, inference_seconds: float, model: str = ""
+    ) -> None:
+        """Counts one successful upscale by `model`."""
+        self.pixels.labels(model=model, side="input").inc(input_pixels)
+        self.pixels.labels(model=model, side="output").inc(output_pixels)
+        self.inference_seconds.labels(model=model).observe(inference_seconds)
+
+    def observe_request(self, status: int, seconds: float, model: str = "") -> None:
+        """Counts one finished upscale request (`model` empty when none was chosen)."""
+        self.requests.labels(model=model, status=str(status)).inc()
+        self.request_seconds.labels(model=model).observe(seconds)
 
     def render(self, accept_header: str | None) -> tuple[bytes, str]:
         """Renders the metrics in the format the scraper asked for.
@@ -109,13 +143,18 @@ class RequestMetricsMiddleware:
     """Counts the requests to one path by final status and times them, errors included.
 
     A pure ASGI middleware sees the status of every response, including those produced by the
-    exception handlers, which an endpoint-level timer would miss.
+    exception handlers, which an endpoint-level timer would miss. The `model` label is the name
+    the endpoint's parameters left under `model_key` in the request's state (`scope["state"]`,
+    what `request.state` reads and writes), empty if they left none.
     """
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, path: str) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: ServiceMetrics, path: str, model_key: str = "model"
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.path = path
+        self.model_key = model_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path:
@@ -123,6 +162,8 @@ class RequestMetricsMiddleware:
             return
         status = 500
         started = time.perf_counter()
+        # The same dict as the endpoint's `request.state`, which Starlette creates the same way.
+        request_state = scope.setdefault("state", {})
 
         async def send_with_status(message: Message) -> None:
             nonlocal status
@@ -133,4 +174,5 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            self.metrics.observe_request(status, time.perf_counter() - started)
+            model = str(request_state.get(self.model_key, ""))
+            self.metrics.observe_request(status, time.perf_counter() - started, model)

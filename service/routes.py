@@ -1,9 +1,10 @@
-"""The endpoints, as plain functions on one `APIRouter`: `POST /upscale`, the probes and metrics.
+"""The endpoints, as plain functions on one `APIRouter`: `POST /upscale`, the models, the probes
+and metrics.
 
-A request reads top to bottom: the parameters of `upscale` (`service.deps`) check the query, the
-Accept header and the upload in that order, then the pipeline (`service.pipeline`) checks the
-header, waits for a slot and does the work in a worker thread. Errors are domain exceptions,
-mapped to statuses in one table (`service.errors`).
+A request reads top to bottom: the parameters of `upscale` (`service.deps`) check the model, the
+Accept header, the quality and the upload in that order, then the model's pipeline
+(`service.pipeline`) checks the header, waits for a slot and does the work in a worker thread.
+Errors are domain exceptions, mapped to statuses in one table (`service.errors`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -23,14 +24,17 @@ from service.deps import (
     UPLOAD_FIELD,
     AcceptedFormats,
     ReadyService,
+    RequestedModel,
     RequestedQuality,
     ServiceState,
     UploadedBytes,
+    get_state,
 )
 from service.encode import OutputFormat, describe_png_writer
-from service.errors import UPSCALE_ERROR_RESPONSES
+from service.errors import UPSCALE_ERROR_RESPONSES, ErrorBody
 from service.exceptions import ClientDisconnectedError
 from service.pipeline import Quality, UpscaleResult
+from service.registry import ServedModel
 
 router = APIRouter()
 
@@ -56,7 +60,12 @@ _UPLOAD_OPENAPI: dict[str, Any] = {
     }
 }
 _HEADERS = {
-    "X-Upscaler-Provider": "onnxruntime execution provider that ran the model.",
+    "X-Upscaler-Model": "Name of the model that ran (the `model` parameter, or the default).",
+    "X-Upscaler-Provider": "onnxruntime execution provider that ran the model (`openvino:CPU` "
+    "on OpenVINO).",
+    "X-Upscaler-Engine": "Engine that ran the model: `onnxruntime` or `openvino`.",
+    "X-Upscaler-Device": "Where the model ran: `CPU` or `GPU`.",
+    "X-Upscaler-Precision": "What the model computed in: `fp32`, `fp16` or `bf16`.",
     "X-Inference-Time-Ms": "Model time in milliseconds (excludes queueing, decoding, encoding).",
     "X-Input-Size": "Input WIDTHxHEIGHT after EXIF rotation.",
     "X-Output-Size": "Output WIDTHxHEIGHT.",
@@ -78,6 +87,16 @@ _UPSCALE_SUCCESS: dict[int | str, dict[str, Any]] = {
 }
 
 
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **UPSCALE_ERROR_RESPONSES,
+    422: {
+        "model": ErrorBody,
+        "description": UPSCALE_ERROR_RESPONSES[422]["description"].rstrip(".")
+        + ", or a `model` that is not loaded (the detail lists the loaded ones).",
+    },
+}
+
+
 @router.post(
     UPSCALE_PATH,
     summary="Upscale an image",
@@ -89,18 +108,19 @@ _UPSCALE_SUCCESS: dict[int | str, dict[str, Any]] = {
         "profile are kept; EXIF orientation is applied; 16-bit images become 8 bits."
     ),
     response_class=Response,
-    responses={**_UPSCALE_SUCCESS, **UPSCALE_ERROR_RESPONSES},
+    responses={**_UPSCALE_SUCCESS, **_ERROR_RESPONSES},
     openapi_extra=_UPLOAD_OPENAPI,
 )
 async def upscale(
     request: Request,
     state: ReadyService,
+    model: RequestedModel,
     formats: AcceptedFormats,
     quality: RequestedQuality,
     data: UploadedBytes,
 ) -> Response:
     """Upscales one image: header check, a slot, then decode → model → encode in a thread."""
-    pipeline = state.pipeline
+    pipeline = model.pipeline
     # Reading the header is cheap and rejects bad or oversized files before they queue.
     output_format = await run_in_threadpool(pipeline.choose_format, data, formats, quality)
     async with state.gate.slot():
@@ -113,23 +133,30 @@ async def upscale(
                     pipeline, data, output_format, quality, cancel, limiter=state.limiter
                 )
     state.metrics.observe_upscale(
-        result.input_pixels, result.output_pixels, result.inference_seconds
+        result.input_pixels, result.output_pixels, result.inference_seconds, model.name
     )
     return Response(
         content=result.content,
         media_type=result.output_format.media_type,
-        headers=_response_headers(result, state.engine.info.provider, quality),
+        headers=_response_headers(result, model, quality),
     )
 
 
-def _response_headers(result: UpscaleResult, provider: str, quality: Quality) -> dict[str, str]:
+def _response_headers(
+    result: UpscaleResult, model: ServedModel, quality: Quality
+) -> dict[str, str]:
+    info = model.engine.info
     steps = (
         ("decode", result.decode_seconds),
         ("model", result.inference_seconds),
         ("encode", result.encode_seconds),
     )
     return {
-        "X-Upscaler-Provider": provider,
+        "X-Upscaler-Model": model.name,
+        "X-Upscaler-Provider": info.provider,
+        "X-Upscaler-Engine": info.engine,
+        "X-Upscaler-Device": info.device,
+        "X-Upscaler-Precision": info.precision,
         "X-Inference-Time-Ms": f"{result.inference_seconds * 1000:.1f}",
         "X-Input-Size": f"{result.input_width}x{result.input_height}",
         "X-Output-Size": f"{result.output_width}x{result.output_height}",
@@ -171,12 +198,30 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get(
+    "/models",
+    summary="The models that POST /upscale can run",
+    responses={503: {"model": ErrorBody, "description": "The models are not loaded yet."}},
+)
+async def list_models(state: Annotated[ServiceState, Depends(get_state)]) -> dict[str, Any]:
+    """`{"default": NAME, "models": [{name, description, degradation, scale, benchmarks}]}`.
+
+    The default model comes first. `benchmarks` holds the model card's Y-PSNR figures (dB, 4
+    pixels of border shaved) per kind of low-resolution input: `{kind: {"label", "psnr":
+    {set: dB}, "bicubic_psnr": {set: dB}}}`, empty when the card has none. Answers once the
+    models are loaded, warm or not (`/readyz` says when they are warm).
+    """
+    models = state.models
+    return {"default": models.default_name, "models": [model.summary() for model in models]}
+
+
+@router.get(
     "/readyz",
-    summary="Readiness: the model is loaded and warmed up",
+    summary="Readiness: the models are loaded and warmed up",
     responses={503: {"description": "Still starting, warming up, or warm-up failed."}},
 )
 async def readyz(request: Request) -> JSONResponse:
-    """`ready` with a description of the model, or 503 `starting`/`warming_up`/`failed`."""
+    """`ready` with a description of the default model and a list of all, or 503
+    `starting`/`warming_up`/`failed`."""
     state: ServiceState | None = request.app.state.service
     # Like /upscale's 503s, a not-ready answer says when to look again.
     retry = {"Retry-After": str(request.app.state.settings.retry_after_seconds)}
@@ -192,17 +237,49 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready", **_describe(state)})
 
 
+def _warmup_ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def _describe_models(state: ServiceState) -> list[dict[str, Any]]:
+    described = []
+    for model in state.models:
+        info = model.engine.info
+        described.append(
+            {
+                "name": model.name,
+                "default": model.name == state.models.default_name,
+                "path": str(info.path),
+                "scale": info.scale,
+                "degradation": model.card.degradation,
+                "provider": info.provider,
+                "precision": info.precision,
+                "warmup_ms": _warmup_ms(info.warmup_seconds),
+            }
+        )
+    return described
+
+
 def _describe(state: ServiceState) -> dict[str, Any]:
+    # The top-level fields describe the default model, as they did with one model; `models`
+    # lists every one (their warm-up times show which are warm while warming up).
     info, settings, encoding = state.engine.info, state.settings, state.pipeline.encode_options
     warmup = info.warmup_seconds
     return {
+        "default_model": state.models.default_name,
+        "models": _describe_models(state),
         "model": {
+            "name": state.models.default_name,
             "path": str(info.path),
             "scale": info.scale,
             "input": info.input_name,
             "output": info.output_name,
             "metadata": dict(info.metadata),
         },
+        "engine": info.engine,
+        "device": info.device,
+        "requested_engine": info.requested_engine,
+        "engine_config": dict(info.engine_config),
         "providers": list(info.providers),
         "requested_providers": list(info.requested_providers),
         "skipped_providers": dict(info.skipped_providers),
@@ -210,11 +287,12 @@ def _describe(state: ServiceState) -> dict[str, Any]:
         "fallback_reason": info.fallback_reason,
         "precision": info.precision,
         "precision_setting": info.precision_setting,
+        "precision_reason": info.precision_reason,
         "tile_size": info.tile_size,
         "tile_overlap": settings.tile_overlap,
         "tile_mode": info.tile_mode,
         "tile_batch_size": info.batch_size,
-        "warmup_ms": None if warmup is None else round(warmup * 1000, 1),
+        "warmup_ms": _warmup_ms(warmup),
         "max_concurrency": settings.max_concurrency,
         "max_queue": settings.max_queue,
         "encoding": {

@@ -312,7 +312,8 @@ def test_unacceptable_format_for_the_output_size_is_refused_before_upscaling(
             headers={"Content-Type": "image/png", "Accept": "image/webp"},
         )
         _assert_error(refused, 406, "16400x4 pixels, is too large")
-        assert "upscaler_inference_seconds_count 0.0" in client.get("/metrics").text
+        metrics = client.get("/metrics").text
+        assert 'upscaler_inference_seconds_count{model="conv"} 0.0' in metrics
         fallback = client.post(
             "/upscale",
             content=wide,
@@ -550,7 +551,7 @@ def test_client_gone_while_queued_costs_no_inference(make_settings: SettingsFact
 
     assert asyncio.run(scenario()) == 499
     assert engines[0].calls == 0
-    assert app.state.metrics.requests.labels(status="499")._value.get() == 1
+    assert app.state.metrics.requests.labels(model="conv", status="499")._value.get() == 1
 
 
 def test_bad_quality_is_refused_before_the_upload_is_read(make_settings: SettingsFactory) -> None:
@@ -629,7 +630,7 @@ def test_client_gone_during_the_upscale_stops_it(
     with caplog.at_level("INFO", logger="service"):
         assert asyncio.run(scenario()) == 499
     assert engines[0].calls == 1
-    assert app.state.metrics.requests.labels(status="499")._value.get() == 1
+    assert app.state.metrics.requests.labels(model="conv", status="499")._value.get() == 1
     assert "POST /upscale abandoned: the client disconnected" in caplog.text
 
 
@@ -643,14 +644,14 @@ def test_metrics_report_requests_latency_and_pixels(client: TestClient) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
-    assert 'upscaler_requests_total{status="200"} 1.0' in text
-    assert 'upscaler_requests_total{status="415"} 1.0' in text
-    assert "upscaler_request_seconds_count 2.0" in text
-    assert "upscaler_inference_seconds_count 1.0" in text
+    assert 'upscaler_requests_total{model="conv",status="200"} 1.0' in text
+    assert 'upscaler_requests_total{model="conv",status="415"} 1.0' in text
+    assert 'upscaler_request_seconds_count{model="conv"} 2.0' in text
+    assert 'upscaler_inference_seconds_count{model="conv"} 1.0' in text
     assert "upscaler_inflight 0.0" in text
     assert "upscaler_queue_depth 0.0" in text
-    assert 'upscaler_pixels_total{side="input"} 15.0' in text
-    assert 'upscaler_pixels_total{side="output"} 240.0' in text
+    assert 'upscaler_pixels_total{model="conv",side="input"} 15.0' in text
+    assert 'upscaler_pixels_total{model="conv",side="output"} 240.0' in text
     assert 'upscaler_provider_info{fallback="false",provider="CPUExecutionProvider"} 1.0' in text
 
 

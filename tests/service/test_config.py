@@ -61,6 +61,19 @@ def test_providers_accept_lists_and_aliases(monkeypatch: pytest.MonkeyPatch, val
     assert Settings().providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def test_model_choice_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = Settings()
+    assert (defaults.models_dir, defaults.default_model) == (Path("models"), "edsr_x4")
+    # Left at its default, MODEL_PATH is not "set": the whole folder is served.
+    assert "model_path" not in defaults.model_fields_set
+    monkeypatch.setenv("UPSCALER_MODELS_DIR", "/srv/models")
+    monkeypatch.setenv("UPSCALER_DEFAULT_MODEL", "edsr_x4_real")
+    settings = Settings()
+    assert (settings.models_dir, settings.default_model) == (Path("/srv/models"), "edsr_x4_real")
+    with pytest.raises(ValidationError):
+        Settings(default_model="")
+
+
 def test_empty_provider_list_is_rejected() -> None:
     with pytest.raises(ValidationError, match="at least one"):
         Settings(providers="")
