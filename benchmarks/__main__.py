@@ -3,6 +3,9 @@
 Runs the sections in order (model, tiling, tuning, encode, memory, http, gpu), writes
 `<out>/<name>.json` with every figure, the machine and the versions, `<out>/<name>_latency.png`,
 and prints the targets table. `--quick` runs a reduced set in under 3 minutes on 2 cores.
+
+`python -m benchmarks quality --data DIR ...` scores every engine/precision's PSNR against
+onnxruntime fp32 instead (`benchmarks.quality`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("model", "tiling", "tuning", "encode", "memory", "http", "gpu")
+SECTIONS = ("model", "tiling", "tuning", "encode", "memory", "http", "startup", "gpu")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -66,6 +69,7 @@ def _sections() -> dict[str, Callable[[Any], dict[str, Any]]]:
         http_section,
         memory_section,
         model_section,
+        startup_section,
         tiling_section,
         tuning_section,
     )
@@ -77,12 +81,18 @@ def _sections() -> dict[str, Callable[[Any], dict[str, Any]]]:
         "encode": encode_section.run,
         "memory": memory_section.run,
         "http": http_section.run,
+        "startup": startup_section.run,
         "gpu": gpu_section.run,
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the harness; returns the exit status (1 if the model is missing)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["quality"]:
+        from benchmarks import quality
+
+        return quality.main(arguments[1:])
     args = parse_args(argv)
     if not args.model.is_file():
         print(f"model not found: {args.model} (export one with python -m training export)")

@@ -14,7 +14,8 @@ import numpy as np
 from benchmarks.images import bench_image
 from benchmarks.presets import Preset
 from service.config import Settings
-from service.engine import OnnxEngine
+from service.engine import Engine, OnnxEngine, create_engine
+from service.ortconfig import openvino_installed
 
 CPU_ONLY = ["CPUExecutionProvider"]
 
@@ -49,6 +50,19 @@ class BenchContext:
         return OnnxEngine(
             self.settings.model_copy(update={"model_path": self.model_path, **overrides})
         )
+
+    def make_named_engine(self, engine: str, **overrides: Any) -> Engine:
+        """An engine of `create_engine` (`onnxruntime` or `openvino`), some settings overridden."""
+        return create_engine(
+            self.settings.model_copy(
+                update={"model_path": self.model_path, "engine": engine, **overrides}
+            )
+        )
+
+    @property
+    def engine_names(self) -> list[str]:
+        """The service engines installed here: onnxruntime, and OpenVINO when importable."""
+        return ["onnxruntime"] + (["openvino"] if openvino_installed() else [])
 
     @cached_property
     def engine(self) -> OnnxEngine:

@@ -5,10 +5,15 @@ service's settings) is timed first; then the service answers the same image at e
 concurrency. Reported per cell: p50/p95 latency, output megapixels per second, status counts
 and the service's own decode/model/encode split (its Server-Timing header). Cells expected to
 take longer than the preset's budget are skipped, with the estimate recorded.
+
+The engine is a dimension: one service per installed engine (onnxruntime, OpenVINO) runs at the
+same time, and every cell is measured on each in turn, so their ratios come from one run. The
+top-level figures are onnxruntime's; `engines` holds every engine's.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -19,6 +24,7 @@ from benchmarks.measure import megapixels_per_second, percentile, ratio, time_ca
 from benchmarks.server import Reply, drive, running_service, status_counts
 from service.config import Settings
 from service.encode import EncodeOptions, OutputFormat, encode_output
+from service.engine import Engine
 from service.tiling import upscale_tiled
 
 
@@ -52,9 +58,11 @@ def plan_cell(
     return count, estimate
 
 
-def bare_model_and_encode(ctx: BenchContext, image: np.ndarray) -> dict[str, Any]:
+def bare_model_and_encode(
+    ctx: BenchContext, image: np.ndarray, engine: Engine | None = None
+) -> dict[str, Any]:
     """Times the tiled upscale and the PNG encode of `image` in this process."""
-    engine, settings = ctx.engine, ctx.settings
+    engine, settings = engine or ctx.engine, ctx.settings
     # Large inputs take seconds per run: one untimed warm-up and repeats would triple the cost
     # of the section for no better figure.
     large = image.shape[0] * image.shape[1] > 256 * 256
@@ -67,7 +75,7 @@ def bare_model_and_encode(ctx: BenchContext, image: np.ndarray) -> dict[str, Any
             tile_size=settings.tile_size,
             overlap=settings.tile_overlap,
             batch_size=engine.info.batch_size,
-            fit=ctx.fit_tiles,
+            fit=engine.info.tile_mode == "fit",
         ),
         repeats,
         warmup,
@@ -114,20 +122,27 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 
     The service and the bare measurement both use `ctx.settings`.
     """
-    settings = ctx.settings
     preset = ctx.preset
-    bare = {}
-    for side in preset.http_sizes:
-        bare[side] = bare_model_and_encode(ctx, ctx.image(side, seed=5))
-        ctx.log(f"http: bare model+encode {side}² {bare[side]['total_ms']:.0f} ms")
+    names = ctx.engine_names
+    settings_of = {name: ctx.settings.model_copy(update={"engine": name}) for name in names}
+    settings = settings_of["onnxruntime"]
+    bare_of: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in names}
+    for name in names:
+        engine = ctx.engine if name == "onnxruntime" else ctx.make_named_engine(name)
+        for side in preset.http_sizes:
+            bare_of[name][side] = bare_model_and_encode(ctx, ctx.image(side, seed=5), engine)
+            total = bare_of[name][side]["total_ms"]
+            ctx.log(f"http: {name} bare model+encode {side}² {total:.0f} ms")
 
-    cells: list[dict[str, Any]] = []
-    with running_service(settings) as url:
-        ctx.log(f"http: service ready at {url}")
+    cells_of: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    with contextlib.ExitStack() as stack:
+        urls = {name: stack.enter_context(running_service(settings_of[name])) for name in names}
+        ctx.log(f"http: services ready at {urls}")
         for side in preset.http_sizes:
             body = png_file(ctx.image(side, seed=5))
-            per_request_s = bare[side]["total_ms"] / 1000 * 1.2 + 0.01
-            for concurrency in preset.http_concurrency:
+            for concurrency, name in [(c, n) for c in preset.http_concurrency for n in names]:
+                url, cells, bare = urls[name], cells_of[name], bare_of[name]
+                per_request_s = bare[side]["total_ms"] / 1000 * 1.2 + 0.01
                 count, estimate = plan_cell(
                     concurrency,
                     per_request_s,
@@ -141,21 +156,29 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                         f"estimated {estimate:.0f} s > budget {preset.http_cell_budget_s:.0f} s"
                     )
                     cells.append(cell)
-                    ctx.log(f"http: {side}² c={concurrency} skipped ({cell['skipped']})")
+                    ctx.log(f"http: {name} {side}² c={concurrency} skipped ({cell['skipped']})")
                     continue
                 replies, wall = drive(url, body, concurrency=concurrency, requests=count)
                 cell.update(summarise(replies, wall))
                 cells.append(cell)
                 ctx.log(
-                    f"http: {side}² c={concurrency} p50 {cell['p50_ms']} ms, "
+                    f"http: {name} {side}² c={concurrency} p50 {cell['p50_ms']} ms, "
                     f"{cell['output_mp_per_s']} MP/s, {cell['statuses']}"
                 )
-    for cell in cells:
-        if "skipped" not in cell and cell.get("p50_ms") is not None:
-            cell["p50_over_bare"] = round(ratio(cell["p50_ms"], bare[cell["input"]]["total_ms"]), 3)
+    by_engine = {}
+    for name in names:
+        bare = bare_of[name]
+        for cell in cells_of[name]:
+            if "skipped" not in cell and cell.get("p50_ms") is not None:
+                over = ratio(cell["p50_ms"], bare[cell["input"]]["total_ms"])
+                cell["p50_over_bare"] = round(over, 3)
+        by_engine[name] = {
+            "bare_model_plus_encode": {str(side): value for side, value in bare.items()},
+            "cells": cells_of[name],
+        }
     return {
         "max_concurrency": settings.max_concurrency,
         "max_queue": settings.max_queue,
-        "bare_model_plus_encode": {str(side): value for side, value in bare.items()},
-        "cells": cells,
+        **by_engine["onnxruntime"],
+        "engines": by_engine,
     }

@@ -40,6 +40,8 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     prefix = Settings.model_config.get("env_prefix", "UPSCALER_")
     env = {}
     for name, value in settings.model_dump().items():
+        if value is None:
+            continue  # unset optional settings (a cache folder): the default is None too
         if isinstance(value, list | tuple):
             text = json.dumps([str(item) for item in value])
         elif isinstance(value, bool):
@@ -87,6 +89,14 @@ def running_service(settings: Settings, timeout_s: float = 180.0) -> Iterator[st
                 process.wait()
 
 
+def time_to_ready(settings: Settings, timeout_s: float = 180.0) -> float:
+    """Seconds from starting the service process to its first /readyz 200 (model loaded,
+    compiled and warmed up), with `settings`."""
+    started = time.perf_counter()
+    with running_service(settings, timeout_s):
+        return time.perf_counter() - started
+
+
 def _wait_ready(process: subprocess.Popen, url: str, timeout_s: float, log: Any) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -96,7 +106,7 @@ def _wait_ready(process: subprocess.Popen, url: str, timeout_s: float, log: Any)
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
-        time.sleep(0.2)
+        time.sleep(0.05)
     log.seek(0)
     raise RuntimeError(f"service not ready after {timeout_s} s:\n{log.read()[-3000:]}")
 

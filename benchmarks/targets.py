@@ -143,6 +143,47 @@ def _cpu_targets(results: dict[str, Any]) -> list[Target]:
     ]
 
 
+def _engine_targets(results: dict[str, Any]) -> list[Target]:
+    """Issue 18's targets, on the engine `UPSCALER_ENGINE=auto` runs on this CPU (OpenVINO)."""
+    model = results.get("model") or {}
+    engine = model.get("service_cpu_engine", "openvino")
+    http = ((results.get("http") or {}).get("engines") or {}).get("openvino")
+    cell_256 = _cell(http, 256, 1)
+    throughput, throughput_note = _throughput_ratio(http, 256)
+    startup = results.get("startup") or {}
+    delta = startup.get("openvino_minus_onnxruntime_s")
+    return [
+        _target(
+            f"CPU engine ({engine}) speed / Keras predict",
+            model.get("service_cpu_speedup_vs_keras_predict"),
+            1.3,
+            True,
+            model.get("skipped", {}).get("keras_predict", "model section, same input"),
+        ),
+        _target(
+            "OpenVINO: HTTP p50 / (bare model + encode), 256² input",
+            cell_256.get("p50_over_bare") if cell_256 else None,
+            1.15,
+            False,
+            "http section, OpenVINO service, concurrency 1",
+        ),
+        _target(
+            "OpenVINO: throughput at concurrency 4 / sequential",
+            throughput if http else None,
+            0.9,
+            True,
+            throughput_note if http else "http section not run on OpenVINO",
+        ),
+        _target(
+            "OpenVINO start-up to ready minus onnxruntime's (s)",
+            delta,
+            2.0,
+            False,
+            "startup section, medians" if delta is not None else "startup section not run",
+        ),
+    ]
+
+
 def _gpu_targets(gpu: dict[str, Any]) -> list[Target]:
     measured = "provider" in gpu and not gpu.get("cpu_smoke")
     batched, batched_note = _batched_fp16(gpu, measured)
@@ -175,4 +216,4 @@ def _gpu_targets(gpu: dict[str, Any]) -> list[Target]:
 
 def evaluate(results: dict[str, Any]) -> list[Target]:
     """Evaluates every target against a run's results."""
-    return _cpu_targets(results) + _gpu_targets(results.get("gpu") or {})
+    return _cpu_targets(results) + _engine_targets(results) + _gpu_targets(results.get("gpu") or {})

@@ -1,4 +1,10 @@
-"""The model engine: one onnxruntime `InferenceSession`, loaded once and shared by all requests.
+"""The model engines and the one place that picks them: `create_engine(settings)`.
+
+Two engines implement the `Engine` protocol (`run`, `warm_up`, `info`): `OnnxEngine` here (one
+onnxruntime `InferenceSession`, loaded once and shared by all requests) and `OpenVinoEngine`
+(`service.openvino_engine`, the faster CPU engine). `create_engine` chooses once, at start-up,
+from `UPSCALER_ENGINE`; everything above the engine (tiling, ensemble, admission) only sees the
+protocol.
 
 The session is built with the configured execution providers, then asked which providers it
 really got. onnxruntime does not fail when CUDA or cuDNN libraries are missing: it logs an error
@@ -24,7 +30,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -35,10 +41,13 @@ from service.ortconfig import (
     CUDA_PROVIDER,
     GPU_PROVIDERS,
     ProviderPlan,
+    auto_engine,
     choose_precision,
+    cuda_usable,
     cudnn_tile_problem,
     declared_filters,
     fp16_path_for,
+    openvino_installed,
     provider_entries,
     resolve_providers,
     session_options,
@@ -66,12 +75,20 @@ class ModelInfo:
         requested_providers: Providers as configured.
         skipped_providers: Requested providers not tried on this host, with the reason for each.
         fallback_reason: Why the session runs on another provider than requested, or None.
-        precision: `fp16` when the fp16 export runs, else `fp32`.
-        precision_setting: The precision as configured (`auto`, `fp32` or `fp16`).
+        precision: What the model really computes in: `fp32`, `fp16` (the fp16 export on
+            onnxruntime, the f16 inference precision on OpenVINO) or `bf16` (OpenVINO).
+        precision_setting: The precision as configured (`auto`, `fp32`, `fp16` or `bf16`).
         tile_size: Side of the (largest) tile fed to the model.
         batch_size: Tiles per model call.
         tile_mode: `fit` (tiles fitted to each image) or `fixed`, resolved from `auto`.
         warmup_seconds: Duration of the warm-up run, None before it.
+        engine: The engine really running: `onnxruntime` or `openvino`.
+        device: Where it runs: `CPU` or `GPU`.
+        requested_engine: The engine as configured (`auto`, `onnxruntime` or `openvino`).
+        precision_reason: Why `precision` differs from the setting (or what `auto` chose and
+            why), or None.
+        engine_config: The engine's own settings that matter for speed (OpenVINO's hints,
+            streams and threads), for /readyz.
     """
 
     path: Path
@@ -89,6 +106,11 @@ class ModelInfo:
     batch_size: int
     tile_mode: Literal["fit", "fixed"]
     warmup_seconds: float | None = None
+    engine: str = "onnxruntime"
+    device: str = "CPU"
+    requested_engine: str = "onnxruntime"
+    precision_reason: str | None = None
+    engine_config: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def provider(self) -> str:
@@ -97,8 +119,25 @@ class ModelInfo:
 
     @property
     def fallback(self) -> bool:
-        """Whether the session does not run on the provider it was asked for first."""
+        """Whether the model does not run on the engine or provider it was asked for first."""
         return self.fallback_reason is not None
+
+
+class Engine(Protocol):
+    """What the service needs of an engine; `OnnxEngine` and `OpenVinoEngine` provide it.
+
+    `run` must be safe to call from several threads at once.
+    """
+
+    info: ModelInfo
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """NHWC float32 (N, H, W, 3) in 0-255 -> (N, H * scale, W * scale, 3), not clipped."""
+        ...
+
+    def warm_up(self) -> float:
+        """One run of the serving tile shape; records and returns its duration in seconds."""
+        ...
 
 
 def resolve_tile_mode(setting: str, provider: str) -> Literal["fit", "fixed"]:
@@ -213,7 +252,13 @@ class OnnxEngine:
         if plan.gpu_attempted:
             _preload_nvidia_wheel_libraries()
         self._plan, self._options = plan, options
-        path, self._session = self._load(base_path, settings.precision)
+        precision_setting, precision_reason = settings.precision, None
+        if precision_setting == "bf16":
+            # onnxruntime's CPU and CUDA providers have no bfloat16 convolutions.
+            precision_setting = "fp32"
+            precision_reason = "onnxruntime has no bfloat16 kernels for this model; running fp32"
+            logger.warning("precision bf16: %s", precision_reason)
+        path, self._session = self._load(base_path, precision_setting)
         self._input, self._output = _check_contract(self._session, path)
         providers = tuple(self._session.get_providers())
         metadata = dict(self._session.get_modelmeta().custom_metadata_map)
@@ -232,6 +277,10 @@ class OnnxEngine:
             tile_size=settings.tile_size,
             batch_size=settings.tile_batch_size,
             tile_mode=resolve_tile_mode(settings.tile_mode, providers[0]),
+            engine="onnxruntime",
+            device="GPU" if providers[0] in GPU_PROVIDERS else "CPU",
+            requested_engine=settings.engine,
+            precision_reason=precision_reason,
         )
         self._check_activation_size()
         self._report()
@@ -352,24 +401,107 @@ class OnnxEngine:
         Raises:
             ModelLoadError: If the output shape does not match the model's scale.
         """
-        info = self.info
-        side = info.tile_size
-        started = time.perf_counter()
-        output = self.run(np.zeros((info.batch_size, side, side, 3), dtype=np.float32))
-        elapsed = time.perf_counter() - started
-        expected = (info.batch_size, side * info.scale, side * info.scale, 3)
-        if output.shape != expected:
-            raise ModelLoadError(
-                f"model {info.path} returned shape {output.shape} for a {side}-pixel tile; "
-                f"expected {expected}"
-            )
-        self.info = dataclasses.replace(info, warmup_seconds=elapsed)
-        logger.info(
-            "warm-up with %d tile(s) of %dx%d on %s took %.3f s",
-            info.batch_size,
-            side,
-            side,
-            info.provider,
-            elapsed,
+        return warm_up_engine(self)
+
+
+def warm_up_engine(engine: Engine) -> float:
+    """Runs one batch of the engine's serving tile shape and records the duration in its info.
+
+    Raises:
+        ModelLoadError: If the output shape does not match the model's scale.
+    """
+    info = engine.info
+    side = info.tile_size
+    started = time.perf_counter()
+    output = engine.run(np.zeros((info.batch_size, side, side, 3), dtype=np.float32))
+    elapsed = time.perf_counter() - started
+    expected = (info.batch_size, side * info.scale, side * info.scale, 3)
+    if output.shape != expected:
+        raise ModelLoadError(
+            f"model {info.path} returned shape {output.shape} for a {side}-pixel tile; "
+            f"expected {expected}"
         )
-        return elapsed
+    engine.info = dataclasses.replace(info, warmup_seconds=elapsed)
+    logger.info(
+        "warm-up with %d tile(s) of %dx%d on %s (%s, %s) took %.3f s",
+        info.batch_size,
+        side,
+        side,
+        info.provider,
+        info.engine,
+        info.precision,
+        elapsed,
+    )
+    return elapsed
+
+
+def _with_fallback(engine: Engine, requested: str, reason: str) -> Engine:
+    """The engine, its info saying that it stands in for `requested`, and why."""
+    engine.info = dataclasses.replace(
+        engine.info, requested_engine=requested, fallback_reason=reason
+    )
+    logger.warning(
+        "engine fallback: requested %s, running %s on %s (%s)",
+        requested,
+        engine.info.engine,
+        engine.info.device,
+        reason,
+    )
+    return engine
+
+
+def create_engine(settings: Settings) -> Engine:
+    """Loads the model on the engine `settings.engine` asks for: the service's engine factory.
+
+    * `onnxruntime`: `OnnxEngine` with `settings.providers`.
+    * `openvino`: `OpenVinoEngine` on the CPU; if OpenVINO is not installed or cannot compile
+      the model, `OnnxEngine` runs instead and its info reports the fallback with the reason.
+    * `auto`: onnxruntime when a GPU provider really runs (the CUDA driver is present and the
+      session did not fall back to the CPU), else OpenVINO when installed, else onnxruntime's
+      CPU provider (see `service.ortconfig.auto_engine`).
+
+    Raises:
+        ModelLoadError: If the model cannot be loaded on any engine (missing file, broken
+            contract...), as from the engines themselves.
+    """
+    if settings.engine == "onnxruntime":
+        return OnnxEngine(settings)
+    if settings.engine == "openvino":
+        return _openvino_or_fallback(settings, requested="openvino")
+    gpu_engine: OnnxEngine | None = None
+    if _gpu_provider_configured(settings) and cuda_usable():
+        gpu_engine = OnnxEngine(settings)
+    gpu_running = gpu_engine is not None and gpu_engine.info.device == "GPU"
+    choice = auto_engine(gpu_running=gpu_running, openvino_available=openvino_installed())
+    if choice == "onnxruntime":
+        return gpu_engine or OnnxEngine(settings)
+    engine = _openvino_or_fallback(settings, requested="auto")
+    if gpu_engine is not None and gpu_engine.info.fallback and engine.info.engine == "openvino":
+        # A GPU was configured and present but onnxruntime could not use it: still a fallback.
+        return _with_fallback(
+            engine, "auto", f"{gpu_engine.info.fallback_reason}; running OpenVINO on the CPU"
+        )
+    return engine
+
+
+def _gpu_provider_configured(settings: Settings) -> bool:
+    """Whether a GPU provider is among those onnxruntime would be handed.
+
+    Raises:
+        ModelLoadError: For a provider name onnxruntime does not know (a typo), whatever engine
+            would run.
+    """
+    try:
+        return resolve_providers(settings.providers).gpu_attempted
+    except ValueError as exc:
+        raise ModelLoadError(f"cannot run model {settings.model_path}: {exc}") from exc
+
+
+def _openvino_or_fallback(settings: Settings, *, requested: str) -> Engine:
+    from service.openvino_engine import EngineUnavailableError, OpenVinoEngine
+
+    try:
+        return OpenVinoEngine(settings)
+    except EngineUnavailableError as exc:
+        engine = OnnxEngine(settings)
+        return _with_fallback(engine, requested, f"OpenVINO cannot run the model: {exc}")

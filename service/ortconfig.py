@@ -256,3 +256,24 @@ def cudnn_tile_problem(batch: int, tile: int, scale: int, filters: int) -> str |
         f"activation would hold {batch * per_tile:,} elements, and cuDNN refuses 2**31 or more; "
         f"{hint}"
     )
+
+
+#: The inference engines `UPSCALER_ENGINE` names (besides `auto`).
+ENGINES = ("onnxruntime", "openvino")
+
+
+def openvino_installed() -> bool:
+    """Whether the `openvino` package is importable here (without importing it: ~0.3 s)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def auto_engine(*, gpu_running: bool, openvino_available: bool) -> str:
+    """The engine `UPSCALER_ENGINE=auto` runs.
+
+    onnxruntime where one of its GPU providers really runs (CUDA/TensorRT, tuned for this
+    model); otherwise OpenVINO when installed, which runs this model faster than onnxruntime's
+    CPU provider (docs/benchmarks.md, engines); otherwise onnxruntime's CPU provider.
+    """
+    if gpu_running or not openvino_available:
+        return "onnxruntime"
+    return "openvino"
