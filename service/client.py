@@ -11,10 +11,10 @@ without `-o`) writes the image to standard output.
 By default the images go to a running service (`--url`, default http://127.0.0.1:8000, or
 $UPSCALER_URL): 503 answers are retried after their Retry-After, connection errors with a
 bounded back-off. `--local` runs the same upscale in this process on the service's core
-(onnxruntime, no server, no FastAPI), with the `UPSCALER_*` settings and `--model` as the model
-file. Existing outputs are skipped unless `--overwrite`; a file that fails does not stop the
-others. The exit status is 0 when every image was upscaled (or skipped), 1 when any failed, 2
-for a usage error.
+(the engine the `UPSCALER_*` settings choose, no server, no FastAPI), with `--model` naming a
+model of the models folder or an ONNX file. Existing outputs are skipped unless `--overwrite`;
+a file that fails does not stop the others. The exit status is 0 when every image was upscaled
+(or skipped), 1 when any failed, 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -239,18 +239,23 @@ class HttpUpscaler:
 
 
 class LocalUpscaler:
-    """Runs the service's own pipeline in this process: onnxruntime, no server, no FastAPI."""
+    """Runs the service's own pipeline in this process, on the engine the settings choose (as the
+    service would): no server, no FastAPI."""
 
     def __init__(self, *, fmt: str, quality: str, model: str | None) -> None:
         from service.config import Settings
         from service.encode import OutputFormat
-        from service.engine import OnnxEngine
+        from service.engine import create_engine
         from service.exceptions import UpscalerError
         from service.pipeline import Pipeline, Quality
 
-        settings = Settings(model_path=Path(model)) if model else Settings()
+        settings = Settings()
+        if model:
+            # A model name as the service knows it (models/NAME.onnx), or a file.
+            path = Path(model) if model.endswith(".onnx") else settings.models_dir / f"{model}.onnx"
+            settings = Settings(model_path=path)
         try:
-            engine = OnnxEngine(settings)
+            engine = create_engine(settings)
         except UpscalerError as exc:
             raise UsageError(exc.detail) from exc
         self.pipeline = Pipeline.for_engine(engine, settings)
@@ -391,7 +396,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the service (default: $UPSCALER_URL or %(default)s)",
     )
     parser.add_argument(
-        "--model", metavar="NAME", help="model name for the service; with --local, the ONNX file"
+        "--model",
+        metavar="NAME",
+        help="model name (GET /models); with --local, a models-folder name or an .onnx file",
     )
     parser.add_argument(
         "--quality", choices=["standard", "max"], default="standard", help="max: 8x slower"
