@@ -2,7 +2,7 @@
 
 Mounted with `app.include_router(web.router)`. The page is hand-written HTML, CSS and JavaScript
 in `service/static/` (no framework, no build step, nothing from another origin); it talks to the
-service's own `/upscale`, `/readyz` and, where it exists, `/models`.
+service's own `/upscale`, `/readyz` and `/models` (the model picker; hidden without it).
 
 The service's limits are written into the page when it is served (a JSON block read by
 `app.js`), taken from `request.app.state.settings`, so the page can refuse a file that is too

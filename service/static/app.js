@@ -13,7 +13,9 @@ const MAX_503_RETRIES = 20;
 
 const $ = (id) => document.getElementById(id);
 const config = JSON.parse($("service-config")?.textContent || "{}");
-let scale = 4;
+let scale = 4; // the default model's, from /readyz; each model's own comes from /models
+let models = new Map(); // name -> what GET /models says of it
+let defaultModel = "";
 const queue = [];
 let shown = null; // the item whose result is on display
 let zoom = "fit";
@@ -74,11 +76,15 @@ function loadSettings() {
   form.elements.format.value = settings.format;
 }
 
-function saveSettings() {
+function saveSettings(event) {
   const form = $("options");
   settings.quality = form.elements.quality.value;
   settings.format = form.elements.format.value;
-  settings.model = $("model-field").hidden ? settings.model : $("model").value;
+  // Only a model the user picked is remembered, so an untouched picker follows the default.
+  if (event?.target === $("model")) {
+    settings.model = $("model").value;
+    describeModel();
+  }
   try {
     localStorage.setItem(SETTINGS_KEY, JSON.stringify(settings));
   } catch {
@@ -122,23 +128,49 @@ async function pollReady() {
 }
 
 async function loadModels() {
-  // GET /models is optional: without a 200 answer the choice stays hidden.
+  // GET /models: {"default": NAME, "models": [{name, description, degradation, scale, ...}]},
+  // the default first; 503 until the models are loaded. Without a list the choice stays hidden.
+  let wait = 0;
   try {
-    const response = await fetch("/models");
+    const response = await fetch("/models", { cache: "no-store" });
+    if (response.status === 503) wait = Number(response.headers.get("Retry-After")) || 5;
     if (!response.ok) return;
     const body = await response.json();
-    const list = Array.isArray(body) ? body : body.models;
-    const names = (list || []).map((m) => (typeof m === "string" ? m : m.name || m.id)).filter(Boolean);
-    if (!names.length) return;
+    const list = (body.models || []).filter((model) => model?.name);
+    if (!list.length) return;
+    models = new Map(list.map((model) => [model.name, model]));
+    defaultModel = models.has(body.default) ? body.default : list[0].name;
     const select = $("model");
-    select.replaceChildren(...names.map((name) => el("option", { value: name, textContent: name })));
-    if (names.includes(settings.model)) select.value = settings.model;
-    settings.model = select.value;
+    select.replaceChildren(
+      ...list.map((model) => {
+        const about = [model.degradation, model.name === defaultModel ? "default" : ""].filter(Boolean);
+        const text = `${model.name}${about.length ? ` (${about.join(", ")})` : ""}`;
+        return el("option", { value: model.name, textContent: text, title: model.description || "" });
+      }),
+    );
+    // A remembered model the service no longer has falls back to the default.
+    select.value = models.has(settings.model) ? settings.model : defaultModel;
+    select.disabled = list.length < 2;
     $("model-field").hidden = false;
+    describeModel();
   } catch {
     // No model list: the service picks its model.
+  } finally {
+    if (wait) setTimeout(loadModels, wait * 1000);
   }
 }
+
+function chosenModel() {
+  return $("model-field").hidden ? "" : $("model").value;
+}
+
+function describeModel() {
+  const model = models.get(chosenModel());
+  $("model-about").textContent = model?.description || "";
+  queue.filter((item) => item.state === "waiting" || item.state === "rejected").forEach(updateItem);
+}
+
+const modelScale = (name) => models.get(name)?.scale || scale;
 
 // ---- the queue ------------------------------------------------------------------------------
 
@@ -230,7 +262,8 @@ function updateItem(item) {
   const { li, size, status, progress, actions } = item.node;
   li.dataset.state = item.state;
   const known = item.width != null;
-  const out = known ? ` → ${dims(item.width * scale, item.height * scale)}` : "";
+  const factor = item.request?.scale || modelScale(chosenModel());
+  const out = known ? ` → ${dims(item.width * factor, item.height * factor)}` : "";
   size.textContent = item.measured
     ? `${known ? dims(item.width, item.height) : "size unknown to the browser"}${out} · ${bytes(item.file.size)}`
     : `${bytes(item.file.size)} · measuring…`;
@@ -270,7 +303,8 @@ function remove(item) {
 function start(item) {
   item.started = performance.now();
   item.attempts = 0;
-  item.request = { ...settings };
+  const model = chosenModel();
+  item.request = { ...settings, model, scale: modelScale(model) };
   setState(item, "running", "Starting…");
   item.ticker = setInterval(() => tick(item), 100);
   send(item);
@@ -287,7 +321,8 @@ function send(item) {
   const { quality, format, model } = item.request;
   const params = new URLSearchParams();
   if (quality === "max") params.set("quality", "max");
-  if (model && !$("model-field").hidden) params.set("model", model);
+  // Only a real choice is sent: without ?model= the service runs its default.
+  if (model && model !== defaultModel) params.set("model", model);
   const xhr = new XMLHttpRequest();
   item.xhr = xhr;
   item.attempts += 1;
@@ -343,8 +378,9 @@ async function received(item, xhr) {
 function succeeded(item, xhr) {
   const header = (name) => xhr.getResponseHeader(name) || "";
   const type = header("Content-Type").split(";")[0];
-  const name = `${stem(item.file.name)}_x${scale}.${EXT_BY_TYPE[type] || "png"}`;
+  const name = `${stem(item.file.name)}_x${item.request.scale}.${EXT_BY_TYPE[type] || "png"}`;
   const [width, height] = header("X-Output-Size").split("x").map(Number);
+  const engine = ["Engine", "Device", "Precision"].map((part) => header(`X-Upscaler-${part}`));
   item.result = {
     url: URL.createObjectURL(xhr.response),
     name,
@@ -353,12 +389,14 @@ function succeeded(item, xhr) {
     facts: [
       ["Input", header("X-Input-Size").replace("x", "×")],
       ["Output", `${dims(width, height)} · ${type.replace("image/", "").toUpperCase()} · ${bytes(xhr.response.size)}`],
+      ["Model", header("X-Upscaler-Model")],
       ["Quality", header("X-Upscaler-Quality")],
       ["Model time", `${header("X-Inference-Time-Ms")} ms`],
       ["Server timing", header("Server-Timing").replace(/;dur=/g, " ").replace(/, /g, " ms · ") + " ms"],
+      ["Engine", engine.filter(Boolean).join(" · ")],
       ["Provider", header("X-Upscaler-Provider")],
       ["Total", clock(performance.now() - item.started)],
-    ],
+    ].filter(([, value]) => value), // a header an older service does not send is left out
   };
   finish(item, "done", `Done in ${clock(performance.now() - item.started)}`);
   show(item);

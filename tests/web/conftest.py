@@ -9,6 +9,7 @@ skipped on a workstation and fail in CI (CI=true), where a missing browser is a 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,6 +95,26 @@ def web_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def server(web_models: dict[str, Path]) -> Iterator[LiveServer]:
     """The service with the page, a tiny fast model and small limits (see `TEST_LIMITS`)."""
     with LiveServer(web_app(tiny_settings(web_models["fast"]))) as live:
+        yield live
+
+
+#: The two models of `models_server`, as their cards describe them; the first is the default.
+PICKER_MODELS = {
+    "sharp": {"description": "Tiny test model A, for clean downscales", "degradation": "bicubic"},
+    "gentle": {"description": "Tiny test model B, for noisy photos", "degradation": "realistic"},
+}
+
+
+@pytest.fixture(scope="module")
+def models_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A service with two tiny models in its models folder, each with a card; `sharp` is the
+    default (listed second by name, first by GET /models)."""
+    folder = tmp_path_factory.mktemp("picker-models")
+    for seed, (name, card) in enumerate(PICKER_MODELS.items()):
+        build_model(folder / f"{name}.onnx", seed=seed)
+        (folder / f"{name}.json").write_text(json.dumps(card), encoding="utf-8")
+    settings = tiny_settings(None, models_dir=folder, default_model="sharp")
+    with LiveServer(web_app(settings)) as live:
         yield live
 
 

@@ -2,8 +2,9 @@
 
 The app is the service's own (`create_app`) with the page's router mounted, run by uvicorn in a
 thread on 127.0.0.1; tiny ONNX models come from `tests.service.helpers`. `slow_model` makes one
-model file slow (a pause before each model call, whatever code calls onnxruntime), so a test can
-stop a request while its tiles are still running and count the calls made after.
+model file slow (a pause before each model call, on whichever engine runs it: onnxruntime or
+OpenVINO), so a test can stop a request while its tiles are still running and count the calls
+made after.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import onnxruntime as ort
 import pytest
 import uvicorn
 from fastapi import FastAPI
 
 from service import web
 from service.config import Settings
+from service.engine import OnnxEngine
 from service.main import create_app
 from tests.service.helpers import CPU_ONLY
 
@@ -52,10 +53,13 @@ TEST_LIMITS: dict[str, Any] = {
 }
 
 
-def tiny_settings(model_path: Path, **overrides: Any) -> Settings:
-    """Settings for a small, fast, CPU-only service; keyword arguments override fields."""
+def tiny_settings(model_path: Path | None, **overrides: Any) -> Settings:
+    """Settings for a small, fast, CPU-only service; keyword arguments override fields.
+
+    `model_path` serves that one file; None serves every model in `models_dir` (which the
+    overrides then name, with `default_model`).
+    """
     values: dict[str, Any] = {
-        "model_path": model_path,
         "providers": CPU_ONLY,
         "tile_size": 16,
         "tile_overlap": 2,
@@ -65,6 +69,8 @@ def tiny_settings(model_path: Path, **overrides: Any) -> Settings:
         "retry_after_seconds": 1,
         **TEST_LIMITS,
     }
+    if model_path is not None:
+        values["model_path"] = model_path
     values.update(overrides)
     return Settings(**values)
 
@@ -111,12 +117,15 @@ class LiveServer:
         self._sock.close()
 
     def metric(self, name: str, **labels: str) -> float:
-        """A sample of the service's Prometheus metrics (0 when absent)."""
+        """The sample of `name` with exactly these labels, in any order (0 when absent)."""
         text = httpx.get(f"{self.url}/metrics", timeout=5).text
-        wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
-        pattern = re.escape(name + (f"{{{wanted}}}" if wanted else "")) + r" (\S+)"
-        found = re.search(f"^{pattern}$", text, re.MULTILINE)
-        return float(found.group(1)) if found else 0.0
+        for found in re.finditer(rf"^{re.escape(name)}(?:{{(.*)}})? (\S+)$", text, re.MULTILINE):
+            if dict(_LABEL.findall(found.group(1) or "")) == labels:
+                return float(found.group(2))
+        return 0.0
+
+
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass
@@ -129,25 +138,39 @@ class SlowModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def _engine_classes() -> list[type]:
+    classes: list[type] = [OnnxEngine]
+    with contextlib.suppress(ImportError):  # OpenVINO is not installed on every platform
+        from service.openvino_engine import OpenVinoEngine
+
+        classes.append(OpenVinoEngine)
+    return classes
+
+
 @contextlib.contextmanager
 def slow_model(path: Path, delay: float) -> Iterator[SlowModel]:
-    """Makes every `InferenceSession.run` on `path` sleep `delay` seconds first, and counts them.
+    """Makes every model call on `path` sleep `delay` seconds first, and counts them.
 
-    Patched at onnxruntime's own class, so it holds whatever the service's engine is called.
+    Patched at each engine class's `run` (onnxruntime's and OpenVINO's), which every tile of
+    every request goes through, so it holds whichever engine the service picks.
     """
     slow = SlowModel(path=path, delay=delay)
-    original = ort.InferenceSession.run
-    target = str(path)
+    target = path.resolve()
 
-    def run(session: ort.InferenceSession, *args: Any, **kwargs: Any) -> Any:
-        if getattr(session, "_model_path", None) == target:
-            time.sleep(slow.delay)
-            with slow.lock:
-                slow.calls += 1
-        return original(session, *args, **kwargs)
+    def slowed(original: Any) -> Any:
+        def run(engine: Any, *args: Any, **kwargs: Any) -> Any:
+            info = getattr(engine, "info", None)  # None while the engine is being built
+            if info is not None and Path(info.path).resolve() == target:
+                time.sleep(slow.delay)
+                with slow.lock:
+                    slow.calls += 1
+            return original(engine, *args, **kwargs)
+
+        return run
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ort.InferenceSession, "run", run)
+        for engine_class in _engine_classes():
+            patch.setattr(engine_class, "run", slowed(engine_class.run))
         yield slow
 
 

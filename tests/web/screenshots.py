@@ -49,6 +49,7 @@ def take_screenshots(browser: Any, url: str, photo: bytes, out: Path) -> list[Pa
         page = context.new_page()
         page.goto(url)
         page.locator("#status[data-state=ready]").wait_for()
+        page.locator("#model-field").wait_for()  # the picker, filled from GET /models
         page.screenshot(path=paths[0])
 
         page.set_input_files(

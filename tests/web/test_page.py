@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from tests.service.helpers import encode, noise_image, png_bytes
+from tests.web.conftest import PICKER_MODELS
 from tests.web.live import TEST_LIMITS, LiveServer
 
 try:
@@ -67,6 +68,22 @@ def upscale_requests(page: Any) -> list[Any]:
     return requests
 
 
+def facts(page: Any) -> dict[str, str]:
+    """The result's details under the comparison, term by term."""
+    return dict(
+        page.locator("#facts > div").evaluate_all(
+            "rows => rows.map((row) => [row.querySelector('dt').textContent,"
+            " row.querySelector('dd').textContent])"
+        )
+    )
+
+
+def ready(live: LiveServer) -> dict[str, Any]:
+    answer = httpx.get(f"{live.url}/readyz", timeout=10)
+    assert answer.status_code == 200
+    return answer.json()
+
+
 def download(page: Any, trigger: Any) -> tuple[str, bytes]:
     with page.expect_download() as info:
         trigger.click()
@@ -113,25 +130,45 @@ def test_page_and_assets_are_served_with_types_and_caching(server: LiveServer) -
 
 
 def test_picked_file_is_upscaled_compared_and_downloaded(page: Any, server: LiveServer) -> None:
+    service = ready(server)
+    # The badge names what runs the model: OpenVINO's CPU plugin, or onnxruntime's provider.
+    provider = service["providers"][0]
+    badge = {"openvino": "openvino:CPU", "onnxruntime": "CPU"}[service["engine"]]
+    assert provider.removesuffix("ExecutionProvider") == badge
     page.goto(server.url)
-    expect(page.locator("#status")).to_contain_text("Ready · CPU")
+    requests = upscale_requests(page)
+    expect(page.locator("#status")).to_have_text(f"Ready · {badge}")
     limits = page.locator("#limits")
     expect(limits).to_contain_text("32 KiB per file")
     expect(limits).to_contain_text("(128×128)")
     expect(limits).to_contain_text("(40×40)")
-    expect(page.locator("#model-field")).to_be_hidden()  # the service has no GET /models
+    # One model: the picker names it but offers no choice.
+    model = page.get_by_label("Model")
+    expect(model).to_have_value("fast")
+    expect(model).to_be_disabled()
+    expect(model.locator("option")).to_have_text(["fast (bicubic, default)"])
     pick(page, file_payload("photo.png", rgb_png(24, 16)))
     entry = wait_done(page, "photo.png")
+    assert requests[0].url == f"{server.url}/upscale"  # the default runs: no ?model=
     expect(entry.locator(".item-dims")).to_contain_text("24×16 → 96×64")
     expect(entry.locator(".item-status")).to_have_text(re.compile(r"Done in \d:\d\d\.\d"))
 
     result = page.locator("#result")
     expect(result).to_be_visible()
     expect(page.locator("#result-title")).to_have_text("photo_x4.png")
-    facts = page.locator("#facts")
-    for text in ("24×16", "96×64 · PNG", "CPUExecutionProvider", "Model time", "standard"):
-        expect(facts).to_contain_text(text)
-    expect(facts).to_contain_text(re.compile(r"decode [\d.]+ ms · model [\d.]+ ms · encode"))
+    details = facts(page)
+    assert details["Input"] == "24×16"
+    assert details["Output"].startswith("96×64 · PNG · ")
+    assert details["Model"] == "fast"
+    assert details["Quality"] == "standard"
+    assert re.fullmatch(r"[\d.]+ ms", details["Model time"])
+    assert re.fullmatch(
+        r"decode [\d.]+ ms · model [\d.]+ ms · encode [\d.]+ ms", details["Server timing"]
+    )
+    assert (
+        details["Engine"] == f"{service['engine']} · {service['device']} · {service['precision']}"
+    )
+    assert details["Provider"] == provider
 
     # The input is drawn with square pixels over exactly the result's area.
     before, after = page.locator("#before"), page.locator("#after")
@@ -280,18 +317,85 @@ def test_quality_and_format_are_sent_and_remembered(page: Any, server: LiveServe
     assert data.startswith(b"\xff\xd8") and Image.open(io.BytesIO(data)).size == (32, 32)
 
 
-def test_model_choice_appears_when_the_service_lists_models(page: Any, server: LiveServer) -> None:
-    page.route("**/models", lambda route: route.fulfill(json=["edsr_x4", "tiny"], status=200))
-    page.goto(server.url)
-    field = page.locator("#model-field")
-    expect(field).to_be_visible()
-    page.get_by_label("Model").select_option("tiny")
+def test_model_picker_offers_the_services_models_and_remembers_the_choice(
+    page: Any, models_server: LiveServer
+) -> None:
+    listed = httpx.get(f"{models_server.url}/models", timeout=10).json()
+    assert listed["default"] == "sharp"
+    assert [model["name"] for model in listed["models"]] == ["sharp", "gentle"]
+    url = models_server.url
+    page.goto(url)
     requests = upscale_requests(page)
+    model, about = page.get_by_label("Model"), page.locator("#model-about")
+    expect(model).to_be_enabled()
+    expect(model.locator("option")).to_have_text(["sharp (bicubic, default)", "gentle (realistic)"])
+    expect(model).to_have_value("sharp")  # the default, preselected
+    expect(about).to_have_text(PICKER_MODELS["sharp"]["description"])
+    expect(model).to_have_accessible_description(PICKER_MODELS["sharp"]["description"])
+    pick(page, file_payload("first.png", rgb_png(8, 8)))
+    wait_done(page, "first.png")
+    assert facts(page)["Model"] == "sharp"
+
+    model.select_option("gentle")
+    expect(about).to_have_text(PICKER_MODELS["gentle"]["description"])
+    pick(page, file_payload("second.png", rgb_png(8, 8, seed=1)))
+    wait_done(page, "second.png")
+    assert facts(page)["Model"] == "gentle"
+    # Only a real choice is sent; the service counts each request under the model that ran it.
+    assert [r.url for r in requests] == [f"{url}/upscale", f"{url}/upscale?model=gentle"]
+    for name in PICKER_MODELS:
+        assert models_server.metric("upscaler_requests_total", model=name, status="200") == 1
+
+    page.reload()
+    expect(model).to_have_value("gentle")
+    # A remembered model the service no longer has falls back to the default.
+    page.evaluate(
+        """() => localStorage.setItem("edsr-upscaler.settings",
+            JSON.stringify({ quality: "standard", format: "png", model: "retired" }))"""
+    )
+    page.reload()
+    requests = upscale_requests(page)
+    expect(model).to_have_value("sharp")
+    expect(model.locator("option")).to_have_count(2)
+    pick(page, file_payload("third.png", rgb_png(8, 8, seed=2)))
+    wait_done(page, "third.png")
+    assert [r.url for r in requests] == [f"{url}/upscale"]
+    assert facts(page)["Model"] == "sharp"
+
+
+def test_model_picker_waits_for_the_list_and_hides_without_one(
+    page: Any, models_server: LiveServer
+) -> None:
+    # Before the models are loaded GET /models is a 503: the page asks again after Retry-After.
+    answers: list[int] = []
+
+    def starting_then_ready(route: Any) -> None:
+        if not answers:
+            answers.append(503)
+            route.fulfill(status=503, headers={"Retry-After": "1"}, json={"detail": "starting"})
+        else:
+            answers.append(200)
+            route.continue_()
+
+    page.route("**/models", starting_then_ready)
+    page.goto(models_server.url)
+    expect(page.get_by_label("Model")).to_have_value("sharp")
+    assert answers == [503, 200]
+
+    # A service without a model list (an older one, or a proxy hiding it): no picker, no ?model=.
+    page.unroute("**/models")
+    page.route("**/models", lambda route: route.fulfill(status=404, json={"detail": "Not Found"}))
+    page.evaluate(
+        """() => localStorage.setItem("edsr-upscaler.settings",
+            JSON.stringify({ quality: "standard", format: "png", model: "gentle" }))"""
+    )
+    page.reload()
+    requests = upscale_requests(page)
+    expect(page.locator("#status")).to_contain_text("Ready")
+    expect(page.locator("#model-field")).to_be_hidden()
     pick(page, file_payload("photo.png", rgb_png(8, 8)))
     wait_done(page, "photo.png")
-    assert "model=tiny" in requests[0].url
-    page.reload()
-    expect(page.get_by_label("Model")).to_have_value("tiny")
+    assert [r.url for r in requests] == [f"{models_server.url}/upscale"]
 
 
 # ---- the comparison ------------------------------------------------------------------------------
@@ -332,6 +436,7 @@ def test_split_follows_touch(browser: Any, server: LiveServer) -> None:
         page.goto(server.url)
         pick(page, file_payload("photo.png", rgb_png(32, 16)))
         wait_done(page, "photo.png")
+        page.locator("#stage").scroll_into_view_if_needed()
         box = page.locator("#stage").bounding_box()
         page.touchscreen.tap(box["x"] + box["width"] * 0.7, box["y"] + box["height"] / 2)
         value = int(page.locator("#split").get_attribute("aria-valuenow"))
@@ -383,7 +488,7 @@ def test_stop_aborts_the_request_and_the_service_drops_the_work(
     page: Any, slow_server: tuple[LiveServer, Any]
 ) -> None:
     live, slow = slow_server
-    abandoned = live.metric("upscaler_requests_total", status="499")
+    abandoned = live.metric("upscaler_requests_total", model="slow", status="499")
     page.goto(live.url)
     calls = slow.calls
     pick(page, file_payload("big.png", rgb_png(64, 64)))  # about 36 tiles: 7 s of model time
@@ -396,7 +501,7 @@ def test_stop_aborts_the_request_and_the_service_drops_the_work(
     entry.get_by_role("button", name="Stop").click()
     expect(entry).to_have_attribute("data-state", "stopped")
     _wait_for(
-        lambda: live.metric("upscaler_requests_total", status="499") == abandoned + 1,
+        lambda: live.metric("upscaler_requests_total", model="slow", status="499") == abandoned + 1,
         5,
         "the service to record the abandoned request",
     )
@@ -410,7 +515,7 @@ def test_busy_service_is_retried_after_a_visible_countdown(
     page: Any, slow_server: tuple[LiveServer, Any]
 ) -> None:
     live, slow = slow_server
-    busy = live.metric("upscaler_requests_total", status="503")
+    busy = live.metric("upscaler_requests_total", model="slow", status="503")
     calls = slow.calls
     answers: list[int] = []
 
@@ -437,4 +542,4 @@ def test_busy_service_is_retried_after_a_visible_countdown(
     finally:
         blocker.join(timeout=30)
     assert answers == [200]
-    assert live.metric("upscaler_requests_total", status="503") > busy
+    assert live.metric("upscaler_requests_total", model="slow", status="503") > busy
