@@ -86,7 +86,8 @@ RUN python -c "import pathlib, sys, sysconfig; root = pathlib.Path(sysconfig.get
             || { echo "gpu extra installed, but no site-packages/nvidia/*/lib found" >&2; exit 1; } ;; \
     esac
 COPY models/ /app/models/
-ENV UPSCALER_MODEL_PATH=/app/models/edsr_x4.onnx
+ENV UPSCALER_MODELS_DIR=/app/models \
+    UPSCALER_DEFAULT_MODEL=edsr_x4
 USER 10001:10001
 EXPOSE 8000
 # /readyz answers 200 only once the model is loaded and warmed up (503 before, and on failure).

@@ -1,19 +1,37 @@
 """Command line: `python -m service [--host HOST] [--port PORT] [--model PATH]`.
 
 Every other setting comes from the `UPSCALER_*` environment variables (see `service.config`).
+
+Signals: SIGTERM drains (`DrainingServer`): `/readyz` answers 503 `draining` and new uploads
+503 at once, while the server keeps listening until the requests in flight have finished (at
+most `UPSCALER_DRAIN_SECONDS`); then uvicorn shuts down and the process exits 0. SIGINT (Ctrl-C)
+is uvicorn's own graceful shutdown (a second one forces it). SIGHUP checks the model files now
+(`service.reload`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
 from service.config import Settings
+from service.drain import Drain
+from service.logs import configure_logging
 from service.main import create_app
+
+logger = logging.getLogger("service")
+
+#: uvicorn's exit status when the app cannot start (the model cannot be loaded).
+STARTUP_FAILURE = 3
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -35,6 +53,56 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, with SIGTERM turned into a drain before the graceful shutdown.
+
+    uvicorn alone, on SIGTERM, stops listening and waits for the requests in flight; meanwhile
+    nothing tells a load balancer to stop sending work, and the process then re-raises SIGTERM
+    on itself (exit status 143). Here the first SIGTERM only marks the app draining; the server
+    keeps answering (503 for new uploads and /readyz) until no request is in flight or
+    `drain_seconds` have passed, then shuts down as uvicorn does, and exits 0.
+    """
+
+    def __init__(self, config: uvicorn.Config, drain: Drain, drain_seconds: float) -> None:
+        super().__init__(config)
+        self.drain = drain
+        self.drain_seconds = drain_seconds
+        self._drain_deadline: float | None = None
+        self._drain_announced = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig != signal.SIGTERM:
+            super().handle_exit(sig, frame)
+        elif self._drain_deadline is None:
+            # A signal handler: set flags only (no logging, no locks).
+            self.drain.begin()
+            self._drain_deadline = time.monotonic() + self.drain_seconds
+        else:
+            # A second SIGTERM: stop waiting for the drain, still exiting gracefully.
+            self.should_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if await super().on_tick(counter):
+            return True
+        if self._drain_deadline is None:
+            return False
+        remaining = self._drain_deadline - time.monotonic()
+        if not self._drain_announced:
+            self._drain_announced = True
+            logger.info(
+                "SIGTERM: draining; %d request(s) in flight, waiting up to %.0f s",
+                self.drain.active,
+                self.drain_seconds,
+            )
+        if self.drain.active > 0 and remaining > 0:
+            return False
+        if self.drain.active > 0:
+            logger.warning("drain time over with %d request(s) in flight", self.drain.active)
+        # What is left of the drain bounds uvicorn's own wait for connections to close.
+        self.config.timeout_graceful_shutdown = max(remaining, 1.0)
+        return True
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Starts uvicorn with the settings from the environment and the command line.
 
@@ -42,10 +110,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     args = parse_args(argv)
     settings = Settings(model_path=args.model) if args.model is not None else Settings()
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s"
+    # One root handler for every logger, uvicorn's included (log_config=None below); the
+    # service's access line (service.logs) replaces uvicorn's, which lacks the request ID.
+    configure_logging(settings.log_format, args.log_level)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=max(1, round(settings.drain_seconds)),
     )
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    server = DrainingServer(config, app.state.drain, settings.drain_seconds)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn handles SIGINT itself
+        server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Execution providers in order of preference. The engine drops the ones this host cannot use
@@ -203,6 +203,48 @@ class Settings(BaseSettings):
         le=100,
         description="Quality of JPEG output (answers to `Accept: image/jpeg`).",
     )
+    reload_interval_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="How often the models folder (or MODEL_PATH) is checked for changed, added "
+        "or removed models, which are loaded and warmed up beside the serving ones and swapped "
+        "in (SIGHUP checks at once); 0 turns polling off (SIGHUP still works). A check only "
+        "stats a few files, so 10 s costs nothing and installs a model within seconds.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`text`: one readable line per event; `json`: one JSON object per line "
+        "(time, level, logger, message, request_id, and the access fields of each request).",
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys; any key (here or in API_KEYS_FILE) turns on "
+        "`Authorization: Bearer KEY` for POST /upscale and GET /models (401 without it). Keys "
+        "are compared as SHA-256 digests in constant time and never logged.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="File of accepted keys as SHA-256 hex digests, one a line (`#` comments), "
+        "so the keys themselves need not be stored: `printf %s KEY | sha256sum`. Read at "
+        "start-up; adds to API_KEYS.",
+    )
+    protect_metrics: bool = Field(
+        default=False,
+        description="Also require an API key for GET /metrics (when keys are set); /healthz "
+        "and /readyz stay open for probes.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins (`https://app.example.com`, comma-separated or a JSON list) whose "
+        "pages may call the API from a browser; empty: no CORS headers at all.",
+    )
+    drain_seconds: float = Field(
+        default=25.0,
+        gt=0,
+        description="On SIGTERM, longest wait for requests in flight before exiting; meanwhile "
+        "/readyz answers 503 `draining` and new uploads 503 with Retry-After. Keep it under "
+        "the orchestrator's kill delay (Kubernetes: 30 s; compose sets stop_grace_period).",
+    )
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -214,6 +256,18 @@ class Settings(BaseSettings):
         if isinstance(value, list | tuple):
             names = [str(name).strip() for name in value if str(name).strip()]
             return [PROVIDER_ALIASES.get(name.lower(), name) for name in names]
+        return value
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _parse_list(cls, value: Any) -> Any:
+        """Accepts a JSON list, a comma-separated string or a list; drops empty items."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if isinstance(value, list | tuple):
+            items = [item.strip() if isinstance(item, str) else item for item in value]
+            return [item for item in items if item != ""]
         return value
 
     @field_validator("providers")

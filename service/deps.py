@@ -65,6 +65,8 @@ class ServiceState:
         warmed: Set once every model's warm-up run succeeded; readiness and upscales wait
             for it, so no request meets a cold model.
         warmup_error: Why warm-up failed (naming the model), if it did.
+        reload_errors: Why the latest reload of a model was refused, by model name (the
+            served version stays); cleared when that model reloads successfully.
     """
 
     settings: Settings
@@ -75,6 +77,7 @@ class ServiceState:
     limiter: anyio.CapacityLimiter
     warmed: threading.Event = field(default_factory=threading.Event)
     warmup_error: str | None = None
+    reload_errors: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def start(
@@ -96,13 +99,25 @@ class ServiceState:
             limiter=anyio.CapacityLimiter(settings.max_concurrency),
         )
         metrics.track_queue(lambda: state.gate.waiting)
+        state.publish_models()
+        return state
+
+    def swap_models(self, models: ModelRegistry) -> None:
+        """Serves `models` from now on: one assignment, so a request sees the old registry or
+        the new one, and keeps the model it took (requests in flight finish on it)."""
+        self.models = models
+        self.publish_models()
+
+    def publish_models(self) -> None:
+        """Updates the model metrics from the current registry."""
+        models = self.models
         default = models.default.engine.info
-        metrics.set_provider(default.provider, default.fallback)
-        metrics.set_models(
+        self.metrics.set_provider(default.provider, default.fallback)
+        self.metrics.set_models(
             [(m.name, m.engine.info.provider, m.engine.info.precision) for m in models],
             models.default_name,
         )
-        return state
+        self.metrics.set_versions([(m.name, m.version) for m in models])
 
     @property
     def engine(self) -> Engine:
@@ -133,13 +148,17 @@ def get_state(request: Request) -> ServiceState:
     return state
 
 
-def get_ready_state(state: Annotated[ServiceState, Depends(get_state)]) -> ServiceState:
-    """The state, once the model is warmed up.
+def get_ready_state(
+    request: Request, state: Annotated[ServiceState, Depends(get_state)]
+) -> ServiceState:
+    """The state, once the model is warmed up, unless the service is draining.
 
     Raises:
-        NotReadyError: While warming up, or if the warm-up failed.
+        NotReadyError: While warming up, if the warm-up failed, or while draining (SIGTERM).
     """
     retry_after = state.settings.retry_after_seconds
+    if request.app.state.drain.draining:
+        raise NotReadyError("the service is shutting down; retry later", retry_after)
     if state.warmup_error is not None:
         raise NotReadyError(f"the model failed to warm up: {state.warmup_error}", retry_after)
     if not state.ready:

@@ -3,6 +3,12 @@
 One request, top to bottom: `service.routes` (the endpoints; their parameters are checked by
 `service.deps`), then `service.pipeline` (decode → model → encode, no HTTP). FastAPI appears only
 in this module, the routes, the dependencies and the error handlers (`service.errors`).
+
+Around every request: `service.logs.RequestContextMiddleware` (request ID, access line, the
+in-flight count the drain waits for), outermost so that even a 500 carries `X-Request-ID`; then
+CORS when `UPSCALER_CORS_ORIGINS` is set; then the metrics. API keys are a dependency of the
+protected routes (`service.auth`). Besides warm-up, the lifespan runs the model watcher
+(`service.reload`).
 """
 
 from __future__ import annotations
@@ -15,15 +21,22 @@ from functools import partial
 
 import anyio
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
+from service import web
+from service.auth import ApiKeys
 from service.config import Settings
 from service.deps import MODEL_STATE_KEY, ServiceState
+from service.drain import Drain
 from service.engine import Engine, create_engine
 from service.errors import install_error_handlers
 from service.exceptions import ModelLoadError
+from service.logs import REQUEST_ID_HEADER, RequestContextMiddleware, make_handler
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.registry import load_models
-from service.routes import UPSCALE_PATH, router
+from service.reload import ModelReloader
+from service.routes import RESPONSE_HEADERS, UPSCALE_PATH, router
 
 logger = logging.getLogger("service")
 
@@ -49,7 +62,7 @@ def create_app(
     """
     settings = settings or Settings()
     metrics = ServiceMetrics()
-    app = FastAPI(
+    app = UpscalerApp(
         title="EDSR upscaler",
         summary="x4 image super-resolution with an EDSR model on onnxruntime.",
         version="0.1.0",
@@ -58,19 +71,43 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.service = None  # a ServiceState once the lifespan has loaded the model
+    app.state.reloader = None  # a ModelReloader while the lifespan runs
+    app.state.drain = Drain()
+    app.state.api_keys = ApiKeys.from_settings(settings)
     install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "HEAD"],
+            allow_headers=["Authorization", "Content-Type", "Accept", REQUEST_ID_HEADER],
+            expose_headers=[*RESPONSE_HEADERS, REQUEST_ID_HEADER, "Retry-After"],
+            max_age=600,
+        )
     app.add_middleware(
         RequestMetricsMiddleware, metrics=metrics, path=UPSCALE_PATH, model_key=MODEL_STATE_KEY
     )
     app.include_router(router)
+    app.include_router(web.router)
     return app
+
+
+class UpscalerApp(FastAPI):
+    """FastAPI with `RequestContextMiddleware` outside Starlette's error middleware."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        drain: Drain = self.state.drain
+        return RequestContextMiddleware(
+            super().build_middleware_stack(), on_enter=drain.enter, on_exit=drain.exit
+        )
 
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI, engine_factory: EngineFactory) -> AsyncIterator[None]:
-    """Loads the models once, warms them up in the background, and drops them at shutdown."""
-    _ensure_log_output()
+    """Loads the models once, warms them up in the background, then watches their files
+    (`service.reload`) until shutdown, when they are dropped."""
     settings: Settings = app.state.settings
+    _ensure_log_output(settings.log_format)
     try:
         # Loading can take seconds (CUDA initialisation); keep the event loop free meanwhile.
         models = await anyio.to_thread.run_sync(load_models, settings, engine_factory)
@@ -79,14 +116,26 @@ async def _lifespan(app: FastAPI, engine_factory: EngineFactory) -> AsyncIterato
         raise
     state = ServiceState.start(settings, models, app.state.metrics)
     app.state.service = state
-    warm_up = asyncio.create_task(_warm_up(state))
+    reloader = ModelReloader(state, engine_factory)
+    app.state.reloader = reloader
+    reloader.install_sighup()
+    background = asyncio.create_task(_warm_up_then_watch(state, reloader))
     try:
         yield
     finally:
-        warm_up.cancel()
+        reloader.remove_sighup()
+        background.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await warm_up
+            await background
+        app.state.reloader = None
         app.state.service = None
+
+
+async def _warm_up_then_watch(state: ServiceState, reloader: ModelReloader) -> None:
+    await _warm_up(state)
+    if state.ready:
+        # Not before: a reload would compete with the warm-up for the cores.
+        await reloader.run(state.settings.reload_interval_seconds)
 
 
 async def _warm_up(state: ServiceState) -> None:
@@ -106,15 +155,14 @@ async def _warm_up(state: ServiceState) -> None:
     logger.info("ready to upscale with %s (default %s)", names, state.models.default_name)
 
 
-def _ensure_log_output() -> None:
+def _ensure_log_output(log_format: str = "text") -> None:
     # `uvicorn service.main:app` configures only uvicorn's own loggers, which would leave the
-    # provider report (INFO) unseen. Add a handler unless the host application set up logging.
+    # provider report (INFO) unseen. Add a handler unless the host application (or
+    # `python -m service`, which configures the root logger) set up logging.
     service_logger = logging.getLogger("service")
     if logging.getLogger().handlers or service_logger.handlers:
         return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-    service_logger.addHandler(handler)
+    service_logger.addHandler(make_handler(log_format))
     service_logger.setLevel(logging.INFO)
 
 

@@ -39,6 +39,10 @@ class ServiceMetrics:
             default model's).
         models: `upscaler_model_info{model,default,provider,precision}`, 1 for each loaded
             model.
+        versions: `upscaler_model_version_info{model,version}`, 1 for the version served of
+            each model (the first 12 hex digits of its file's SHA-256).
+        reloads: `upscaler_model_reloads_total{model,result}`, hot reloads by outcome
+            (`ok`, `failed`, `dropped` for a removed file).
     """
 
     def __init__(self) -> None:
@@ -86,6 +90,19 @@ class ServiceMetrics:
             ["model", "default", "provider", "precision"],
             registry=self.registry,
         )
+        self.versions = Gauge(
+            "upscaler_model_version_info",
+            "Version served of each model (value 1): the first 12 hex digits of its SHA-256.",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "upscaler_model_reloads",
+            "Hot reloads of a model file by result: ok, failed (the old version kept serving), "
+            "dropped (file removed).",
+            ["model", "result"],
+            registry=self.registry,
+        )
 
     def track_queue(self, waiting: Callable[[], int]) -> None:
         """Makes `upscaler_queue_depth` read the current queue length at scrape time."""
@@ -112,6 +129,16 @@ class ServiceMetrics:
             self.inference_seconds.labels(model=name)
             for side in ("input", "output"):
                 self.pixels.labels(model=name, side=side)
+
+    def set_versions(self, versions: list[tuple[str, str]]) -> None:
+        """Records the version served of each model, as `(name, version)`."""
+        self.versions.clear()
+        for name, version in versions:
+            self.versions.labels(model=name, version=version).set(1)
+
+    def observe_reload(self, model: str, result: str) -> None:
+        """Counts one hot reload of `model` with its result (`ok`, `failed`, `dropped`)."""
+        self.reloads.labels(model=model, result=result).inc()
 
     def observe_upscale(
         self, input_pixels: int, output_pixels: int, inference_seconds: float, model: str = ""

@@ -12,12 +12,20 @@ card script), gives what `GET /models` lists: a description, the degradation it 
 and a compact subset of its benchmark figures. Engines come from the app's engine factory, so the
 registry does not know which inference library runs them; a request switches models by picking
 another loaded engine, never by loading one.
+
+Each served model carries its `version` (the first 12 hex digits of the ONNX file's SHA-256) and
+the `signature` of its files ((size, mtime_ns) of `NAME.onnx`, its fp16 copy and its card), by
+which `service.reload` notices a changed file. A registry is immutable: a reload builds a new
+one (`with_model`, `without`) and swaps it into the service state in one assignment.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +41,8 @@ from service.pipeline import Pipeline
 logger = logging.getLogger(__name__)
 
 EngineFactory = Callable[[Settings], Engine]
+#: (size, mtime_ns) of a model's ONNX file, its fp16 copy and its card; None for a missing one.
+FileSignature = tuple[tuple[int, int] | None, ...]
 
 #: Degradation of models whose card does not name one: every model trained before the
 #: degradation presets existed saw only Pillow's antialiased bicubic x1/4 (preset `bicubic`).
@@ -178,12 +188,16 @@ class ServedModel:
         engine: The loaded engine (`engine.info` describes how it runs).
         pipeline: decode → this model → encode.
         card: What `GET /models` lists about it.
+        version: First 12 hex digits of the ONNX file's SHA-256 (`X-Upscaler-Model-Version`).
+        signature: Its files' sizes and modification times when it was loaded (`signature`).
     """
 
     name: str
     engine: Engine
     pipeline: Pipeline
     card: ModelCard
+    version: str = ""
+    signature: FileSignature = ()
 
     def summary(self) -> dict[str, Any]:
         """The model's entry in `GET /models`."""
@@ -231,6 +245,23 @@ class ModelRegistry:
         except KeyError:
             raise UnknownModelError(name, self.names) from None
 
+    def with_model(self, model: ServedModel) -> ModelRegistry:
+        """A registry with `model` added, or replacing the model of that name."""
+        return self._build({**self.models, model.name: model})
+
+    def without(self, name: str) -> ModelRegistry:
+        """A registry without model `name` (never the default)."""
+        if name == self.default_name:
+            raise ValueError(f"the default model {name!r} cannot be dropped")
+        return self._build({key: value for key, value in self.models.items() if key != name})
+
+    def _build(self, models: Mapping[str, ServedModel]) -> ModelRegistry:
+        ordered = [self.default_name, *sorted(name for name in models if name != self.default_name)]
+        return ModelRegistry(
+            models=MappingProxyType({name: models[name] for name in ordered}),
+            default_name=self.default_name,
+        )
+
     def __iter__(self) -> Iterator[ServedModel]:
         return iter(self.models.values())
 
@@ -241,6 +272,24 @@ class ModelRegistry:
 def serves_single_file(settings: Settings) -> bool:
     """Whether `model_path` was set explicitly (environment, argument or `--model`)."""
     return "model_path" in settings.model_fields_set
+
+
+def folder_models(folder: Path) -> dict[str, Path]:
+    """The models of a folder by name: every `NAME.onnx` but the fp16 copies and hidden files.
+
+    `NAME_fp16.onnx` beside `NAME.onnx` is that model's fp16 export, not a model of its own;
+    hidden files (`.tmp-NAME.onnx`) are files being written. `NAME.onnx.tmp` is no model.
+
+    Raises:
+        OSError: If the folder cannot be listed.
+    """
+    found = [
+        path
+        for path in sorted(folder.glob("*.onnx"))
+        if path.is_file() and not path.name.startswith(".")
+    ]
+    copies = {fp16_path_for(path) for path in found}
+    return {path.stem: path for path in found if path not in copies}
 
 
 def model_files(settings: Settings) -> tuple[dict[str, Path], str]:
@@ -259,10 +308,7 @@ def model_files(settings: Settings) -> tuple[dict[str, Path], str]:
             f"models folder not found: {folder} (set UPSCALER_MODELS_DIR, or UPSCALER_MODEL_PATH "
             "for one model)"
         )
-    found = [path for path in sorted(folder.glob("*.onnx")) if path.is_file()]
-    copies = {fp16_path_for(path) for path in found}
-    # `NAME_fp16.onnx` beside `NAME.onnx` is that model's fp16 export, not a model of its own.
-    files = {path.stem: path for path in found if path not in copies}
+    files = folder_models(folder)
     if not files:
         raise ModelLoadError(f"no model (*.onnx, fp16 copies aside) in {folder}")
     default = settings.default_model
@@ -289,14 +335,69 @@ def load_models(settings: Settings, engine_factory: EngineFactory) -> ModelRegis
     ordered = [default, *sorted(name for name in files if name != default)]
     models: dict[str, ServedModel] = {}
     for name in ordered:
-        model_settings = settings.model_copy(update={"model_path": files[name]})
-        engine = engine_factory(model_settings)
-        card = ModelCard.for_model(files[name], engine.info.metadata)
-        models[name] = ServedModel(
-            name=name,
-            engine=engine,
-            pipeline=Pipeline.for_engine(engine, model_settings),
-            card=card,
-        )
-        logger.info("model %r loaded from %s", name, files[name])
+        models[name] = load_model(name, files[name], settings, engine_factory)
     return ModelRegistry(models=MappingProxyType(models), default_name=default)
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def signature(path: Path) -> FileSignature:
+    """(size, mtime_ns) of the model file, its fp16 copy and its card (None where missing)."""
+    return (_stat(path), _stat(fp16_path_for(path)), _stat(path.with_suffix(".json")))
+
+
+def content_version(path: Path) -> str:
+    """The first 12 hex digits of the file's SHA-256: the model's version.
+
+    Raises:
+        ModelLoadError: If the file cannot be read.
+    """
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as file:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise ModelLoadError(f"model file {path} cannot be read: {exc}") from exc
+    return digest.hexdigest()[:12]
+
+
+def load_model(
+    name: str, path: Path, settings: Settings, engine_factory: EngineFactory
+) -> ServedModel:
+    """Loads one model (not warmed up): its engine from `settings` with `model_path` = `path`,
+    its pipeline, its card, and its version and file signature taken before loading.
+
+    Raises:
+        ModelLoadError: If the model cannot be loaded or its card is broken.
+    """
+    before = signature(path)
+    version = content_version(path) if before[0] is not None else ""
+    model_settings = settings.model_copy(update={"model_path": path})
+    engine = engine_factory(model_settings)
+    card = ModelCard.for_model(path, engine.info.metadata)
+    logger.info("model %r loaded from %s (version %s)", name, path, version or "unknown")
+    return ServedModel(
+        name=name,
+        engine=engine,
+        pipeline=Pipeline.for_engine(engine, model_settings),
+        card=card,
+        version=version,
+        signature=before,
+    )
+
+
+def with_card(model: ServedModel, path: Path, signature_now: FileSignature) -> ServedModel:
+    """The same loaded model with its card read again (only the card or a timestamp changed).
+
+    Raises:
+        ModelLoadError: If the card is broken.
+    """
+    card = ModelCard.for_model(path, model.engine.info.metadata)
+    return dataclasses.replace(model, card=card, signature=signature_now)

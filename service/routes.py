@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from service.auth import require_api_key, require_api_key_for_metrics
 from service.deps import (
     UPLOAD_FIELD,
     AcceptedFormats,
@@ -33,8 +34,9 @@ from service.deps import (
 from service.encode import OutputFormat, describe_png_writer
 from service.errors import UPSCALE_ERROR_RESPONSES, ErrorBody
 from service.exceptions import ClientDisconnectedError
+from service.logs import ACCESS_STATE_KEY
 from service.pipeline import Quality, UpscaleResult
-from service.registry import ServedModel
+from service.registry import ModelRegistry, ServedModel
 
 router = APIRouter()
 
@@ -61,6 +63,8 @@ _UPLOAD_OPENAPI: dict[str, Any] = {
 }
 _HEADERS = {
     "X-Upscaler-Model": "Name of the model that ran (the `model` parameter, or the default).",
+    "X-Upscaler-Model-Version": "Version of that model: the first 12 hex digits of its ONNX "
+    "file's SHA-256 (changes when a new file is hot-reloaded).",
     "X-Upscaler-Provider": "onnxruntime execution provider that ran the model (`openvino:CPU` "
     "on OpenVINO).",
     "X-Upscaler-Engine": "Engine that ran the model: `onnxruntime` or `openvino`.",
@@ -73,7 +77,11 @@ _HEADERS = {
     "Server-Timing": "decode, model and encode durations in milliseconds "
     "(`decode;dur=1.2, model;dur=45.0, encode;dur=8.1`).",
     "Vary": "`Accept`: the format depends on it.",
+    "X-Request-ID": "The request's ID: the client's own `X-Request-ID` when it is at most 64 "
+    "characters of `A-Z a-z 0-9 . _ -`, else a generated one; on every response and log line.",
 }
+#: The headers of a successful upscale that browsers on other origins may read (CORS).
+RESPONSE_HEADERS = tuple(name for name in _HEADERS if name not in ("Vary", "X-Request-ID"))
 _UPSCALE_SUCCESS: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The upscaled image, exactly scale x the input's width and height: PNG "
@@ -87,7 +95,16 @@ _UPSCALE_SUCCESS: dict[int | str, dict[str, Any]] = {
 }
 
 
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {
+        "model": ErrorBody,
+        "description": "API keys are configured (UPSCALER_API_KEYS) and the request carries "
+        "no `Authorization: Bearer KEY` header, or an unknown key. Has `WWW-Authenticate: "
+        "Bearer`; refused before the body is read.",
+    }
+}
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_UNAUTHORIZED,
     **UPSCALE_ERROR_RESPONSES,
     422: {
         "model": ErrorBody,
@@ -110,6 +127,8 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     response_class=Response,
     responses={**_UPSCALE_SUCCESS, **_ERROR_RESPONSES},
     openapi_extra=_UPLOAD_OPENAPI,
+    # First of all, so that a request without a valid key costs no byte of its body.
+    dependencies=[Depends(require_api_key)],
 )
 async def upscale(
     request: Request,
@@ -135,11 +154,24 @@ async def upscale(
     state.metrics.observe_upscale(
         result.input_pixels, result.output_pixels, result.inference_seconds, model.name
     )
+    setattr(request.state, ACCESS_STATE_KEY, _access_fields(result, model))
     return Response(
         content=result.content,
         media_type=result.output_format.media_type,
         headers=_response_headers(result, model, quality),
     )
+
+
+def _access_fields(result: UpscaleResult, model: ServedModel) -> dict[str, Any]:
+    """What the access log line adds for an upscale (see `service.logs`)."""
+    return {
+        "model": model.name,
+        "model_version": model.version,
+        "decode_ms": round(result.decode_seconds * 1000, 1),
+        "model_ms": round(result.inference_seconds * 1000, 1),
+        "encode_ms": round(result.encode_seconds * 1000, 1),
+        "input_size": f"{result.input_width}x{result.input_height}",
+    }
 
 
 def _response_headers(
@@ -153,6 +185,7 @@ def _response_headers(
     )
     return {
         "X-Upscaler-Model": model.name,
+        "X-Upscaler-Model-Version": model.version,
         "X-Upscaler-Provider": info.provider,
         "X-Upscaler-Engine": info.engine,
         "X-Upscaler-Device": info.device,
@@ -200,7 +233,11 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/models",
     summary="The models that POST /upscale can run",
-    responses={503: {"model": ErrorBody, "description": "The models are not loaded yet."}},
+    responses={
+        **_UNAUTHORIZED,
+        503: {"model": ErrorBody, "description": "The models are not loaded yet."},
+    },
+    dependencies=[Depends(require_api_key)],
 )
 async def list_models(state: Annotated[ServiceState, Depends(get_state)]) -> dict[str, Any]:
     """`{"default": NAME, "models": [{name, description, degradation, scale, benchmarks}]}`.
@@ -221,12 +258,17 @@ async def list_models(state: Annotated[ServiceState, Depends(get_state)]) -> dic
 )
 async def readyz(request: Request) -> JSONResponse:
     """`ready` with a description of the default model and a list of all, or 503
-    `starting`/`warming_up`/`failed`."""
+    `starting`/`warming_up`/`failed`/`draining`."""
     state: ServiceState | None = request.app.state.service
     # Like /upscale's 503s, a not-ready answer says when to look again.
     retry = {"Retry-After": str(request.app.state.settings.retry_after_seconds)}
     if state is None:
         return JSONResponse({"status": "starting"}, status_code=503, headers=retry)
+    if request.app.state.drain.draining:
+        # First: a load balancer must stop sending work here at once (SIGTERM received).
+        return JSONResponse(
+            {"status": "draining", **_describe(state)}, status_code=503, headers=retry
+        )
     if state.warmup_error is not None:
         body = {"status": "failed", "detail": state.warmup_error, **_describe(state)}
         return JSONResponse(body, status_code=503, headers=retry)
@@ -241,14 +283,15 @@ def _warmup_ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
-def _describe_models(state: ServiceState) -> list[dict[str, Any]]:
+def _describe_models(models: ModelRegistry) -> list[dict[str, Any]]:
     described = []
-    for model in state.models:
+    for model in models:
         info = model.engine.info
         described.append(
             {
                 "name": model.name,
-                "default": model.name == state.models.default_name,
+                "default": model.name == models.default_name,
+                "version": model.version,
                 "path": str(info.path),
                 "scale": info.scale,
                 "degradation": model.card.degradation,
@@ -262,20 +305,25 @@ def _describe_models(state: ServiceState) -> list[dict[str, Any]]:
 
 def _describe(state: ServiceState) -> dict[str, Any]:
     # The top-level fields describe the default model, as they did with one model; `models`
-    # lists every one (their warm-up times show which are warm while warming up).
-    info, settings, encoding = state.engine.info, state.settings, state.pipeline.encode_options
+    # lists every one (their warm-up times show which are warm while warming up). The registry
+    # is read once, so that a reload swapping it meanwhile cannot mix two versions.
+    models = state.models
+    default = models.default
+    info, settings, encoding = default.engine.info, state.settings, default.pipeline.encode_options
     warmup = info.warmup_seconds
     return {
-        "default_model": state.models.default_name,
-        "models": _describe_models(state),
+        "default_model": models.default_name,
+        "models": _describe_models(models),
         "model": {
-            "name": state.models.default_name,
+            "name": models.default_name,
+            "version": default.version,
             "path": str(info.path),
             "scale": info.scale,
             "input": info.input_name,
             "output": info.output_name,
             "metadata": dict(info.metadata),
         },
+        "reload_errors": dict(state.reload_errors),
         "engine": info.engine,
         "device": info.device,
         "requested_engine": info.requested_engine,
@@ -303,7 +351,12 @@ def _describe(state: ServiceState) -> dict[str, Any]:
     }
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    dependencies=[Depends(require_api_key_for_metrics)],
+)
 async def prometheus_metrics(request: Request) -> Response:
     """The app's metrics, in the format the scraper asks for."""
     body, content_type = request.app.state.metrics.render(request.headers.get("accept"))

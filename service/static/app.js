@@ -9,6 +9,7 @@ const FORMATS = {
 };
 const EXT_BY_TYPE = { "image/png": "png", "image/webp": "webp", "image/jpeg": "jpg" };
 const SETTINGS_KEY = "edsr-upscaler.settings";
+const API_KEY_KEY = "edsr-upscaler.api-key";
 const MAX_503_RETRIES = 20;
 
 const $ = (id) => document.getElementById(id);
@@ -132,7 +133,8 @@ async function loadModels() {
   // the default first; 503 until the models are loaded. Without a list the choice stays hidden.
   let wait = 0;
   try {
-    const response = await fetch("/models", { cache: "no-store" });
+    const response = await fetch("/models", { cache: "no-store", headers: authHeaders() });
+    if (response.status === 401) askForKey("This service needs an API key.");
     if (response.status === 503) wait = Number(response.headers.get("Retry-After")) || 5;
     if (!response.ok) return;
     const body = await response.json();
@@ -171,6 +173,41 @@ function describeModel() {
 }
 
 const modelScale = (name) => models.get(name)?.scale || scale;
+
+// ---- API key (only when the service asks for one: a 401) ----------------------------------
+
+function apiKey() {
+  try {
+    return localStorage.getItem(API_KEY_KEY) || "";
+  } catch {
+    return $("api-key").value;
+  }
+}
+
+function authHeaders() {
+  const key = apiKey();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+function askForKey(message) {
+  $("key-form").hidden = false;
+  $("key-message").textContent = message;
+}
+
+function wireKey() {
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("api-key").value.trim();
+    try {
+      if (key) localStorage.setItem(API_KEY_KEY, key);
+      else localStorage.removeItem(API_KEY_KEY);
+    } catch {
+      // Not remembered: apiKey() reads the field instead.
+    }
+    $("key-message").textContent = key ? "Key saved in this browser." : "Key removed.";
+    loadModels();
+  });
+}
 
 // ---- the queue ------------------------------------------------------------------------------
 
@@ -329,6 +366,7 @@ function send(item) {
   item.retryAt = null;
   item.phase = "Uploading 0 %";
   xhr.open("POST", `/upscale${params.size ? `?${params}` : ""}`);
+  for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
   xhr.responseType = "blob";
   // The service negotiates the output format from Accept (PNG when nothing else is asked).
   xhr.setRequestHeader("Accept", FORMATS[format].type);
@@ -362,6 +400,11 @@ async function received(item, xhr) {
     detail = JSON.parse(await xhr.response.text()).detail || detail;
   } catch {
     // Not the service's JSON (a proxy's page?): the status code will do.
+  }
+  if (xhr.status === 401) {
+    askForKey(`${detail}. Enter a key, then Retry.`);
+    finish(item, "failed", `401: ${detail}`, true);
+    return;
   }
   if (xhr.status === 503 && item.attempts < MAX_503_RETRIES) {
     const wait = Math.max(1, Number(xhr.getResponseHeader("Retry-After")) || 5);
@@ -557,6 +600,7 @@ function wireInput() {
 loadSettings();
 showLimits();
 wireInput();
+wireKey();
 wireComparison();
 pollReady();
 loadModels();

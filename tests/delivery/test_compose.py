@@ -83,6 +83,18 @@ def _ports(service: dict) -> set[tuple[str, str]]:
     return pairs
 
 
+def _host_ips(service: dict) -> set[str]:
+    """The interfaces the ports are published on ("" for all)."""
+    ips = set()
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            ips.add(str(port.get("host_ip", "")))
+        else:
+            published = str(port).rpartition(":")[0]
+            ips.add(published.rpartition(":")[0])
+    return ips
+
+
 def _volumes(service: dict) -> dict[str, tuple[str, bool]]:
     """{container path: (host source, read-only)} from the short or the long syntax."""
     mounts = {}
@@ -148,8 +160,24 @@ def test_service_port_healthcheck_restart_and_model_volume(compose, name):
     assert {"interval", "timeout", "retries", "start_period"} <= set(health)
     source, read_only = _volumes(service)["/app/models"]
     assert _same_host_path(source, "./models") and read_only
-    model_path = service["environment"]["UPSCALER_MODEL_PATH"]
-    assert model_path.startswith("/app/models/") and model_path.endswith(".onnx")
+    # The whole folder, hot-reloaded; UPSCALER_MODEL_PATH would serve one file alone.
+    environment = service["environment"]
+    assert environment["UPSCALER_MODELS_DIR"] == "/app/models"
+    assert environment["UPSCALER_DEFAULT_MODEL"] == "edsr_x4"
+    assert "UPSCALER_MODEL_PATH" not in environment
+    assert environment["UPSCALER_API_KEYS"] in ("", None)
+
+
+@pytest.mark.parametrize("name", ["upscaler", "upscaler-cpu"])
+def test_service_is_published_on_loopback_only_and_drains_on_stop(compose, name):
+    service = compose["services"][name]
+    # Open API (no key by default): only this host reaches it unless UPSCALER_PUBLISH says so.
+    assert _host_ips(service) == {"127.0.0.1"}
+    grace = str(service["stop_grace_period"])
+    seconds = {"30s": 30, "30": 30}.get(grace)
+    if seconds is None:  # `docker compose config` writes durations in its own way
+        seconds = int(float(grace.rstrip("s")))
+    assert seconds > int(service["environment"]["UPSCALER_DRAIN_SECONDS"])
 
 
 def test_trainer_trains_on_mounted_data_and_exports_into_models(compose):

@@ -71,8 +71,11 @@ def test_service_image_is_non_root_with_a_readiness_healthcheck():
 
 def test_service_image_bakes_in_the_model_the_check_serves(check):
     assert "models/ /app/models/" in _instructions("service", "COPY")
-    (model,) = [e for e in _instructions("service", "ENV") if e.startswith("UPSCALER_MODEL_PATH=")]
-    assert model == "UPSCALER_MODEL_PATH=/app/models/edsr_x4.onnx"
+    env = " ".join(_instructions("service", "ENV")).split()
+    # The whole folder is served (hot-reloaded), edsr_x4 by default; MODEL_PATH would serve one.
+    assert "UPSCALER_MODELS_DIR=/app/models" in env
+    assert "UPSCALER_DEFAULT_MODEL=edsr_x4" in env
+    assert not [e for e in env if e.startswith("UPSCALER_MODEL_PATH=")]
     assert check.MODEL == ROOT / "models" / "edsr_x4.onnx" and check.MODEL.is_file()
 
 

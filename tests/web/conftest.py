@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from service.main import create_app
 from tests.service.helpers import build_model
 from tests.web.live import (
     CHROMIUM,
@@ -25,7 +26,6 @@ from tests.web.live import (
     slow_model,
     time_limit,
     tiny_settings,
-    web_app,
 )
 
 #: Longest any browser test may take, set-up included.
@@ -94,7 +94,7 @@ def web_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def server(web_models: dict[str, Path]) -> Iterator[LiveServer]:
     """The service with the page, a tiny fast model and small limits (see `TEST_LIMITS`)."""
-    with LiveServer(web_app(tiny_settings(web_models["fast"]))) as live:
+    with LiveServer(create_app(tiny_settings(web_models["fast"]))) as live:
         yield live
 
 
@@ -114,7 +114,7 @@ def models_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServ
         build_model(folder / f"{name}.onnx", seed=seed)
         (folder / f"{name}.json").write_text(json.dumps(card), encoding="utf-8")
     settings = tiny_settings(None, models_dir=folder, default_model="sharp")
-    with LiveServer(web_app(settings)) as live:
+    with LiveServer(create_app(settings)) as live:
         yield live
 
 
@@ -122,5 +122,6 @@ def models_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServ
 def slow_server(web_models: dict[str, Path]) -> Iterator[tuple[LiveServer, Any]]:
     """A service whose model pauses 0.2 s a tile, with one slot and no queue (busy = 503)."""
     settings = tiny_settings(web_models["slow"], max_queue=0)
-    with slow_model(web_models["slow"], delay=0.2) as slow, LiveServer(web_app(settings)) as live:
+    app = create_app(settings)
+    with slow_model(web_models["slow"], delay=0.2) as slow, LiveServer(app) as live:
         yield live, slow

@@ -1,6 +1,6 @@
 """A real service on a free loopback port, for the browser and CLI tests.
 
-The app is the service's own (`create_app`) with the page's router mounted, run by uvicorn in a
+The app is the service's own (`create_app`, which mounts the page), run by uvicorn in a
 thread on 127.0.0.1; tiny ONNX models come from `tests.service.helpers`. `slow_model` makes one
 model file slow (a pause before each model call, on whichever engine runs it: onnxruntime or
 OpenVINO), so a test can stop a request while its tiles are still running and count the calls
@@ -26,10 +26,8 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from service import web
 from service.config import Settings
 from service.engine import OnnxEngine
-from service.main import create_app
 from tests.service.helpers import CPU_ONLY
 
 #: Debian's `chromium` package; never a browser fetched by `playwright install`.
@@ -73,13 +71,6 @@ def tiny_settings(model_path: Path | None, **overrides: Any) -> Settings:
         values["model_path"] = model_path
     values.update(overrides)
     return Settings(**values)
-
-
-def web_app(settings: Settings) -> FastAPI:
-    """The service's app with the page mounted, as the app factory will mount it."""
-    app = create_app(settings)
-    app.include_router(web.router)
-    return app
 
 
 class LiveServer:

@@ -20,8 +20,9 @@ from PIL import Image
 
 from benchmarks.images import SHARED_BENCH, synthetic_photo
 from service.config import Settings
+from service.main import create_app
 from tests.service.helpers import CPU_ONLY
-from tests.web.live import CHROMIUM, CHROMIUM_ARGS, LiveServer, web_app
+from tests.web.live import CHROMIUM, CHROMIUM_ARGS, LiveServer
 
 ROOT = Path(__file__).resolve().parents[2]
 NOT_AN_IMAGE = b"Quarterly report\n" * 20
@@ -95,7 +96,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     settings = Settings(model_path=args.model, providers=CPU_ONLY)
-    with LiveServer(web_app(settings)) as live, sync_playwright() as playwright:
+    with LiveServer(create_app(settings)) as live, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             for path in take_screenshots(browser, live.url, sample_photo(), args.out):
