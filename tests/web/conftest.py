@@ -98,6 +98,15 @@ def server(web_models: dict[str, Path]) -> Iterator[LiveServer]:
         yield live
 
 
+@pytest.fixture(scope="module")
+def keyed_server(web_models: dict[str, Path]) -> Iterator[LiveServer]:
+    """The service with the page, asking for an API key (`KEY`) on its calls."""
+    with LiveServer(create_app(tiny_settings(web_models["fast"], api_keys=KEY))) as live:
+        yield live
+
+
+KEY = "page-test-key"
+
 #: The two models of `models_server`, as their cards describe them; the first is the default.
 PICKER_MODELS = {
     "sharp": {"description": "Tiny test model A, for clean downscales", "degradation": "bicubic"},

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from tests.service.helpers import encode, noise_image, png_bytes
-from tests.web.conftest import PICKER_MODELS
+from tests.web.conftest import KEY, PICKER_MODELS
 from tests.web.live import TEST_LIMITS, LiveServer
 
 try:
@@ -286,6 +286,24 @@ def test_service_errors_are_shown_as_their_detail(page: Any, server: LiveServer)
         expect(entry).to_have_attribute("data-state", "failed")
         expect(entry.get_by_role("alert")).to_have_text(f"{status}: {detail}")
     expect(item(page, "scan.tif").locator(".item-dims")).to_contain_text("size unknown")
+
+
+def test_a_key_is_asked_for_after_a_401_and_remembered(page: Any, keyed_server: LiveServer) -> None:
+    page.goto(keyed_server.url)
+    pick(page, file_payload("locked.png", rgb_png(12, 10)))
+    entry = item(page, "locked.png")
+    expect(entry).to_have_attribute("data-state", "failed")
+    expect(entry.get_by_role("alert")).to_contain_text("401")
+    expect(page.locator("#key-form")).to_be_visible()
+    page.fill("#api-key", KEY)
+    page.get_by_role("button", name="Save key").click()
+    entry.get_by_role("button", name="Retry").click()
+    wait_done(page, "locked.png")
+    page.reload()  # the key is remembered in this browser
+    requests = upscale_requests(page)
+    pick(page, file_payload("again.png", rgb_png(12, 10, seed=1)))
+    wait_done(page, "again.png")
+    assert requests[-1].headers["authorization"] == f"Bearer {KEY}"
 
 
 # ---- controls ----------------------------------------------------------------------------------
