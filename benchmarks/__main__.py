@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 SECTIONS = ("model", "tiling", "tuning", "encode", "memory", "http", "startup", "gpu")
+#: Sections run only when `--sections` names them: `ray` needs the `ray` extra and starts a
+#: local Ray instance (`benchmarks.ray_section`).
+OPTIONAL_SECTIONS = ("ray",)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -46,7 +49,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sections",
         default=",".join(SECTIONS),
-        help="comma-separated subset of: %(default)s",
+        help="comma-separated subset of: %(default)s; optional: " + ",".join(OPTIONAL_SECTIONS),
     )
     parser.add_argument(
         "--out", type=Path, default=Path("docs/benchmarks"), help="folder for JSON and plot"
@@ -56,7 +59,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
-    unknown = set(args.sections.split(",")) - set(SECTIONS)
+    unknown = set(args.sections.split(",")) - set(SECTIONS) - set(OPTIONAL_SECTIONS)
     if unknown:
         parser.error(f"unknown sections: {sorted(unknown)}")
     return args
@@ -69,6 +72,7 @@ def _sections() -> dict[str, Callable[[Any], dict[str, Any]]]:
         http_section,
         memory_section,
         model_section,
+        ray_section,
         startup_section,
         tiling_section,
         tuning_section,
@@ -83,6 +87,7 @@ def _sections() -> dict[str, Callable[[Any], dict[str, Any]]]:
         "http": http_section.run,
         "startup": startup_section.run,
         "gpu": gpu_section.run,
+        "ray": ray_section.run,
     }
 
 

@@ -34,7 +34,7 @@ from service.errors import install_error_handlers
 from service.exceptions import ModelLoadError
 from service.logs import REQUEST_ID_HEADER, RequestContextMiddleware, make_handler
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
-from service.registry import load_models
+from service.registry import ModelRegistry, load_models
 from service.reload import ModelReloader
 from service.routes import RESPONSE_HEADERS, UPSCALE_PATH, router
 
@@ -45,7 +45,10 @@ EngineFactory = Callable[[Settings], Engine]
 
 
 def create_app(
-    settings: Settings | None = None, *, engine_factory: EngineFactory = create_engine
+    settings: Settings | None = None,
+    *,
+    engine_factory: EngineFactory = create_engine,
+    models_at_startup: bool = True,
 ) -> FastAPI:
     """Builds the upscaling app.
 
@@ -59,6 +62,10 @@ def create_app(
         settings: Settings to use; read from the environment when omitted.
         engine_factory: Loads one model from settings whose `model_path` names it (tests
             substitute their own); called once per model, in the models' order.
+        models_at_startup: False: the lifespan loads no model, and the host calls
+            `start_models` itself once it knows which (the Ray Serve deployment,
+            `service.serve`, whose models come with its `user_config` after start-up). Until
+            then the app answers 503 `starting`.
     """
     settings = settings or Settings()
     metrics = ServiceMetrics()
@@ -66,12 +73,17 @@ def create_app(
         title="EDSR upscaler",
         summary="x4 image super-resolution with an EDSR model on onnxruntime.",
         version="0.1.0",
-        lifespan=partial(_lifespan, engine_factory=engine_factory),
+        lifespan=partial(
+            _lifespan, engine_factory=engine_factory, models_at_startup=models_at_startup
+        ),
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.service = None  # a ServiceState once the lifespan has loaded the model
     app.state.reloader = None  # a ModelReloader while the lifespan runs
+    app.state.model_task = None  # warm-up, then the model watcher (`start_models`)
+    app.state.sighup = False
+    app.state.engine_factory = engine_factory
     app.state.drain = Drain()
     app.state.api_keys = ApiKeys.from_settings(settings)
     install_error_handlers(app)
@@ -103,32 +115,86 @@ class UpscalerApp(FastAPI):
 
 
 @contextlib.asynccontextmanager
-async def _lifespan(app: FastAPI, engine_factory: EngineFactory) -> AsyncIterator[None]:
+async def _lifespan(
+    app: FastAPI, engine_factory: EngineFactory, models_at_startup: bool = True
+) -> AsyncIterator[None]:
     """Loads the models once, warms them up in the background, then watches their files
-    (`service.reload`) until shutdown, when they are dropped."""
+    (`service.reload`) until shutdown, when they are dropped (see `start_models`)."""
     settings: Settings = app.state.settings
     _ensure_log_output(settings.log_format)
+    if models_at_startup:
+        app.state.sighup = True  # each watcher started checks the files at once on SIGHUP
+        await start_models(app)
+    try:
+        yield
+    finally:
+        await stop_models(app)
+
+
+async def start_models(app: FastAPI, settings: Settings | None = None) -> ServiceState:
+    """Loads the models that `settings` name (the app's settings when omitted) with the app's
+    engine factory, makes them the app's service state, and starts in the background their
+    warm-up, then the watcher of their files (`service.reload`); `stop_models` ends both.
+
+    The lifespan calls it; a host that chooses the models itself calls it instead
+    (`create_app(..., models_at_startup=False)`).
+
+    Raises:
+        ModelLoadError: If a model cannot be loaded (see `service.registry.load_models`).
+    """
+    settings = settings or app.state.settings
     try:
         # Loading can take seconds (CUDA initialisation); keep the event loop free meanwhile.
-        models = await anyio.to_thread.run_sync(load_models, settings, engine_factory)
+        models = await anyio.to_thread.run_sync(load_models, settings, app.state.engine_factory)
     except ModelLoadError as exc:
         logger.error("cannot start: %s", exc)
         raise
     state = ServiceState.start(settings, models, app.state.metrics)
     app.state.service = state
-    reloader = ModelReloader(state, engine_factory)
+    _start_watch(app, state, warm_up=True)
+    return state
+
+
+async def replace_models(app: FastAPI, settings: Settings, models: ModelRegistry) -> None:
+    """Serves `models` (loaded and warmed up by the caller) as the models `settings` name,
+    in place of the running ones: one assignment, as a hot reload swaps (requests in flight
+    finish on the model they started on). The watcher of the old files is stopped first, so
+    it cannot swap one of them back in, and a new one watches the files of `settings`."""
+    state: ServiceState = app.state.service
+    await _stop_watch(app)
+    state.settings = settings
+    state.swap_models(models)
+    state.reload_errors.clear()
+    _start_watch(app, state, warm_up=False)
+
+
+async def stop_models(app: FastAPI) -> None:
+    """Stops the warm-up or the watcher and drops the models (a no-op when none run)."""
+    await _stop_watch(app)
+    app.state.service = None
+
+
+def _start_watch(app: FastAPI, state: ServiceState, *, warm_up: bool) -> None:
+    reloader = ModelReloader(state, app.state.engine_factory)
     app.state.reloader = reloader
-    reloader.install_sighup()
-    background = asyncio.create_task(_warm_up_then_watch(state, reloader))
-    try:
-        yield
-    finally:
+    if app.state.sighup:
+        reloader.install_sighup()
+    interval = state.settings.reload_interval_seconds
+    work = _warm_up_then_watch(state, reloader) if warm_up else reloader.run(interval)
+    app.state.model_task = asyncio.create_task(work)
+
+
+async def _stop_watch(app: FastAPI) -> None:
+    task: asyncio.Task[None] | None = app.state.model_task
+    reloader: ModelReloader | None = app.state.reloader
+    app.state.model_task = None
+    app.state.reloader = None
+    if reloader is not None:
         reloader.remove_sighup()
-        background.cancel()
+    if task is not None:
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await background
-        app.state.reloader = None
-        app.state.service = None
+            await task
 
 
 async def _warm_up_then_watch(state: ServiceState, reloader: ModelReloader) -> None:
