@@ -76,6 +76,8 @@ $(CHROMIUM):
 
 # --- the two commands ----------------------------------------------------------------------------
 
+# As in the service image (see the Dockerfile): two glibc arenas, measured with scripts/soak.py.
+serve: export MALLOC_ARENA_MAX ?= 2
 serve: $(SERVE_STAMP)
 	@test -f '$(MODEL)' || { echo "No model at $(MODEL). Train one (make retrain DATA=...), or pass MODEL=path/to/model.onnx." >&2; exit 1; }
 	$(PY) -m service --host $(HOST) --port $(PORT) --model '$(MODEL)'

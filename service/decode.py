@@ -3,7 +3,15 @@
 Input bytes become an RGB uint8 array (what the model sees) plus what must be put back
 afterwards: the alpha channel, whether the picture is greyscale, and its ICC profile. The checks
 run cheapest first, and the pixel limit is enforced from the header before any pixel data is
-decoded, so a small file that claims to be huge (a decompression bomb) costs nothing.
+decoded, so a small file that claims to be huge (a decompression bomb) costs nothing. Pillow's
+WebP opener decodes the whole canvas while opening, so WebP sizes are read from the file's RIFF
+chunks (VP8, VP8L or VP8X) before Pillow sees it.
+
+Metadata policy, the same for every input format: only the ICC profile is kept (EXIF, XMP and
+text are dropped; the EXIF orientation is applied to the pixels), and only when it describes
+the output's colour space and is no larger than the largest profile a PNG reader accepts
+(`PngImagePlugin.MAX_TEXT_CHUNK`, 1 MiB, the limit the service applies to PNG uploads too), so
+every output can be read back by Pillow and by the service itself.
 
 Mode handling, in short:
 
@@ -25,10 +33,11 @@ from __future__ import annotations
 import io
 import logging
 import re
+import struct
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from service.exceptions import (
     CorruptImageError,
@@ -97,7 +106,8 @@ class DecodedImage:
         rgb: Pixels as uint8 of shape (H, W, 3); grey images have three equal channels.
         alpha: Alpha as uint8 of shape (H, W), or None for opaque images.
         grey: Whether the result should be written back as greyscale.
-        icc_profile: The input's ICC profile when it still describes the output colours.
+        icc_profile: The input's ICC profile when it still describes the output colours and
+            is small enough for every output format (`embeddable_icc`).
         info: The header of the source file (format, mode, size before EXIF rotation).
     """
 
@@ -186,9 +196,47 @@ def _damaged(exc: Exception, image_format: str) -> ImageTooLargeError | CorruptI
     )
 
 
+def webp_canvas_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a WebP file from its first RIFF chunk, or None when it cannot tell.
+
+    The canvas of an extended file (VP8X, 24-bit sizes), else the size of the simple lossy
+    (VP8: 14-bit sizes after the key frame's start code) or lossless (VP8L: 14-bit sizes after
+    its signature byte) bitstream, as libwebp reads them. Pillow accepts a WebP file only when
+    its first chunk is one of these three.
+    """
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    chunk, payload = data[12:16], data[20:30]
+    if chunk == b"VP8X":
+        width = int.from_bytes(payload[4:7], "little") + 1
+        height = int.from_bytes(payload[7:10], "little") + 1
+        return width, height
+    if chunk == b"VP8L" and payload[0] == 0x2F:
+        (bits,) = struct.unpack("<I", payload[1:5])
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and payload[3:6] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", payload[6:10])
+        return width & 0x3FFF, height & 0x3FFF
+    return None
+
+
+def _too_many_pixels(width: int, height: int, max_pixels: int) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels"
+    )
+
+
+def _check_declared_size(data: bytes, max_pixels: int) -> None:
+    """The pixel limit for formats whose Pillow opener allocates the picture (WebP)."""
+    size = webp_canvas_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise _too_many_pixels(*size, max_pixels)
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise EmptyUploadError("the upload is empty")
+    _check_declared_size(data, max_pixels)
     try:
         return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
@@ -211,9 +259,7 @@ def _header_info(image: Image.Image, max_pixels: int) -> ImageInfo:
     width, height = image.size
     info = ImageInfo(format=image.format or "unknown", mode=image.mode, width=width, height=height)
     if info.pixels > max_pixels:
-        raise ImageTooLargeError(
-            f"image is {width}x{height} = {info.pixels} pixels; the limit is {max_pixels} pixels"
-        )
+        raise _too_many_pixels(width, height, max_pixels)
     if width < 1 or height < 1:
         raise CorruptImageError(f"image has an empty size {width}x{height}")
     return info
@@ -278,14 +324,40 @@ def icc_colour_space(icc_profile: bytes | None) -> bytes:
     return icc_profile[16:20] if icc_profile else b""
 
 
-def _compatible_icc(icc_profile: bytes | None, grey: bool) -> bytes | None:
+def max_icc_profile_bytes() -> int:
+    """The largest ICC profile kept: what Pillow's PNG reader inflates (MAX_TEXT_CHUNK, 1 MiB).
+
+    Read when called, so that a host application raising Pillow's limit raises both the limit
+    on PNG uploads and this one together.
+    """
+    return PngImagePlugin.MAX_TEXT_CHUNK
+
+
+def embeddable_icc(icc_profile: object) -> bytes | None:
+    """The profile when every output format can carry it readably, else None.
+
+    A larger profile in a PNG output gets an iCCP chunk that Pillow refuses to open (and the
+    service answers 413 to); the same limit applies to every format, so which format a client
+    asks for never decides whether its profile survives.
+    """
+    if not isinstance(icc_profile, bytes | bytearray) or not icc_profile:
+        return None  # absent, or a damaged tag Pillow read as something else
+    if len(icc_profile) > max_icc_profile_bytes():
+        logger.info("dropping an ICC profile of %d bytes (too large to embed)", len(icc_profile))
+        return None
+    return bytes(icc_profile)
+
+
+def _compatible_icc(icc_profile: object, grey: bool) -> bytes | None:
     # A profile only means something for the colour space it was made for; a CMYK profile on
     # the RGB output, say, would make viewers show wrong colours, so it is dropped.
-    fits = icc_colour_space(icc_profile) == (b"GRAY" if grey else b"RGB ")
-    return icc_profile if fits else None
+    usable = embeddable_icc(icc_profile)
+    fits = icc_colour_space(usable) == (b"GRAY" if grey else b"RGB ")
+    return usable if fits else None
 
 
 def _decode_loaded(image: Image.Image, info: ImageInfo) -> DecodedImage:
+    # The whole profile converts CMYK pixels, however large; only the output's is limited.
     icc_profile = image.info.get("icc_profile") or None
     alpha: np.ndarray | None = None
     if image.mode == "I" and info.format != "PNG":

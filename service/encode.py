@@ -2,7 +2,8 @@
 
 Pure image work, no HTTP: the HTTP layer picks an `OutputFormat` from the Accept header (see
 `service.negotiation`) and this module puts back what decoding set aside (alpha, upscaled here;
-the greyscale flag; the ICC profile) and turns the arrays into bytes.
+the greyscale flag; the ICC profile, within the size limit of `service.decode.embeddable_icc`)
+and turns the arrays into bytes.
 
 * PNG (the default) is written by `service.pngwriter` (strips compressed in parallel, ISA-L when
   installed), or by Pillow when `png_encoder="pillow"`. Both decode to identical pixels.
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from service.decode import icc_colour_space
+from service.decode import embeddable_icc, icc_colour_space
 from service.host import available_cpus
 from service.pngwriter import deflate_backend, encode_png_strips
 
@@ -126,8 +127,9 @@ def compose(rgb: np.ndarray, alpha: np.ndarray | None = None, grey: bool = False
 
 
 def _save(image: Image.Image, image_format: str, **options: object) -> bytes:
-    if not options.get("icc_profile"):
-        options.pop("icc_profile", None)
+    options["icc_profile"] = embeddable_icc(options.get("icc_profile"))
+    if options["icc_profile"] is None:
+        options.pop("icc_profile")
     buffer = io.BytesIO()
     image.save(buffer, format=image_format, **options)
     return buffer.getvalue()
@@ -225,7 +227,9 @@ def encode_output(
         options: Encoder choices and levels.
         alpha: Optional uint8 (H, W) alpha; kept by PNG and WebP, flattened onto white by JPEG.
         grey: Write greyscale where the format has it (PNG, JPEG).
-        icc_profile: ICC profile to embed.
+        icc_profile: ICC profile to embed; dropped, whatever the format, when it is larger
+            than a PNG reader accepts (`service.decode.embeddable_icc`), so that every output
+            can be read back.
 
     Returns:
         The encoded file.
@@ -247,7 +251,7 @@ def encode_output(
     return encode_png_strips(
         compose(rgb, alpha, grey),
         level=options.png_compress_level,
-        icc_profile=icc_profile,
+        icc_profile=embeddable_icc(icc_profile),
         threads=options.encode_threads,
     )
 

@@ -24,7 +24,7 @@ from service.encode import EncodeOptions, OutputFormat, encode_output, resize_al
 from service.ensemble import self_ensemble_uint8
 from service.exceptions import ClientDisconnectedError, ImageTooLargeError
 from service.negotiation import choose_format_for_size
-from service.tiling import upscale_tiled
+from service.tiling import fixed_tile_shapes, upscale_tiled
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -92,6 +92,10 @@ class Pipeline:
         max_input_pixels: Largest accepted input, checked from the header before decoding.
         max_ensemble_input_pixels: Largest input for `Quality.MAX`.
         encode_options: Encoder choices and levels.
+        tile_shapes: Every (rows, columns) tile shape the model will be handed, for warming
+            them all up: with fixed tiles the square and the strips thin images are cut into
+            (`service.tiling.fixed_tile_shapes`); empty with fitted tiles, whose shape follows
+            each image (CPU providers run any shape at no extra cost).
     """
 
     upscale_rgb: TileRunner
@@ -99,11 +103,13 @@ class Pipeline:
     max_input_pixels: int
     max_ensemble_input_pixels: int
     encode_options: EncodeOptions = field(default_factory=EncodeOptions)
+    tile_shapes: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def for_engine(cls, engine: OnnxEngine, settings: Settings) -> Pipeline:
         """The pipeline of a loaded engine: its tile shape, batch and tile mode, once."""
         info = engine.info
+        fit = info.tile_mode == "fit"
         upscale_rgb = partial(
             upscale_tiled,
             run_tiles=engine.run,
@@ -111,14 +117,16 @@ class Pipeline:
             tile_size=info.tile_size,
             overlap=settings.tile_overlap,
             batch_size=info.batch_size,
-            fit=info.tile_mode == "fit",
+            fit=fit,
         )
+        shapes = () if fit else tuple(fixed_tile_shapes(info.tile_size, settings.tile_overlap))
         return cls(
             upscale_rgb=upscale_rgb,
             scale=info.scale,
             max_input_pixels=settings.max_input_pixels,
             max_ensemble_input_pixels=settings.max_ensemble_input_pixels,
             encode_options=EncodeOptions.from_settings(settings),
+            tile_shapes=shapes,
         )
 
     def choose_format(

@@ -9,6 +9,12 @@ How the image is cut:
 * Every tile handed to the model has the same shape (tile_size x tile_size, in batches of
   `batch_size`). On a GPU each new input shape costs a cuDNN algorithm search or a TensorRT engine
   build, so a fixed shape keeps latency flat; it also bounds memory per model call.
+* Thin images (strips) would pay for a whole tile in both directions: a 41-row image in square
+  tiles is mostly padding (fixed tiles) or cut into many small tiles (fitted ones). A tile that
+  is short on one axis therefore grows along the other, keeping its area at most tile_size²
+  (the memory and the work of one model call stay those of a square tile). Fixed tiling has a
+  short list of such strip shapes (`fixed_tile_shapes`, the ones to warm up on a GPU); fitted
+  tiling sizes the strip to the image.
 * Along each axis the tile windows step by `tile_size - 2 * overlap`. Neighbouring windows share
   `2 * overlap` pixels and the seam is placed in the middle of that shared strip, so every pixel
   that is kept had at least `overlap` pixels of real context on each inner side. A model whose
@@ -139,14 +145,75 @@ def fit_window(length: int, tile_size: int, overlap: int) -> int:
     return max(window, 2 * overlap + 1)
 
 
+#: Fixed tiling's strip shapes: a strip of `ceil(tile_size / d)` pixels across, for each divisor
+#: d, and `tile_size² // that` along (so its area is at most tile_size²). An image whose short
+#: side fits the thinnest strip that holds it is cut into such strips instead of squares; the
+#: issue's 32768 x 41 image at tile_size 192 pads its rows to 48 instead of 192, a 9 x 65535 one
+#: its columns to 12. Few divisors, because every shape costs a warm-up on GPU providers.
+FIXED_STRIP_DIVISORS: tuple[int, ...] = (16, 4)
+
+#: Longest fitted strip, in tile sizes: long enough that a thin image's seams cost little
+#: (2 x overlap per window), short enough that no strip shape needs much more memory than a
+#: square tile.
+FIT_STRIP_MAX_RATIO = 8
+
+
+def _oriented(height: int, width: int, across: int, along: int) -> tuple[int, int]:
+    """(rows, columns) of a strip `across` x `along` lying along the image's long axis."""
+    return (across, along) if height <= width else (along, across)
+
+
+def _fixed_strip(short: int, tile_size: int) -> tuple[int, int] | None:
+    """(across, along) of the thinnest fixed strip holding a short side, or None for squares."""
+    for divisor in FIXED_STRIP_DIVISORS:
+        across = -(-tile_size // divisor)
+        if short <= across < tile_size:
+            return across, tile_size * tile_size // across
+    return None
+
+
+def fixed_tile_shapes(tile_size: int, overlap: int) -> list[tuple[int, int]]:
+    """Every (rows, columns) shape fixed tiling hands the model: the square, then the strips in
+    both orientations. A GPU service warms all of them up so no request pays for a new shape."""
+    _check_geometry(tile_size, overlap)
+    shapes = [(tile_size, tile_size)]
+    for divisor in FIXED_STRIP_DIVISORS:
+        strip = _fixed_strip(-(-tile_size // divisor), tile_size)
+        if strip is not None:
+            for shape in (strip, strip[::-1]):
+                if shape not in shapes:
+                    shapes.append(shape)
+    return shapes
+
+
 def tile_shape(
     height: int, width: int, tile_size: int, overlap: int, *, fit: bool = False
 ) -> tuple[int, int]:
-    """(rows, columns) of every tile of an image: `tile_size` square, or fitted (`fit_window`)."""
+    """(rows, columns) of every tile of an image.
+
+    Fixed: `tile_size` square, or one of the strips of `fixed_tile_shapes` when the image is
+    longer than a tile and its short side fits a strip. Fitted (`fit_window`): an axis longer
+    than `tile_size` gets fitted windows of at most `tile_size`; when the short axis fits in one
+    window, the long axis may use windows of up to `tile_size² // short side` (at most
+    FIT_STRIP_MAX_RATIO tile sizes)
+    instead, so a thin image is cut into a few long strips of at most a square tile's area, not
+    many small tiles.
+    """
+    _check_geometry(tile_size, overlap)
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    short, long = min(height, width), max(height, width)
     if not fit:
-        _check_geometry(tile_size, overlap)
-        return tile_size, tile_size
-    return fit_window(height, tile_size, overlap), fit_window(width, tile_size, overlap)
+        strip = _fixed_strip(short, tile_size)
+        if strip is None or long <= tile_size:  # one square tile holds a small image
+            return tile_size, tile_size
+        return _oriented(height, width, *strip)
+    if short > tile_size:
+        return fit_window(height, tile_size, overlap), fit_window(width, tile_size, overlap)
+    # Capped at FIT_STRIP_MAX_RATIO tiles along: onnxruntime's CPU provider needed ~220 MB more
+    # for one 12288 x 3 tile than for 192 x 192 (measured with the shipped model; 3072 x 3: +4).
+    budget = max(tile_size, min(tile_size * tile_size // short, FIT_STRIP_MAX_RATIO * tile_size))
+    return _oriented(height, width, short, fit_window(long, budget, overlap))
 
 
 def _plan_windows(length: int, window: int, overlap: int) -> list[AxisSpan]:
@@ -159,7 +226,7 @@ def plan_tiles(
     height: int, width: int, tile_size: int, overlap: int, *, fit: bool = False
 ) -> list[TileSpan]:
     """The tiles covering a `height` x `width` image, in row-major order; their kept rectangles
-    partition the image. `tile_size` is the largest side with `fit` (see `fit_window`)."""
+    partition the image. Every tile has the shape `tile_shape` gives for this image."""
     tile_rows, tile_cols = tile_shape(height, width, tile_size, overlap, fit=fit)
     row_spans = _plan_windows(height, tile_rows, overlap)
     col_spans = _plan_windows(width, tile_cols, overlap)
@@ -238,11 +305,12 @@ def upscale_tiled(
     Args:
         image: RGB image of shape (H, W, 3), uint8 or float32 with values in 0-255.
         run_tiles: The model. It receives a float32 NHWC batch of shape
-            (batch_size, tile_size, tile_size, 3) on every call (the last batch is filled up with
-            zero tiles) and must return shape (batch_size, tile_size * scale, tile_size * scale, 3).
-            With `fit`, the tiles are (rows, columns) from `tile_shape` instead.
+            (batch_size, rows, columns, 3), the same on every call (the last batch is filled up
+            with zero tiles), and must return shape (batch_size, rows * scale, columns * scale,
+            3). (rows, columns) is `tile_shape` of this image: tile_size square, or a strip of at
+            most tile_size² pixels for a thin image (see `fixed_tile_shapes`); with `fit`, fitted.
         scale: Upscaling factor of the model.
-        tile_size: Side of the square tiles, in input pixels.
+        tile_size: Side of the square tiles, in input pixels (strips: at most its square).
         overlap: Context in input pixels kept around each seam and cropped after upscaling.
         batch_size: Tiles per `run_tiles` call.
         fit: Tiles fitted to this image (`fit_window`) instead of `tile_size` squares.

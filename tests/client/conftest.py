@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from service.main import create_app
 from tests.service.helpers import build_model, png_bytes
-from tests.web.live import LiveServer, time_limit, tiny_settings, web_app
+from tests.web.live import LiveServer, time_limit, tiny_settings
 
 TEST_SECONDS = 60
 
@@ -26,7 +27,7 @@ def client_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def service_url(client_model: Path) -> Iterator[str]:
-    with LiveServer(web_app(tiny_settings(client_model))) as live:
+    with LiveServer(create_app(tiny_settings(client_model))) as live:
         yield live.url
 
 

@@ -163,3 +163,57 @@ def test_concurrent_requests_in_batched_fixed_tiles_get_their_own_images(
             image, engine.run, scale=SCALE, tile_size=16, overlap=2, batch_size=4
         )
         assert np.array_equal(_pixels(response), expected)
+
+
+# --- Every output reads back: the metadata policy, per input and output format -------------------
+
+
+def _icc(size: int) -> bytes:
+    rng = np.random.default_rng(size)
+    return bytes(16) + b"RGB " + rng.integers(0, 256, size - 20, np.uint8).tobytes()
+
+
+@pytest.mark.parametrize("accept", ["image/png", "image/webp", "image/jpeg"])
+@pytest.mark.parametrize("input_format", ["PNG", "JPEG", "WEBP", "TIFF", "GIF", "BMP"])
+@pytest.mark.parametrize("icc_size", [1 << 20, 2 << 20], ids=["1MiB", "2MiB"])
+def test_every_output_is_accepted_when_posted_back(
+    make_settings: SettingsFactory, input_format: str, accept: str, icc_size: int
+) -> None:
+    # A 2 MiB profile once gave a 200 whose PNG Pillow could not open, and that the service
+    # answered with 413. Now a profile is kept up to Pillow's PNG limit (1 MiB), whatever the
+    # formats; a PNG upload with a larger one is refused, as before.
+    settings = make_settings(max_upload_bytes=8 << 20)
+    profile = _icc(icc_size)
+    options = {"icc_profile": profile} if input_format not in ("GIF", "BMP") else {}
+    upload = encode(Image.fromarray(noise_image(5, 7)), input_format, **options)
+    with TestClient(create_app(settings)) as client:
+        wait_until_ready(client)
+        response = _post(client, upload, accept)
+        if input_format == "PNG" and icc_size > 1 << 20:
+            assert response.status_code == 413, response.text
+            return
+        assert response.status_code == 200, response.text
+        with Image.open(io.BytesIO(response.content)) as image:
+            image.load()
+            assert image.size == (28, 20)
+            kept = input_format not in ("GIF", "BMP") and icc_size <= 1 << 20
+            assert image.info.get("icc_profile") == (profile if kept else None)
+        again = _post(client, response.content)
+        assert again.status_code == 200, again.text
+        assert Image.open(io.BytesIO(again.content)).size == (112, 80)
+
+
+@pytest.mark.parametrize("tile_mode", ["fixed", "fit"])
+def test_the_pipeline_lists_the_tile_shapes_to_warm_up(
+    make_settings: SettingsFactory, tile_mode: str
+) -> None:
+    with TestClient(create_app(make_settings(tile_mode=tile_mode))) as client:
+        wait_until_ready(client)
+        shapes = client.app.state.service.pipeline.tile_shapes
+        # Fixed tiles: the square, then the strips of thin images (16 x 16, 1 x 256, 4 x 64).
+        expected = {"fixed": ((16, 16), (1, 256), (256, 1), (4, 64), (64, 4)), "fit": ()}
+        assert shapes == expected[tile_mode]
+        # A thin image is served in those strips, the same picture as whole-image inference.
+        response = _post(client, png_bytes(200, 3))
+        assert response.status_code == 200, response.text
+        assert Image.open(io.BytesIO(response.content)).size == (800, 12)

@@ -11,6 +11,7 @@ import pytest
 from service.tiling import (
     AxisSpan,
     fit_window,
+    fixed_tile_shapes,
     pad_to_tile,
     plan_axis,
     plan_tiles,
@@ -175,7 +176,8 @@ def _reference(model_path: Path, image: np.ndarray) -> np.ndarray:
     For images at least one tile large in both directions this is plain whole-image inference.
     """
     height, width = image.shape[:2]
-    upscaled = whole_image_runner(model_path)(pad_to_tile(image, TILE))
+    padded = pad_to_tile(image, tile_shape(height, width, TILE, 1))  # a square, or a strip
+    upscaled = whole_image_runner(model_path)(padded)
     return to_uint8(upscaled[: height * SCALE, : width * SCALE])
 
 
@@ -245,17 +247,20 @@ def test_fit_window_needs_no_more_windows_than_fixed_tiles(
 ) -> None:
     window = fit_window(length, tile_size, overlap)
     assert window <= min(tile_size, length) or window == 2 * overlap + 1
-    fitted = plan_tiles(length, 1, tile_size, overlap, fit=True)
-    fixed = plan_tiles(length, 1, tile_size, overlap)
-    assert len(fitted) == len(fixed)
-    assert _kept_coverage([span.rows for span in fitted], length) == [1] * length
-    assert all(0 <= span.rows.start <= length - min(window, length) for span in fitted)
+    # A square image: both axes are fitted to tile_size, neither grows into a strip.
+    rows = [span.rows for span in plan_tiles(length, length, tile_size, overlap, fit=True)]
+    fitted = sorted({(span.start, span.keep_start, span.keep_end) for span in rows})
+    assert len(fitted) == len(plan_axis(length, tile_size, overlap))
+    assert _kept_coverage([AxisSpan(*span) for span in fitted], length) == [1] * length
+    assert all(0 <= start <= length - min(window, length) for start, _, _ in fitted)
 
 
 def test_fit_window_known_values() -> None:
     assert fit_window(260, 256, 16) == 146  # two windows sharing 32 pixels: 2 * 146 - 32 = 260
     assert fit_window(100, 256, 16) == 100  # one window, the axis itself: no padding
-    assert tile_shape(260, 100, 256, 16, fit=True) == (146, 100)
+    assert tile_shape(300, 300, 256, 16, fit=True) == (166, 166)
+    # A short side within one tile lets the long one grow: 260 x 100 is one tile, no seam.
+    assert tile_shape(260, 100, 256, 16, fit=True) == (260, 100)
     assert tile_shape(260, 100, 256, 16) == (256, 256)
 
 
@@ -309,3 +314,90 @@ def test_interrupt_abandons_the_upscale_between_model_calls() -> None:
             interrupt=interrupt,
         )
     assert len(calls) == 2
+
+
+# --- Thin images: strips instead of squares ------------------------------------------------------
+
+
+def _computed_pixels(height: int, width: int, tile_size: int, overlap: int, fit: bool) -> int:
+    rows, cols = tile_shape(height, width, tile_size, overlap, fit=fit)
+    return rows * cols * len(plan_tiles(height, width, tile_size, overlap, fit=fit))
+
+
+@pytest.mark.parametrize("fit", [True, False], ids=["fit", "fixed"])
+@pytest.mark.parametrize(("height", "width"), [(41, 32768), (32768, 41), (65535, 9), (9, 65535)])
+def test_thin_images_cost_about_what_square_ones_do_per_pixel(
+    fit: bool, height: int, width: int
+) -> None:
+    # The model's work is the pixels it is handed. Before strips, a 41-row image padded to
+    # 192-row fixed tiles computed 4.7 times its pixels (and 21 times for 9 columns); fitted tiles
+    # cut it into 186 small tiles of 41 x 192, paying the overlap and a model call for each.
+    square = _computed_pixels(2048, 2048, 192, 8, fit) / 2048**2
+    thin = _computed_pixels(height, width, 192, 8, fit) / (height * width)
+    assert thin <= 1.3 * square
+    assert len(plan_tiles(height, width, 192, 8, fit=fit)) <= 45
+
+
+def test_known_strip_plans() -> None:
+    # Fitted: the long axis takes windows of up to tile_size² // 41 = 899 pixels.
+    assert tile_shape(41, 32768, 192, 8, fit=True) == (41, 878)
+    assert len(plan_tiles(41, 32768, 192, 8, fit=True)) == 38
+    # ... capped at FIT_STRIP_MAX_RATIO tiles along: 9 columns get windows of at most 1536 rows.
+    rows, columns = tile_shape(65535, 9, 192, 8, fit=True)
+    assert columns == 9 and 1400 < rows <= 1536
+    # Fixed: the thinnest strip holding the short side, 48 x 768 or 12 x 3072.
+    assert tile_shape(41, 32768, 192, 8) == (48, 768)
+    assert tile_shape(65535, 9, 192, 8) == (3072, 12)
+    # A short side past tile_size / 4, or an image that one square tile holds, keeps squares.
+    assert tile_shape(49, 32768, 192, 8) == (192, 192)
+    assert tile_shape(9, 100, 192, 8) == (192, 192)
+    assert tile_shape(100, 9, 192, 8, fit=True) == (100, 9)
+
+
+def test_fitted_strips_stay_within_a_square_tiles_area() -> None:
+    for short in (1, 2, 5, 9, 16, 41, 100, 191, 192):
+        for long in (193, 1000, 40_000):
+            rows, cols = tile_shape(short, long, 192, 8, fit=True)
+            assert rows == short
+            assert cols <= max(192, min(192 * 192 // short, 16 * 192))
+            assert tile_shape(long, short, 192, 8, fit=True) == (cols, rows)
+
+
+def test_fixed_tile_shapes_lists_every_shape_fixed_tiling_uses() -> None:
+    shapes = fixed_tile_shapes(192, 8)
+    assert shapes == [(192, 192), (12, 3072), (3072, 12), (48, 768), (768, 48)]
+    assert all(rows * cols <= 192 * 192 for rows, cols in shapes)
+    used = {
+        tile_shape(height, width, 192, 8)
+        for height in (1, 9, 12, 13, 41, 48, 49, 192, 5000)
+        for width in (1, 9, 12, 13, 41, 48, 49, 192, 5000)
+    }
+    assert used <= set(shapes)
+
+
+@pytest.mark.parametrize("fit", [True, False], ids=["fit", "fixed"])
+@pytest.mark.parametrize(("height", "width"), [(3, 150), (150, 3), (1, 300), (5, 40), (2, 17)])
+def test_strips_match_whole_image_exactly(
+    conv_model_path: Path, fit: bool, height: int, width: int
+) -> None:
+    # Fitted strips are the image itself across; fixed ones pad it across to the strip's width.
+    image = noise_image(height, width, seed=height * 1000 + width)
+    if fit:
+        expected = to_uint8(whole_image_runner(conv_model_path)(image))
+    else:
+        expected = _reference(conv_model_path, image)
+    tiled = upscale_tiled(
+        image, batch_runner(conv_model_path), scale=SCALE, tile_size=TILE, overlap=1, fit=fit
+    )
+    np.testing.assert_array_equal(tiled, expected)
+
+
+def test_strip_calls_all_get_the_strip_shape() -> None:
+    shapes = set()
+
+    def record(batch: np.ndarray) -> np.ndarray:
+        shapes.add(batch.shape)
+        return np.repeat(np.repeat(batch, SCALE, axis=1), SCALE, axis=2)
+
+    upscale_tiled(noise_image(3, 300), record, scale=SCALE, tile_size=TILE, overlap=2, batch_size=2)
+    assert shapes == {(2, 4, 64, 3)}
