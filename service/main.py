@@ -71,7 +71,7 @@ def create_app(
     metrics = ServiceMetrics()
     app = UpscalerApp(
         title="EDSR upscaler",
-        summary="x4 image super-resolution with an EDSR model on onnxruntime.",
+        summary="x4 image super-resolution with EDSR models on onnxruntime or OpenVINO.",
         version="0.1.0",
         lifespan=partial(
             _lifespan, engine_factory=engine_factory, models_at_startup=models_at_startup
