@@ -1,7 +1,7 @@
 # EDSR upscaler: the two commands of the README, and a few helpers. `make help` lists them.
 #
-#   make serve   create .venv if needed, install the service (no TensorFlow), serve
-#                models/edsr_x4.onnx on http://localhost:8000
+#   make serve   create .venv if needed, install the service (no TensorFlow), serve every
+#                model in models/ on http://localhost:8000 (MODEL=file.onnx: that one alone)
 #   make test    create .venv if needed, install everything (train + dev extras), run ruff
 #                (check and format --check), pytest and the service image check
 #                (scripts/check_service_image.py: the image's install in a fresh venv, its CMD,
@@ -22,7 +22,8 @@ PY := $(VENV)/bin/python
 # container listens on 0.0.0.0, and compose publishes it on port 8000.
 HOST ?= 127.0.0.1
 PORT ?= 8000
-MODEL ?= $(or $(UPSCALER_MODEL_PATH),models/edsr_x4.onnx)
+# Empty: serve every model in models/ (UPSCALER_MODELS_DIR); MODEL=file.onnx serves that one alone.
+MODEL ?=
 # The retrained model is exported with its half-precision copy, as the shipped one is; set
 # EXPORT_ARGS= (empty) to skip it.
 EXPORT_ARGS ?= --fp16
@@ -37,7 +38,7 @@ TEST_STAMP := $(VENV)/.installed-test
 .PHONY: help serve test lint format retrain settings-table docker-build docker-build-cpu clean
 
 help:
-	@echo "make serve            install the service into $(VENV) and serve $(MODEL) on http://$(HOST):$(PORT)"
+	@echo "make serve            install the service into $(VENV) and serve $(or $(MODEL),models/) on http://$(HOST):$(PORT)"
 	@echo "                      (MODEL=..., HOST=0.0.0.0, PORT=..., SERVE_EXTRAS=gpu)"
 	@echo "make test             install train+dev extras, run ruff, pytest and the image check"
 	@echo "make retrain DATA=dir train, export, evaluate (BENCH='dir ...'), install into models/"
@@ -79,8 +80,7 @@ $(CHROMIUM):
 # As in the service image (see the Dockerfile): two glibc arenas, measured with scripts/soak.py.
 serve: export MALLOC_ARENA_MAX ?= 2
 serve: $(SERVE_STAMP)
-	@test -f '$(MODEL)' || { echo "No model at $(MODEL). Train one (make retrain DATA=...), or pass MODEL=path/to/model.onnx." >&2; exit 1; }
-	$(PY) -m service --host $(HOST) --port $(PORT) --model '$(MODEL)'
+	$(PY) -m service --host $(HOST) --port $(PORT)$(if $(MODEL), --model '$(MODEL)',)
 
 test: $(TEST_STAMP) $(CHROMIUM)
 	$(VENV)/bin/ruff check .

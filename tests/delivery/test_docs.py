@@ -44,7 +44,8 @@ def test_make_recipes_do_what_the_readme_says(tmp_path):
     serve = dry_run("serve")
     assert "-m venv" in serve and "pip install --upgrade pip" in serve
     assert "pip install -e '.'" in serve
-    assert "-m service --host 127.0.0.1 --port 8000 --model 'models/edsr_x4.onnx'" in serve
+    assert "-m service --host 127.0.0.1 --port 8000\n" in serve  # every model in models/
+    assert "--port 8000 --model 'm.onnx'" in dry_run("serve", "MODEL=m.onnx")
     assert "pip install -e '.[gpu]'" in dry_run("serve", "SERVE_EXTRAS=gpu", "MODEL=m.onnx")
     test = dry_run("test")
     for command in (
