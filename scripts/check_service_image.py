@@ -26,7 +26,7 @@ import httpx
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "models" / "edsr_x4.onnx"  # the image's UPSCALER_MODEL_PATH
+MODEL = ROOT / "models" / "edsr_x4.onnx"  # the image's default model, in /app/models
 FORBIDDEN = ("tensorflow", "keras", "tf2onnx")
 INSTALL_S, READY_S, UPSCALE_S = 1200, 180, 120
 #: Where `service` is imported from, and which of argv[1:] can be imported.
@@ -54,6 +54,12 @@ def image_commands(dockerfile: str, port: int) -> tuple[list[str], list[str]]:
     probe = json.loads(re.search(r"^HEALTHCHECK .*\\\n\s+CMD (\[.*\])$", service, re.M)[1])
     cmd[cmd.index("--host") + 1], cmd[cmd.index("--port") + 1] = "127.0.0.1", str(port)
     return cmd, [part.replace("127.0.0.1:8000/", f"127.0.0.1:{port}/") for part in probe]
+
+
+def image_settings(dockerfile: str) -> dict[str, str]:
+    """The service stage's UPSCALER_* ENV, its /app/models read from this checkout's models/."""
+    pairs = re.findall(r"\b(UPSCALER_\w+)=(\S+)", stage(dockerfile, "service"))
+    return {name: value.replace("/app/models", str(MODEL.parent)) for name, value in pairs}
 
 
 def target(extras: str) -> str:
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     env |= {
         "VIRTUAL_ENV": str(venv),
         "PATH": f"{venv}/bin:{env['PATH']}",
-        "UPSCALER_MODEL_PATH": str(MODEL),
+        **image_settings(dockerfile),
     }
     try:
         install(dockerfile, tmp, args.extras, env)

@@ -9,12 +9,13 @@ layout of an input folder); with one input, OUT may name the file, and `-o -` (o
 without `-o`) writes the image to standard output.
 
 By default the images go to a running service (`--url`, default http://127.0.0.1:8000, or
-$UPSCALER_URL): 503 answers are retried after their Retry-After, connection errors with a
-bounded back-off. `--local` runs the same upscale in this process on the service's core
-(the engine the `UPSCALER_*` settings choose, no server, no FastAPI), with `--model` naming a
-model of the models folder or an ONNX file. Existing outputs are skipped unless `--overwrite`;
-a file that fails does not stop the others. The exit status is 0 when every image was upscaled
-(or skipped), 1 when any failed, 2 for a usage error.
+$UPSCALER_URL; a service with API keys takes the key from $UPSCALER_API_KEY): 503 answers are
+retried after their Retry-After, connection errors with a bounded back-off. `--local` runs the
+same upscale in this process on the service's core (the engine the `UPSCALER_*` settings choose,
+no server, no FastAPI), with `--model` naming a model of the models folder or an ONNX file.
+Existing outputs are skipped unless `--overwrite`; a file that fails does not stop the others.
+The exit status is 0 when every image was upscaled (or skipped), 1 when any failed, 2 for a
+usage error.
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ class HttpUpscaler:
         model: str | None,
         retries: int,
         timeout: float,
+        api_key: str = "",
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         import httpx
@@ -187,7 +189,8 @@ class HttpUpscaler:
             self.params["model"] = model
         self.retries = retries
         self.sleep = sleep
-        self.client = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0))
+        auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), headers=auth)
         self._unreachable: str | None = None
 
     def upscale(self, data: bytes, name: str, progress: Progress) -> bytes:
@@ -446,6 +449,8 @@ def main(
                 model=args.model,
                 retries=args.retries,
                 timeout=args.timeout,
+                # From the environment only: a key on the command line lands in shell history.
+                api_key=os.environ.get("UPSCALER_API_KEY", ""),
             )
     except UsageError as exc:
         print(f"upscale: {exc}", file=sys.stderr)

@@ -40,7 +40,10 @@ class Settings(BaseSettings):
     comma-separated string.
     """
 
-    model_config = SettingsConfigDict(env_prefix="UPSCALER_", extra="ignore")
+    # hide_input_in_errors: a malformed UPSCALER_API_KEYS must not print the keys.
+    model_config = SettingsConfigDict(
+        env_prefix="UPSCALER_", extra="ignore", hide_input_in_errors=True
+    )
 
     model_path: Path = Field(
         default=Path("models/edsr_x4.onnx"),

@@ -211,7 +211,7 @@ async def _warm_up(state: ServiceState) -> None:
     # a first-run cost (seconds on GPUs) or find it unusable after /readyz said ready.
     for model in state.models:
         try:
-            await anyio.to_thread.run_sync(model.engine.warm_up, abandon_on_cancel=True)
+            await anyio.to_thread.run_sync(model.warm_up, abandon_on_cancel=True)
         except Exception as exc:
             state.warmup_error = f"model {model.name!r}: {exc}"
             logger.exception("warm-up of model %r failed; the service stays unready", model.name)

@@ -206,7 +206,11 @@ class OpenVinoEngine:
             raise EngineUnavailableError(f"openvino is not installed ({exc})") from exc
         path = Path(settings.model_path)
         _check_model_file(path)
-        core = ov.Core()
+        try:
+            core = ov.Core()
+            capabilities = core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")
+        except RuntimeError as exc:  # no usable CPU plugin: onnxruntime runs instead
+            raise EngineUnavailableError(f"OpenVINO's {DEVICE} plugin is unusable: {exc}") from exc
         try:
             model = core.read_model(str(path))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable files
@@ -214,7 +218,6 @@ class OpenVinoEngine:
         self._input, self._output = _check_contract(model, path)
         metadata = _metadata(model)
         scale = _scale_from_metadata(metadata, path) or _probe_scale(model, path)
-        capabilities = core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")
         precision, precision_reason = choose_openvino_precision(settings.precision, capabilities)
         config = openvino_config(
             precision=precision,
@@ -230,7 +233,10 @@ class OpenVinoEngine:
             side = settings.tile_size
             self._static_shape = (settings.tile_batch_size, side, side, 3)
             compile_model = model.clone()
-            compile_model.reshape({compile_model.inputs[0]: list(self._static_shape)})
+            try:
+                compile_model.reshape({compile_model.inputs[0]: list(self._static_shape)})
+            except RuntimeError as exc:
+                raise EngineUnavailableError(f"cannot fix {path}'s input shape: {exc}") from exc
         self._pool = _RequestPool(self._compile(compile_model, path))
         self._dynamic_pool: _RequestPool | None = None
         self._dynamic_lock = threading.Lock()

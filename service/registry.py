@@ -32,6 +32,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
+
 from service.config import Settings
 from service.engine import Engine
 from service.exceptions import InvalidParameterError, ModelLoadError
@@ -198,6 +200,16 @@ class ServedModel:
     card: ModelCard
     version: str = ""
     signature: FileSignature = ()
+
+    def warm_up(self) -> None:
+        """Runs every tile shape this model will be handed once (the square tile, and with
+        fixed tiles the strips thin images are cut into), so no request pays a first-run cost
+        such as cuDNN's kernel search."""
+        self.engine.warm_up()
+        batch = self.engine.info.batch_size
+        for rows, columns in self.pipeline.tile_shapes:
+            if rows != columns:  # the square ran in engine.warm_up
+                self.engine.run(np.zeros((batch, rows, columns, 3), np.float32))
 
     def summary(self) -> dict[str, Any]:
         """The model's entry in `GET /models`."""

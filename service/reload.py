@@ -268,7 +268,7 @@ class ModelReloader:
         model = load_model(name, path, self.settings, self.engine_factory)
         if model.signature != files_now:
             raise _StillChangingError
-        model.engine.warm_up()
+        model.warm_up()
         if signature(path) != model.signature:
             raise _StillChangingError
         return model, True

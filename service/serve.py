@@ -109,7 +109,7 @@ def build_app() -> FastAPI:
 async def _warm(models: ModelRegistry) -> None:
     # One after the other, as at start-up: in parallel they would only compete for the cores.
     for model in models:
-        await anyio.to_thread.run_sync(model.engine.warm_up, abandon_on_cancel=True)
+        await anyio.to_thread.run_sync(model.warm_up, abandon_on_cancel=True)
 
 
 @serve.deployment(

@@ -31,6 +31,16 @@ def service_url(client_model: Path) -> Iterator[str]:
         yield live.url
 
 
+#: The key `keyed_service_url` asks for.
+KEY = "cli-test-key"
+
+
+@pytest.fixture(scope="session")
+def keyed_service_url(client_model: Path) -> Iterator[str]:
+    with LiveServer(create_app(tiny_settings(client_model, api_keys=KEY))) as live:
+        yield live.url
+
+
 @pytest.fixture
 def local_env(client_model: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """`--local` settings for the tiny model, as the service reads them (UPSCALER_*)."""

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from service import client
+from tests.client.conftest import KEY
 from tests.service.helpers import png_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,6 +108,16 @@ def test_stdin_to_stdout(service_url: str) -> None:
     status, out = run("-", "--url", service_url, "--format", "jpeg", stdin=png_bytes(6, 5))
     assert status == 0
     assert out.startswith(b"\xff\xd8") and size_of(out) == (24, 20)
+
+
+def test_the_api_key_comes_from_the_environment(
+    keyed_service_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("UPSCALER_API_KEY", raising=False)
+    assert run("-", "--url", keyed_service_url, stdin=png_bytes(6, 5))[0] == 1  # 401
+    monkeypatch.setenv("UPSCALER_API_KEY", KEY)
+    status, out = run("-", "--url", keyed_service_url, stdin=png_bytes(6, 5))
+    assert status == 0 and size_of(out) == (24, 20)
 
 
 def test_stdout_of_the_console_script(service_url: str, tmp_path: Path) -> None:

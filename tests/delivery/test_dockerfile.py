@@ -77,6 +77,12 @@ def test_service_image_bakes_in_the_model_the_check_serves(check):
     assert "UPSCALER_DEFAULT_MODEL=edsr_x4" in env
     assert not [e for e in env if e.startswith("UPSCALER_MODEL_PATH=")]
     assert check.MODEL == ROOT / "models" / "edsr_x4.onnx" and check.MODEL.is_file()
+    # ... and the check serves it with the image's own settings.
+    settings = check.image_settings((ROOT / "Dockerfile").read_text())
+    assert settings == {
+        "UPSCALER_MODELS_DIR": str(ROOT / "models"),
+        "UPSCALER_DEFAULT_MODEL": "edsr_x4",
+    }
 
 
 def test_service_venv_gets_only_the_service_dependencies():

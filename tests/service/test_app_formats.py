@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.config import Settings
+from service.engine import create_engine
 from service.main import create_app
 from service.tiling import upscale_tiled
 from tests.service.helpers import SCALE, encode, noise_image, png_bytes, wait_until_ready
@@ -201,6 +202,36 @@ def test_every_output_is_accepted_when_posted_back(
         again = _post(client, response.content)
         assert again.status_code == 200, again.text
         assert Image.open(io.BytesIO(again.content)).size == (112, 80)
+
+
+class _RecordingEngine:
+    """An engine that notes the tile shape of every call made through it."""
+
+    def __init__(self, engine: Any) -> None:
+        self.inner, self.shapes = engine, []
+        self.info = engine.info
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.shapes.append(batch.shape[1:3])
+        return self.inner.run(batch)
+
+    def warm_up(self) -> float:
+        self.shapes.append(("square",))
+        return self.inner.warm_up()
+
+
+def test_warm_up_runs_every_fixed_tile_shape(make_settings: SettingsFactory) -> None:
+    engines: list[_RecordingEngine] = []
+
+    def factory(settings: Any) -> _RecordingEngine:
+        engines.append(_RecordingEngine(create_engine(settings)))
+        return engines[-1]
+
+    app = create_app(make_settings(tile_mode="fixed"), engine_factory=factory)
+    with TestClient(app) as client:
+        wait_until_ready(client)
+        (engine,) = engines
+        assert engine.shapes == [("square",), (1, 256), (256, 1), (4, 64), (64, 4)]
 
 
 @pytest.mark.parametrize("tile_mode", ["fixed", "fit"])
