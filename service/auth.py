@@ -135,6 +135,16 @@ def require_api_key(
         _check(request, credentials.scheme, credentials.credentials)
 
 
+def has_access(request: Request) -> bool:
+    """Whether the request may see what keys protect: keys are off, or it carries one."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    try:
+        _check(request, scheme, key.strip())
+    except HTTPException:
+        return False
+    return True
+
+
 def require_api_key_for_metrics(request: Request) -> None:
     """`require_api_key` when `UPSCALER_PROTECT_METRICS` is on; open otherwise.
 

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.auth import require_api_key, require_api_key_for_metrics
+from service.auth import has_access, require_api_key, require_api_key_for_metrics
 from service.deps import (
     UPLOAD_FIELD,
     AcceptedFormats,
@@ -264,19 +264,20 @@ async def readyz(request: Request) -> JSONResponse:
     retry = {"Retry-After": str(request.app.state.settings.retry_after_seconds)}
     if state is None:
         return JSONResponse({"status": "starting"}, status_code=503, headers=retry)
+    # With API keys on, probes stay open but the models' paths, metadata and errors are for
+    # key holders only (GET /models, which lists less, needs a key).
+    describe = _describe(state) if has_access(request) else {}
     if request.app.state.drain.draining:
         # First: a load balancer must stop sending work here at once (SIGTERM received).
-        return JSONResponse(
-            {"status": "draining", **_describe(state)}, status_code=503, headers=retry
-        )
+        return JSONResponse({"status": "draining", **describe}, status_code=503, headers=retry)
     if state.warmup_error is not None:
-        body = {"status": "failed", "detail": state.warmup_error, **_describe(state)}
+        body = {"status": "failed", **describe}
+        if describe:
+            body["detail"] = state.warmup_error
         return JSONResponse(body, status_code=503, headers=retry)
     if not state.ready:
-        return JSONResponse(
-            {"status": "warming_up", **_describe(state)}, status_code=503, headers=retry
-        )
-    return JSONResponse({"status": "ready", **_describe(state)})
+        return JSONResponse({"status": "warming_up", **describe}, status_code=503, headers=retry)
+    return JSONResponse({"status": "ready", **describe})
 
 
 def _warmup_ms(seconds: float | None) -> float | None:

@@ -119,6 +119,14 @@ def test_the_right_key_opens_upscale_and_models_and_probes_stay_open(keyed: Sett
             assert client.get(path).status_code == 200, path
 
 
+def test_readyz_describes_the_models_to_key_holders_only(keyed: Settings) -> None:
+    with TestClient(create_app(keyed)) as client:
+        wait_until_ready(client)
+        assert client.get("/readyz").json() == {"status": "ready"}
+        described = client.get("/readyz", headers={"Authorization": f"Bearer {KEY}"}).json()
+        assert described["status"] == "ready" and described["models"]
+
+
 def test_hashed_keys_file_and_protected_metrics(
     make_settings: SettingsFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
