@@ -25,6 +25,7 @@ import uvicorn
 
 from service.config import Settings
 from service.drain import Drain
+from service.exceptions import ModelLoadError
 from service.logs import configure_logging
 from service.main import create_app
 
@@ -109,11 +110,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     Exits with uvicorn's start-up failure status (3) when the model cannot be loaded.
     """
     args = parse_args(argv)
+    # SIGHUP asks for a model check once the models are loaded (service.reload); until then,
+    # and after, its default action would end the server.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = Settings(model_path=args.model) if args.model is not None else Settings()
     # One root handler for every logger, uvicorn's included (log_config=None below); the
     # service's access line (service.logs) replaces uvicorn's, which lacks the request ID.
     configure_logging(settings.log_format, args.log_level)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ModelLoadError as exc:  # e.g. an unreadable UPSCALER_API_KEYS_FILE
+        logging.getLogger("service").error("cannot start: %s", exc)
+        sys.exit(STARTUP_FAILURE)
     config = uvicorn.Config(
         app,
         host=args.host,

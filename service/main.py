@@ -232,4 +232,10 @@ def _ensure_log_output(log_format: str = "text") -> None:
     service_logger.setLevel(logging.INFO)
 
 
-app = create_app()
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn service.main:app` builds the app from the environment when it asks for it, not
+    # when the module is imported (as `python -m service` does, with its own settings): a bad
+    # setting then fails start-up with its message instead of a traceback at import.
+    if name == "app":
+        return create_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

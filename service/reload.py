@@ -132,6 +132,9 @@ class ModelReloader:
     def remove_sighup(self) -> None:
         if self._sighup:
             self._loop.remove_signal_handler(signal.SIGHUP)
+            # asyncio restores the default action, which ends the process: a SIGHUP during
+            # shutdown must not.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             self._sighup = False
 
     def _on_sighup(self) -> None:

@@ -411,6 +411,19 @@ def test_command_line_exits_when_the_model_is_missing(tmp_path: Path) -> None:
     assert exit_info.value.code not in (0, None)
 
 
+def test_command_line_exits_with_a_message_when_the_keys_file_is_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    from service.__main__ import STARTUP_FAILURE, main
+
+    monkeypatch.setenv("UPSCALER_API_KEYS_FILE", str(tmp_path / "absent-keys"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--port", "0"])
+    assert exit_info.value.code == STARTUP_FAILURE
+    logged = capfd.readouterr().err
+    assert "cannot start" in logged and "absent-keys" in logged
+
+
 # --- Admission control ---------------------------------------------------------------------------
 
 
