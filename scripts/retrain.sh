@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Retrain -> export -> evaluate -> install into models/, in one go. Restart the service afterwards
-# and its /readyz shows the new model's metadata.
+# Retrain -> export -> evaluate -> install into models/, in one go. A running service picks the
+# new model up by itself (hot reload), and its /readyz shows the new model's metadata.
 #
 #   scripts/retrain.sh --data DIR [--data DIR ...] [other `python -m training train` flags]
 #   make retrain DATA=DIR [ARGS='--steps 20000'] [BENCH='...'] [RUN_DIR=...] [MODEL_OUT=...]
@@ -105,6 +105,6 @@ fi
 
 cat <<EOF
 ==> done: $MODEL_OUT (metadata: ${MODEL_OUT%.onnx}.json, run: $RUN_DIR)
-    Restart the service to serve it:  make serve  |  docker compose restart upscaler
-    and check the model metadata:     curl -s http://localhost:8000/readyz
+    A running service loads it within UPSCALER_RELOAD_INTERVAL_SECONDS (or at once on SIGHUP),
+    with no restart; check its version and metadata:  curl -s http://localhost:8000/readyz
 EOF
