@@ -186,6 +186,43 @@ class _RequestPool:
             self._idle.put(request)
 
 
+def _read_model(path: Path) -> tuple[Any, Any, Any]:
+    """OpenVINO's core, the model read from `path` and the CPU's optimisation capabilities.
+
+    Raises:
+        EngineUnavailableError: OpenVINO is missing, its CPU plugin is unusable or it cannot
+            read the file; another engine may run the model.
+    """
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise EngineUnavailableError(f"openvino is not installed ({exc})") from exc
+    _check_model_file(path)
+    try:
+        core = ov.Core()
+        capabilities = core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")
+    except RuntimeError as exc:  # no usable CPU plugin: onnxruntime runs instead
+        raise EngineUnavailableError(f"OpenVINO's {DEVICE} plugin is unusable: {exc}") from exc
+    try:
+        return core, core.read_model(str(path)), capabilities
+    except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable files
+        raise EngineUnavailableError(f"cannot read model {path}: {exc}") from exc
+
+
+def _engine_config(compiled: Any, config: dict[str, str]) -> dict[str, str]:
+    """The compile configuration plus what OpenVINO chose (streams, threads) and its version."""
+    import openvino as ov
+
+    engine_config = dict(config)
+    for name in ("NUM_STREAMS", "INFERENCE_NUM_THREADS", "OPTIMAL_NUMBER_OF_INFER_REQUESTS"):
+        try:
+            engine_config[name] = str(compiled.get_property(name))
+        except Exception:  # properties vary between OpenVINO releases
+            continue
+    engine_config["version"] = ov.get_version()
+    return engine_config
+
+
 class OpenVinoEngine:
     """One super-resolution model compiled by OpenVINO for the CPU.
 
@@ -200,21 +237,8 @@ class OpenVinoEngine:
     """
 
     def __init__(self, settings: Settings) -> None:
-        try:
-            import openvino as ov
-        except ImportError as exc:
-            raise EngineUnavailableError(f"openvino is not installed ({exc})") from exc
         path = Path(settings.model_path)
-        _check_model_file(path)
-        try:
-            core = ov.Core()
-            capabilities = core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")
-        except RuntimeError as exc:  # no usable CPU plugin: onnxruntime runs instead
-            raise EngineUnavailableError(f"OpenVINO's {DEVICE} plugin is unusable: {exc}") from exc
-        try:
-            model = core.read_model(str(path))
-        except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable files
-            raise EngineUnavailableError(f"cannot read model {path}: {exc}") from exc
+        core, model, capabilities = _read_model(path)
         self._input, self._output = _check_contract(model, path)
         metadata = _metadata(model)
         scale = _scale_from_metadata(metadata, path) or _probe_scale(model, path)
@@ -240,14 +264,7 @@ class OpenVinoEngine:
         self._pool = _RequestPool(self._compile(compile_model, path))
         self._dynamic_pool: _RequestPool | None = None
         self._dynamic_lock = threading.Lock()
-        compiled = self._pool.compiled
-        engine_config = dict(config)
-        for name in ("NUM_STREAMS", "INFERENCE_NUM_THREADS", "OPTIMAL_NUMBER_OF_INFER_REQUESTS"):
-            try:
-                engine_config[name] = str(compiled.get_property(name))
-            except Exception:  # properties vary between OpenVINO releases
-                continue
-        engine_config["version"] = ov.get_version()
+        engine_config = _engine_config(self._pool.compiled, config)
         self.info = ModelInfo(
             path=path,
             scale=scale,
