@@ -175,6 +175,22 @@ def _check_model_file(path: Path) -> None:
         raise ModelLoadError(f"model file is not readable: {path}")
 
 
+def scale_from_metadata(metadata: Mapping[str, str], path: Path) -> int | None:
+    """The export's declared `scale`, or None when it has none (or an invalid one: logged), in
+    which case the engine probes the model."""
+    declared = metadata.get("scale")
+    if declared is None:
+        return None
+    try:
+        scale = int(declared)
+    except ValueError:
+        scale = 0
+    if scale >= 1:
+        return scale
+    logger.warning("model %s has an invalid scale %r; probing", path, declared)
+    return None
+
+
 def _check_contract(session: ort.InferenceSession, path: Path) -> tuple[str, str]:
     """The input and output names, once the model is known to take one NHWC RGB tensor."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
@@ -324,15 +340,9 @@ class OnnxEngine:
         return base_path, self._create_session(base_path)
 
     def _read_scale(self, path: Path, metadata: Mapping[str, str], tile_size: int) -> int:
-        declared = metadata.get("scale")
+        declared = scale_from_metadata(metadata, path)
         if declared is not None:
-            try:
-                scale = int(declared)
-            except ValueError:
-                scale = 0
-            if scale >= 1:
-                return scale
-            logger.warning("model %s has an invalid scale %r; probing", path, declared)
+            return declared
         # Older exports may lack the metadata; one run on a small input tells the factor just as
         # well (small, because the tile shape itself is checked against cuDNN's limits only once
         # the scale is known).

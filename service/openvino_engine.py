@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from service.engine import (
     ModelInfo,
     _check_model_file,
     resolve_tile_mode,
+    scale_from_metadata,
     warm_up_engine,
 )
 from service.exceptions import ModelLoadError
@@ -241,7 +242,7 @@ class OpenVinoEngine:
         core, model, capabilities = _read_model(path)
         self._input, self._output = _check_contract(model, path)
         metadata = _metadata(model)
-        scale = _scale_from_metadata(metadata, path) or _probe_scale(model, path)
+        scale = scale_from_metadata(metadata, path) or _probe_scale(model, path)
         precision, precision_reason = choose_openvino_precision(settings.precision, capabilities)
         config = openvino_config(
             precision=precision,
@@ -339,17 +340,3 @@ class OpenVinoEngine:
     def warm_up(self) -> float:
         """Runs one batch of the serving tile shape (see `service.engine.warm_up_engine`)."""
         return warm_up_engine(self)
-
-
-def _scale_from_metadata(metadata: Mapping[str, str], path: Path) -> int | None:
-    declared = metadata.get("scale")
-    if declared is None:
-        return None
-    try:
-        scale = int(declared)
-    except ValueError:
-        scale = 0
-    if scale >= 1:
-        return scale
-    logger.warning("model %s has an invalid scale %r; probing", path, declared)
-    return None
