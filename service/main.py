@@ -35,7 +35,7 @@ from service.exceptions import ModelLoadError
 from service.logs import REQUEST_ID_HEADER, RequestContextMiddleware, make_handler
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.registry import ModelRegistry, load_models
-from service.reload import ModelReloader
+from service.reload import ModelReloader, warm_up_all
 from service.routes import RESPONSE_HEADERS, UPSCALE_PATH, router
 
 logger = logging.getLogger("service")
@@ -198,27 +198,11 @@ async def _stop_watch(app: FastAPI) -> None:
 
 
 async def _warm_up_then_watch(state: ServiceState, reloader: ModelReloader) -> None:
-    await _warm_up(state)
-    if state.ready:
-        # Not before: a reload would compete with the warm-up for the cores.
-        await reloader.run(state.settings.reload_interval_seconds)
-
-
-async def _warm_up(state: ServiceState) -> None:
-    # One model after the other: warming up runs the model on a full tile with every core (or
-    # searches GPU kernels), so in parallel they would only compete, and memory peaks once.
-    # Ready only when all are warm: a request may pick any listed model, and none should pay
-    # a first-run cost (seconds on GPUs) or find it unusable after /readyz said ready.
-    for model in state.models:
-        try:
-            await anyio.to_thread.run_sync(model.warm_up, abandon_on_cancel=True)
-        except Exception as exc:
-            state.warmup_error = f"model {model.name!r}: {exc}"
-            logger.exception("warm-up of model %r failed; the service stays unready", model.name)
-            return
-    state.warmed.set()
-    names = ", ".join(state.models.names)
-    logger.info("ready to upscale with %s (default %s)", names, state.models.default_name)
+    # The watcher starts once the warm-up is over (not before: a reload would compete with it
+    # for the cores), also after a failed one: a corrected file then replaces the failing
+    # model and the service warms up again, with no restart.
+    await warm_up_all(state)
+    await reloader.run(state.settings.reload_interval_seconds)
 
 
 def _ensure_log_output(log_format: str = "text") -> None:

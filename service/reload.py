@@ -85,6 +85,28 @@ class ReloadResult:
     detail: str = ""
 
 
+async def warm_up_all(state: ServiceState) -> None:
+    """Warms up every served model, one after the other, then marks the service ready; on a
+    failure the service stays unready with the reason in `state.warmup_error`.
+
+    One after the other: warming up runs a full tile with every core (or searches GPU
+    kernels), so in parallel they would only compete, and memory peaks once. Ready only when
+    all are warm: a request may pick any listed model, and none should pay a first-run cost or
+    find it unusable after /readyz said ready.
+    """
+    state.warmup_error = None
+    for model in state.models:
+        try:
+            await anyio.to_thread.run_sync(model.warm_up, abandon_on_cancel=True)
+        except Exception as exc:
+            state.warmup_error = f"model {model.name!r}: {exc}"
+            logger.exception("warm-up of model %r failed; the service stays unready", model.name)
+            return
+    state.warmed.set()
+    names = ", ".join(state.models.names)
+    logger.info("ready to upscale with %s (default %s)", names, state.models.default_name)
+
+
 class ModelReloader:
     """Watches the served model files and swaps changed models in (see the module docstring).
 
@@ -239,6 +261,9 @@ class ModelReloader:
         self._refused.pop(name, None)
         state.reload_errors.pop(name, None)
         state.metrics.observe_reload(name, "ok")
+        if state.warmup_error is not None:
+            # The start-up warm-up failed: with this model replaced, try all of them again.
+            await warm_up_all(state)
         if full and old is not None:
             with contextlib.suppress(TypeError):
                 self._retired = weakref.ref(old.engine)

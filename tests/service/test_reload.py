@@ -9,11 +9,13 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from service.config import Settings
+from service.engine import create_engine
 from service.main import create_app
 from tests.service.helpers import png_bytes, wait_until_ready
 from tests.service.reload_helpers import build_constant_model, install, painted_value, wait_for
@@ -108,6 +110,26 @@ def test_swap_under_a_stream_of_requests(
             (OLD, old_version),
             (NEW, new_version),
         }
+
+
+def test_a_corrected_file_recovers_a_failed_warm_up(
+    reload_settings: SettingsFactory, folder: Path, replacement: Path
+) -> None:
+    def factory(settings: Settings) -> Any:
+        engine = create_engine(settings)
+        if not built:  # the first model's warm-up fails, as out of GPU memory would
+            engine.warm_up = lambda: (_ for _ in ()).throw(RuntimeError("out of memory"))
+        built.append(engine)
+        return engine
+
+    built: list[Any] = []
+    with TestClient(create_app(reload_settings(), engine_factory=factory)) as client:
+        wait_for(lambda: client.app.state.service.warmup_error is not None)
+        assert client.get("/readyz").json()["status"] == "failed"
+        install(replacement, folder / "m.onnx")
+        assert [r.outcome for r in _check(client)] == ["loaded"]
+        assert client.get("/readyz").json()["status"] == "ready"
+        assert _upscale(client)[:2] == (200, NEW)
 
 
 def test_a_broken_file_leaves_the_old_model_serving(
