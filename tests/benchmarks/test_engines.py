@@ -7,31 +7,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from benchmarks import http_section, model_section, quality, startup_section
 from benchmarks.__main__ import main
-from benchmarks.context import CPU_ONLY, BenchContext, service_settings
-from benchmarks.presets import SMOKE
+from benchmarks.context import BenchContext
 from benchmarks.targets import evaluate
 from service.ortconfig import openvino_installed
-from tests.service.helpers import build_model, noise_image
+from tests.service.helpers import noise_image
 
 ENGINES = ["onnxruntime"] + (["openvino"] if openvino_installed() else [])
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_model(tmp_path_factory.mktemp("bench") / "tiny_x4.onnx", hidden_layers=1)
-
-
-@pytest.fixture
-def ctx(tiny_model: Path) -> BenchContext:
-    settings = service_settings(
-        tiny_model, CPU_ONLY, tile_size=16, tile_overlap=4, intra_op_threads=1
-    )
-    return BenchContext(model_path=tiny_model, preset=SMOKE, settings=settings, verbose=False)
 
 
 def test_model_section_has_every_engine_and_parallel_calls(ctx: BenchContext) -> None:

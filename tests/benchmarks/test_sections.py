@@ -21,22 +21,8 @@ from benchmarks import (
     tuning_section,
 )
 from benchmarks.__main__ import main
-from benchmarks.context import CPU_ONLY, BenchContext, service_settings
+from benchmarks.context import BenchContext
 from benchmarks.presets import SMOKE
-from tests.service.helpers import build_model
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_model(tmp_path_factory.mktemp("bench") / "tiny_x4.onnx", hidden_layers=1)
-
-
-@pytest.fixture
-def ctx(tiny_model: Path) -> BenchContext:
-    settings = service_settings(
-        tiny_model, CPU_ONLY, tile_size=16, tile_overlap=4, intra_op_threads=1
-    )
-    return BenchContext(model_path=tiny_model, preset=SMOKE, settings=settings, verbose=False)
 
 
 def test_model_section_compares_engines(ctx: BenchContext) -> None:
