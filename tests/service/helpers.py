@@ -72,15 +72,6 @@ def build_model(
         helper.make_node("DepthToSpace", ["features"], ["nchw"], blocksize=SCALE, mode="DCR"),
         helper.make_node("Transpose", ["nchw"], ["sr"], perm=[0, 2, 3, 1]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_edsr",
-        [helper.make_tensor_value_info("lr", TensorProto.FLOAT, ["N", "H", "W", 3])],
-        [helper.make_tensor_value_info("sr", TensorProto.FLOAT, ["N", "H4", "W4", 3])],
-        initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
     if metadata is None:
         metadata = {
             "scale": str(SCALE),
@@ -88,6 +79,22 @@ def build_model(
             "blocks": str(hidden_layers),
             "training_data": "none (test fixture)",
         }
+    return save_contract_model(path, "tiny_edsr", nodes, initializers, metadata)
+
+
+def save_contract_model(
+    path: Path, name: str, nodes: list, initializers: list, metadata: dict[str, str]
+) -> Path:
+    """Saves a graph from `lr` (NHWC float32) to `sr` (x4) as the export contract names them."""
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("lr", TensorProto.FLOAT, ["N", "H", "W", 3])],
+        [helper.make_tensor_value_info("sr", TensorProto.FLOAT, ["N", "H4", "W4", 3])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
     helper.set_model_props(model, metadata)
     onnx.checker.check_model(model)
     onnx.save(model, path)

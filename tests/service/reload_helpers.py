@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 from PIL import Image
 
-SCALE = 4
+from tests.service.helpers import SCALE, save_contract_model
 
 
 def build_constant_model(path: Path, value: float) -> Path:
@@ -32,18 +31,9 @@ def build_constant_model(path: Path, value: float) -> Path:
         helper.make_node("DepthToSpace", ["features"], ["nchw"], blocksize=SCALE, mode="DCR"),
         helper.make_node("Transpose", ["nchw"], ["sr"], perm=[0, 2, 3, 1]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "constant",
-        [helper.make_tensor_value_info("lr", TensorProto.FLOAT, ["N", "H", "W", 3])],
-        [helper.make_tensor_value_info("sr", TensorProto.FLOAT, ["N", "H4", "W4", 3])],
-        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, {"scale": str(SCALE), "description": f"paints {value:g}"})
-    onnx.save(model, path)
-    return path
+    initializers = [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")]
+    metadata = {"scale": str(SCALE), "description": f"paints {value:g}"}
+    return save_contract_model(path, "constant", nodes, initializers, metadata)
 
 
 def install(source: Path, target: Path) -> None:
