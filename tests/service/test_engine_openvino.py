@@ -75,11 +75,13 @@ def test_openvino_config_sets_precision_hint_threads_and_cache(tmp_path: Path) -
     assert openvino_config(precision="fp32", hint="latency") == {
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_PRECISION_HINT": "f32",
+        "CPU_RUNTIME_CACHE_CAPACITY": "0",
     }
     config = openvino_config(precision="bf16", hint="throughput", threads=3, cache_dir=tmp_path)
     assert config == {
         "PERFORMANCE_HINT": "THROUGHPUT",
         "INFERENCE_PRECISION_HINT": "bf16",
+        "CPU_RUNTIME_CACHE_CAPACITY": "0",
         "INFERENCE_NUM_THREADS": "3",
         "CACHE_DIR": str(tmp_path),
     }
