@@ -77,16 +77,14 @@ def _images_in(folder: Path) -> Iterator[Path]:
             yield path
 
 
-def plan_jobs(
-    inputs: Sequence[str], output: str | None, fmt: str
-) -> tuple[list[Job], list[tuple[str, str]]]:
-    """Expands the inputs into jobs, and lists the inputs that cannot be read.
+#: One input image: its label, its file (None: standard input) and the folder it was found in.
+Found = tuple[str, Path | None, Path | None]
 
-    Raises:
-        UsageError: For `-` given twice, or standard output asked for more than one image.
-    """
+
+def _expand_inputs(inputs: Sequence[str]) -> tuple[list[Found], list[tuple[str, str]]]:
+    """The images named by the inputs (files, folders searched, `-`), and the unreadable inputs."""
     problems: list[tuple[str, str]] = []
-    found: list[tuple[str, Path | None, Path | None]] = []  # label, file, its folder
+    found: list[Found] = []
     for name in inputs:
         path = Path(name)
         if name == STDIO:
@@ -102,7 +100,18 @@ def plan_jobs(
             found.append((name, path, None))
         else:
             problems.append((name, "no such file or folder"))
+    return found, problems
 
+
+def plan_jobs(
+    inputs: Sequence[str], output: str | None, fmt: str
+) -> tuple[list[Job], list[tuple[str, str]]]:
+    """Expands the inputs into jobs, and lists the inputs that cannot be read.
+
+    Raises:
+        UsageError: For `-` given twice, or standard output asked for more than one image.
+    """
+    found, problems = _expand_inputs(inputs)
     to_stdout = output == STDIO or (output is None and found == [("<stdin>", None, None)])
     if to_stdout and len(found) + len(problems) > 1:
         raise UsageError("standard output can take only one image; use -o FOLDER")
