@@ -266,6 +266,11 @@ class LocalUpscaler:
             # A model name as the service knows it (models/NAME.onnx), or a file.
             path = Path(model) if model.endswith(".onnx") else settings.models_dir / f"{model}.onnx"
             settings = Settings(model_path=path)
+        if not Path(settings.model_path).is_file():
+            raise UsageError(
+                f"no model at {settings.model_path} (relative paths start from the current "
+                f"folder): run from the repository, or pass --model FILE.onnx"
+            )
         try:
             engine = create_engine(settings)
         except UpscalerError as exc:

@@ -228,6 +228,18 @@ def test_local_folder_with_a_bad_file(
     assert status == 0 and size_of(out) == (12, 8)
 
 
+def test_local_without_a_model_says_how_to_name_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)  # outside the repository: no models/ folder here
+    monkeypatch.delenv("UPSCALER_MODEL_PATH", raising=False)
+    (tmp_path / "photo.png").write_bytes(png_bytes(2, 2))
+    status, _ = run("photo.png", "--local")
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "no model at models/edsr_x4.onnx" in err and "--model FILE.onnx" in err
+
+
 def test_local_mode_never_imports_fastapi(local_env: Path, tmp_path: Path) -> None:
     photo = tmp_path / "photo.png"
     photo.write_bytes(png_bytes(5, 5))
