@@ -21,13 +21,19 @@ def photo():
 
 
 @pytest.fixture(autouse=True)
-def _restore_log_handlers():
-    """Removes the handlers a test's app added: `_ensure_log_output` and `configure_logging` bind
-    a handler to the sys.stderr of the moment, which pytest's capture closes after the test, and
-    a later test's log line would then print an 'I/O operation on closed file' traceback."""
+def _remove_service_log_handlers():
+    """Removes the log handlers a test's app added (`service.logs.make_handler`'s, marked by
+    their request-ID filter): they are bound to the sys.stderr of the moment, which pytest's
+    capture closes after the test, and a later test's log line would then print an 'I/O
+    operation on closed file' traceback. pytest's own capture handlers are left alone."""
+    from service.logs import RequestIdFilter
+
     loggers = [logging.getLogger(), logging.getLogger("service")]
-    saved = [(logger, list(logger.handlers), logger.level) for logger in loggers]
+    before = {logger: (set(logger.handlers), logger.level) for logger in loggers}
     yield
-    for logger, handlers, level in saved:
-        logger.handlers[:] = handlers
+    for logger, (handlers, level) in before.items():
+        for handler in list(logger.handlers):
+            ours = any(isinstance(f, RequestIdFilter) for f in handler.filters)
+            if ours and handler not in handlers:
+                logger.removeHandler(handler)
         logger.setLevel(level)
