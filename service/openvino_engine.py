@@ -102,7 +102,7 @@ def openvino_config(
     config = {
         "PERFORMANCE_HINT": hint.upper(),
         "INFERENCE_PRECISION_HINT": INFERENCE_PRECISIONS[precision],
-        # No per-shape kernel cache: unbounded memory for ~1 % of speed (module docstring).
+        # No per-shape kernel cache: up to 5,000 shapes x ~0.7 MB for ~1 % of speed (docstring).
         "CPU_RUNTIME_CACHE_CAPACITY": "0",
     }
     if threads > 0:

@@ -25,7 +25,8 @@ def _remove_service_log_handlers():
     """Removes the log handlers a test's app added (`service.logs.make_handler`'s, marked by
     their request-ID filter): they are bound to the sys.stderr of the moment, which pytest's
     capture closes after the test, and a later test's log line would then print an 'I/O
-    operation on closed file' traceback. pytest's own capture handlers are left alone."""
+    operation on closed file' traceback. Handlers that were there before and that
+    `configure_logging` removed (pytest's --log-file and live-log handlers) are put back."""
     from service.logs import RequestIdFilter
 
     loggers = [logging.getLogger(), logging.getLogger("service")]
@@ -36,4 +37,6 @@ def _remove_service_log_handlers():
             ours = any(isinstance(f, RequestIdFilter) for f in handler.filters)
             if ours and handler not in handlers:
                 logger.removeHandler(handler)
+        for handler in handlers:
+            logger.addHandler(handler)  # a no-op for those still attached
         logger.setLevel(level)
