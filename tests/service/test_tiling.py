@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -276,16 +277,21 @@ def test_fitted_tiles_match_whole_image_exactly(
     np.testing.assert_array_equal(tiled, expected)
 
 
-def test_fitted_tiles_have_one_shape_per_image() -> None:
+def batch_shapes(image: np.ndarray, **tiling: Any) -> set[tuple[int, ...]]:
+    """Every batch shape `upscale_tiled` hands the model for `image` (the output is blank)."""
     shapes = set()
 
     def record(batch: np.ndarray) -> np.ndarray:
         shapes.add(batch.shape)
         return np.zeros((batch.shape[0], batch.shape[1] * SCALE, batch.shape[2] * SCALE, 3))
 
-    upscale_tiled(noise_image(50, 23), record, scale=SCALE, tile_size=TILE, overlap=2, fit=True)
+    upscale_tiled(image, record, scale=SCALE, tile_size=TILE, **tiling)
+    return shapes
+
+
+def test_fitted_tiles_have_one_shape_per_image() -> None:
     rows, cols = tile_shape(50, 23, TILE, 2, fit=True)
-    assert shapes == {(1, rows, cols, 3)}
+    assert batch_shapes(noise_image(50, 23), overlap=2, fit=True) == {(1, rows, cols, 3)}
 
 
 class _AbandonedError(Exception):
@@ -393,11 +399,4 @@ def test_strips_match_whole_image_exactly(
 
 
 def test_strip_calls_all_get_the_strip_shape() -> None:
-    shapes = set()
-
-    def record(batch: np.ndarray) -> np.ndarray:
-        shapes.add(batch.shape)
-        return np.repeat(np.repeat(batch, SCALE, axis=1), SCALE, axis=2)
-
-    upscale_tiled(noise_image(3, 300), record, scale=SCALE, tile_size=TILE, overlap=2, batch_size=2)
-    assert shapes == {(2, 4, 64, 3)}
+    assert batch_shapes(noise_image(3, 300), overlap=2, batch_size=2) == {(2, 4, 64, 3)}
