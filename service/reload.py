@@ -35,6 +35,7 @@ import signal
 import threading
 import time
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ import anyio
 
 from service.config import Settings
 from service.deps import ServiceState
+from service.exceptions import ModelLoadError
 from service.registry import (
     EngineFactory,
     FileSignature,
@@ -85,23 +87,34 @@ class ReloadResult:
     detail: str = ""
 
 
-async def warm_up_all(state: ServiceState) -> None:
-    """Warms up every served model, one after the other, then marks the service ready; on a
-    failure the service stays unready with the reason in `state.warmup_error`.
+async def warm_up_in_turn(models: Iterable[ServedModel]) -> None:
+    """Warms up models one after the other: warming up runs a full tile with every core (or
+    searches GPU kernels), so in parallel they would only compete, and memory peaks once.
 
-    One after the other: warming up runs a full tile with every core (or searches GPU
-    kernels), so in parallel they would only compete, and memory peaks once. Ready only when
-    all are warm: a request may pick any listed model, and none should pay a first-run cost or
-    find it unusable after /readyz said ready.
+    Raises:
+        ModelLoadError: Naming the first model whose warm-up failed (the cause chained).
     """
-    state.warmup_error = None
-    for model in state.models:
+    for model in models:
         try:
             await anyio.to_thread.run_sync(model.warm_up, abandon_on_cancel=True)
         except Exception as exc:
-            state.warmup_error = f"model {model.name!r}: {exc}"
-            logger.exception("warm-up of model %r failed; the service stays unready", model.name)
-            return
+            raise ModelLoadError(f"model {model.name!r}: {exc}") from exc
+
+
+async def warm_up_all(state: ServiceState) -> None:
+    """Warms up every served model (`warm_up_in_turn`), then marks the service ready; on a
+    failure the service stays unready with the reason in `state.warmup_error`.
+
+    Ready only when all are warm: a request may pick any listed model, and none should pay a
+    first-run cost or find it unusable after /readyz said ready.
+    """
+    state.warmup_error = None
+    try:
+        await warm_up_in_turn(state.models)
+    except ModelLoadError as exc:
+        state.warmup_error = str(exc)
+        logger.exception("warm-up failed (%s); the service stays unready", exc)
+        return
     state.warmed.set()
     names = ", ".join(state.models.names)
     logger.info("ready to upscale with %s (default %s)", names, state.models.default_name)

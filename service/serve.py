@@ -49,7 +49,8 @@ from service.config import Settings
 from service.deps import ServiceState
 from service.exceptions import ModelLoadError
 from service.main import create_app, replace_models, start_models
-from service.registry import ModelRegistry, load_models, serves_single_file
+from service.registry import load_models, serves_single_file
+from service.reload import warm_up_in_turn
 
 logger = logging.getLogger("service.serve")
 
@@ -104,12 +105,6 @@ def build_app() -> FastAPI:
     """The service's app with settings from this replica's environment; its models are loaded
     by `Upscaler.reconfigure`."""
     return create_app(Settings(), models_at_startup=False)
-
-
-async def _warm(models: ModelRegistry) -> None:
-    # One after the other, as at start-up: in parallel they would only compete for the cores.
-    for model in models:
-        await anyio.to_thread.run_sync(model.warm_up, abandon_on_cancel=True)
 
 
 @serve.deployment(
@@ -181,7 +176,7 @@ class Upscaler:
             models = await anyio.to_thread.run_sync(
                 load_models, settings, self._app.state.engine_factory
             )
-            await _warm(models)
+            await warm_up_in_turn(models)
         except Exception as exc:
             self._refuse(state, f"{exc} (still serving {', '.join(state.models.names)})")
             return
