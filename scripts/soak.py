@@ -41,6 +41,8 @@ import httpx
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from benchmarks.server import free_port
+
 HOST = "127.0.0.1"
 DOCUMENTED = {400, 405, 406, 408, 413, 415, 422, 503}
 Case = tuple[str, bytes, str | None]  # kind, body, content type (None: multipart field "file")
@@ -320,12 +322,6 @@ def wait_ready(url: str, server: subprocess.Popen, seconds: float) -> None:
             pass
         time.sleep(0.2)
     raise SystemExit(f"the server was not ready within {seconds:.0f} s")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def soak(args: argparse.Namespace, on_round: Callable[[int, dict], None] | None = None) -> int:
