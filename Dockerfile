@@ -76,8 +76,9 @@ ARG SERVICE_EXTRAS=gpu
 COPY --from=service-build /opt/venv /opt/venv
 # The NVIDIA wheels put their libraries in site-packages/nvidia/*/lib, where the dynamic loader
 # does not look: list those folders in ld.so.conf (what LD_LIBRARY_PATH would do, computed from
-# the installed wheels). service/engine.py also calls onnxruntime.preload_dlls(). With the gpu
-# extra, finding no such folder (a changed wheel layout) fails the build.
+# the installed wheels). service/core/engines/onnxruntime_engine.py also calls
+# onnxruntime.preload_dlls(). With the gpu extra, finding no such folder (a changed wheel layout)
+# fails the build.
 RUN python -c "import pathlib, sys, sysconfig; root = pathlib.Path(sysconfig.get_paths()['purelib'], 'nvidia'); sys.stdout.writelines(f'{p}\n' for p in sorted(root.glob('*/lib')) if p.is_dir())" \
         > /etc/ld.so.conf.d/zz-nvidia-pip-wheels.conf \
     && ldconfig \

@@ -14,8 +14,8 @@ import numpy as np
 from benchmarks.images import bench_image
 from benchmarks.presets import Preset
 from service.config import Settings
-from service.engine import Engine, OnnxEngine, create_engine
-from service.ortconfig import openvino_installed
+from service.core.engines import Engine, OnnxEngine, create_engine
+from service.core.engines.ortconfig import openvino_installed
 
 CPU_ONLY = ["CPUExecutionProvider"]
 

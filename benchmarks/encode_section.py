@@ -17,10 +17,10 @@ from PIL import Image
 
 from benchmarks.context import BenchContext
 from benchmarks.measure import megapixels_per_second, time_call
-from service.encode import encode_jpeg, encode_png, encode_webp_lossless
+from service.core.tiling import upscale_tiled
 from service.host import available_cpus
-from service.pngwriter import encode_png_strips
-from service.tiling import upscale_tiled
+from service.imaging.encode import encode_jpeg, encode_png, encode_webp_lossless
+from service.imaging.pngwriter import encode_png_strips
 
 Encoder = Callable[[np.ndarray], bytes]
 

@@ -4,8 +4,9 @@ Runs only where onnxruntime really gets the CUDA provider (`cuda_usable`); the r
 otherwise. Measured:
 
 * provider variants on one tile (256 and 512 pixels): defaults; the service's options
-  (`service.ortconfig.cuda_provider_options`: NHWC, exhaustive cuDNN search); plus I/O binding
-  (this section's own bound runner: the service does not bind); fp16 with and without binding;
+  (`service.core.engines.ortconfig.cuda_provider_options`: NHWC, exhaustive cuDNN search); plus
+  I/O binding (this section's own bound runner: the service does not bind); fp16 with and
+  without binding;
   output megapixels per second each;
 * batches of 512-pixel tiles in fp16, 1 to 8 per call, through the service's call and with
   input and output left on the GPU (the compute alone); sizes past cuDNN's 2**31-element
@@ -28,17 +29,18 @@ import onnxruntime as ort
 
 from benchmarks import http_section
 from benchmarks.context import BenchContext
-from benchmarks.images import benchmark_set, psnr_y
+from benchmarks.images import benchmark_set
 from benchmarks.measure import megapixels_per_second, time_call
-from service.engine import OnnxEngine
-from service.ortconfig import (
+from service.core.engines import OnnxEngine
+from service.core.engines.ortconfig import (
     cuda_provider_options,
     cuda_usable,
     cudnn_tile_problem,
     declared_filters,
     fp16_path_for,
 )
-from service.tiling import upscale_tiled
+from service.core.tiling import upscale_tiled
+from training.protocol import psnr_y
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"

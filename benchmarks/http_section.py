@@ -23,9 +23,9 @@ from benchmarks.images import png_file
 from benchmarks.measure import megapixels_per_second, percentile, ratio, time_call
 from benchmarks.server import Reply, drive, running_service, status_counts
 from service.config import Settings
-from service.encode import EncodeOptions, OutputFormat, encode_output
-from service.engine import Engine
-from service.tiling import upscale_tiled
+from service.core.engines import Engine
+from service.core.tiling import upscale_tiled
+from service.imaging.encode import EncodeOptions, OutputFormat, encode_output
 
 
 def requests_for(concurrency: int, minimum: int) -> int:

@@ -10,7 +10,6 @@ says which was used.
 from __future__ import annotations
 
 import io
-import math
 from functools import cache
 from pathlib import Path
 
@@ -90,21 +89,6 @@ def png_file(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
-
-
-def rgb_to_y(image: np.ndarray) -> np.ndarray:
-    """BT.601 luma on the studio range, as the super-resolution literature scores it."""
-    weights = np.array([65.481, 128.553, 24.966]) / 255.0
-    return np.asarray(image, dtype=np.float64) @ weights + 16.0
-
-
-def psnr_y(sr: np.ndarray, hr: np.ndarray, border: int) -> float:
-    """Y-channel PSNR in dB with `border` pixels shaved (same protocol as training.metrics)."""
-    diff = rgb_to_y(sr) - rgb_to_y(hr)
-    if border:
-        diff = diff[border:-border, border:-border]
-    mse = float(np.mean(diff**2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def benchmark_set(name: str, root: Path = SHARED_BENCH) -> list[tuple[str, np.ndarray]]:

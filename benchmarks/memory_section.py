@@ -1,6 +1,6 @@
 """Memory section: peak memory of one upscale's pipeline at the service's input limit.
 
-Each case runs the service's `service.pipeline.Pipeline` in a fresh Python process, so that the
+Each case runs the service's `service.core.pipeline.Pipeline` in a fresh Python process, so that the
 process's peak resident memory (`ru_maxrss`) is that case's alone, and reports how far the call
 raised it above what the process held before. The model is a stand-in (nearest-neighbour x4 on
 each tile): the model's own memory depends on the tile (tuning section), the pipeline's on the
@@ -60,9 +60,9 @@ def measure_case(
     """
     from functools import partial
 
-    from service.encode import OutputFormat
-    from service.pipeline import Pipeline, Quality
-    from service.tiling import upscale_tiled
+    from service.core.pipeline import Pipeline, Quality
+    from service.core.tiling import upscale_tiled
+    from service.imaging.encode import OutputFormat
 
     data = upload.read_bytes()
     with Image.open(io.BytesIO(data)) as image:

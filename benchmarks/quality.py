@@ -25,28 +25,11 @@ import numpy as np
 from PIL import Image
 
 from service.config import Settings
-from service.engine import create_engine
-from service.ortconfig import openvino_installed
+from service.core.engines import create_engine
+from service.core.engines.ortconfig import openvino_installed
+from training.protocol import psnr, psnr_y
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-def y_channel(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R BT.601 luma in 16-235 from 8-bit RGB, as float64."""
-    rgb = rgb.astype(np.float64)
-    return 16.0 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255.0
-
-
-def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
-    """PSNR in dB of two arrays of the same shape (inf when equal)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(peak**2 / mse)
-
-
-def y_psnr(sr: np.ndarray, hr: np.ndarray, shave: int) -> float:
-    """Y-channel PSNR of 8-bit RGB images with `shave` border pixels left out."""
-    window = (slice(shave, -shave or None), slice(shave, -shave or None))
-    return psnr(y_channel(sr)[window], y_channel(hr)[window])
 
 
 def engine_runners(model: Path, threads: int = 0) -> tuple[dict[str, Callable], dict[str, str]]:
@@ -99,7 +82,7 @@ def score_folder(
         for name in names:
             raw = runners[name](batch)[0]
             outputs[name] = np.clip(np.rint(raw), 0, 255).astype(np.uint8)
-            y_scores[name].append(y_psnr(outputs[name], hr, scale))
+            y_scores[name].append(psnr_y(outputs[name], hr, scale))
         for name in names[1:]:
             vs_reference[name].append(psnr(outputs[name], outputs[reference]))
         log(

@@ -1,4 +1,4 @@
-"""Ray section: the service on Ray Serve (`service.serve`) against the single process.
+"""Ray section: the service on Ray Serve (`service.entry.serve`) against the single process.
 
 Three targets run side by side on this machine with the same settings and model: the service
 under uvicorn (`benchmarks.server.running_service`), and Ray Serve apps of 1 and of 2 replicas

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,34 +52,38 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+def answers_ready(url: str) -> Callable[[], bool]:
+    """A readiness check: whether `url`'s /readyz answers 200."""
+
+    def ready() -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+        return False
+
+    return ready
+
+
 @contextlib.contextmanager
-def running_service(settings: Settings, timeout_s: float = 180.0) -> Iterator[str]:
-    """Starts the service with `settings`, waits until /readyz says ready, yields its base URL.
+def service_process(
+    command: list[str],
+    ready: Callable[[], bool],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = REPO_ROOT,
+    timeout_s: float = 180.0,
+) -> Iterator[subprocess.Popen]:
+    """Starts a service process, waits until `ready()` is true, yields the process; stops it
+    afterwards (SIGTERM, then SIGKILL after 20 s). Its output goes to a temporary log.
 
     Raises:
-        RuntimeError: If the process exits or is not ready within `timeout_s` (with its log).
+        RuntimeError: If the process exits or is not ready within `timeout_s` (with the log's
+            last lines).
     """
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("UPSCALER_")}
-    env.update(settings_environment(settings))
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "service.main:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
     with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
-        url = f"http://127.0.0.1:{port}"
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=log)
         try:
-            _wait_ready(process, url, timeout_s, log)
-            yield url
+            _wait_ready(process, ready, timeout_s, log)
+            yield process
         finally:
             process.terminate()
             try:
@@ -87,6 +91,24 @@ def running_service(settings: Settings, timeout_s: float = 180.0) -> Iterator[st
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextlib.contextmanager
+def running_service(settings: Settings, timeout_s: float = 180.0) -> Iterator[str]:
+    """Starts the service with `settings` as deployed (`uvicorn service.main:app`), waits until
+    /readyz says ready, yields its base URL.
+
+    Raises:
+        RuntimeError: If the process exits or is not ready within `timeout_s` (with its log).
+    """
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("UPSCALER_")}
+    env.update(settings_environment(settings))
+    host = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    command = [sys.executable, "-m", "uvicorn", "service.main:app", *host]
+    url = f"http://127.0.0.1:{port}"
+    with service_process(command, answers_ready(url), env=env, timeout_s=timeout_s):
+        yield url
 
 
 def time_to_ready(settings: Settings, timeout_s: float = 180.0) -> float:
@@ -97,15 +119,16 @@ def time_to_ready(settings: Settings, timeout_s: float = 180.0) -> float:
         return time.perf_counter() - started
 
 
-def _wait_ready(process: subprocess.Popen, url: str, timeout_s: float, log: Any) -> None:
+def _wait_ready(
+    process: subprocess.Popen, ready: Callable[[], bool], timeout_s: float, log: Any
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             log.seek(0)
             raise RuntimeError(f"service exited with {process.returncode}:\n{log.read()[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
+        if ready():
+            return
         time.sleep(0.05)
     log.seek(0)
     raise RuntimeError(f"service not ready after {timeout_s} s:\n{log.read()[-3000:]}")

@@ -14,7 +14,7 @@ import numpy as np
 
 from benchmarks.context import BenchContext
 from benchmarks.measure import ratio, time_interleaved
-from service.tiling import plan_tiles, tile_shape, upscale_tiled
+from service.core.tiling import plan_tiles, tile_shape, upscale_tiled
 
 
 def pixel_work(height: int, width: int, tile_size: int, overlap: int, fit: bool) -> float:

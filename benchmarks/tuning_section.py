@@ -19,7 +19,7 @@ import numpy as np
 from benchmarks.context import BenchContext
 from benchmarks.measure import megapixels_per_second, time_call
 from benchmarks.tiling_section import pixel_work
-from service.tiling import upscale_tiled
+from service.core.tiling import upscale_tiled
 
 SESSION_VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("intra_op_threads=1", {"intra_op_threads": 1}),

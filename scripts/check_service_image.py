@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import httpx
 from PIL import Image
+
+from benchmarks.server import free_port, service_process
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "edsr_x4.onnx"  # the image's default model, in /app/models
@@ -101,15 +102,12 @@ def install(dockerfile: str, tmp: Path, extras: str, env: dict[str, str]) -> Non
 def serve_and_upscale(cmd: list[str], probe: list[str], env: dict[str, str], tmp: Path) -> None:
     """Runs the image's CMD until its HEALTHCHECK passes, then POSTs a 12x8 PNG to /upscale."""
     port = cmd[cmd.index("--port") + 1]
-    with (tmp / "server.log").open("wb") as log:
-        cmd = [shutil.which(cmd[0], path=env["PATH"]) or cmd[0], *cmd[1:]]
-        server = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + READY_S
-        while subprocess.run(probe, env=env, capture_output=True, timeout=30).returncode != 0:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"HEALTHCHECK failing; server exit status {server.poll()}")
-            time.sleep(1)
+    cmd = [shutil.which(cmd[0], path=env["PATH"]) or cmd[0], *cmd[1:]]
+
+    def healthy() -> bool:
+        return subprocess.run(probe, env=env, capture_output=True, timeout=30).returncode == 0
+
+    with service_process(cmd, healthy, env=env, cwd=tmp, timeout_s=READY_S):
         with httpx.Client(trust_env=False, timeout=UPSCALE_S) as client:
             files = {"file": ("check.png", png(12, 8), "image/png")}
             reply = client.post(f"http://127.0.0.1:{port}/upscale", files=files)
@@ -118,13 +116,6 @@ def serve_and_upscale(cmd: list[str], probe: list[str], env: dict[str, str], tmp
         with Image.open(io.BytesIO(reply.content)) as image:
             if (image.format, image.size) != ("PNG", (48, 32)):
                 raise RuntimeError(f"/upscale: 12x8 gave a {image.format} of {image.size}")
-    finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the steps and stop")
     args = parser.parse_args(argv)
     dockerfile = (ROOT / "Dockerfile").read_text()
-    with socket.socket() as sock:  # a free port
-        sock.bind(("127.0.0.1", 0))
-        cmd, probe = image_commands(dockerfile, sock.getsockname()[1])
+    cmd, probe = image_commands(dockerfile, free_port())
     copies, pip = copy_sources(dockerfile), target(args.extras)
     print(f"check: copy {copies}; pip install {pip!r}; run {cmd}", flush=True)
     if args.dry_run:
@@ -155,9 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"check: installed in {time.monotonic() - started:.0f} s, no {FORBIDDEN}", flush=True)
         serve_and_upscale(cmd, probe, env, tmp)
     except (RuntimeError, OSError, subprocess.SubprocessError) as error:
-        log = tmp / "server.log"
-        tail = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else []
-        print(f"check: FAILED: {error}", *tail, sep="\n", flush=True)
+        # A server that failed brings its log's last lines in the error.
+        print(f"check: FAILED: {error}", flush=True)
         return 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -29,7 +29,6 @@ import os
 import random
 import socket
 import struct
-import subprocess
 import sys
 import time
 import zlib
@@ -41,7 +40,7 @@ import httpx
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from benchmarks.server import free_port
+from benchmarks.server import answers_ready, free_port, service_process
 
 HOST = "127.0.0.1"
 DOCUMENTED = {400, 405, 406, 408, 413, 415, 422, 503}
@@ -302,40 +301,23 @@ def report(round_no: int, outcomes: list[Outcome], memory: dict[str, float]) -> 
     )
 
 
-def start_server(model: Path, port: int, server_env: list[str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "service", "--host", HOST, "--port", str(port)]
-    command += ["--model", str(model), "--log-level", "warning"]
-    env = dict(os.environ)
-    env.update(item.split("=", 1) for item in server_env)
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
-
-
-def wait_ready(url: str, server: subprocess.Popen, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited with status {server.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"the server was not ready within {seconds:.0f} s")
+def server_command(model: Path, port: int) -> list[str]:
+    host = ["--host", HOST, "--port", str(port), "--log-level", "warning"]
+    return [sys.executable, "-m", "service", *host, "--model", str(model)]
 
 
 def soak(args: argparse.Namespace, on_round: Callable[[int, dict], None] | None = None) -> int:
     port = free_port()
     url = f"http://{HOST}:{port}"
-    server = start_server(args.model, port, args.server_env)
+    env = {**os.environ, **dict(item.split("=", 1) for item in args.server_env)}
     rng = random.Random(args.seed)
     fixed = bombs()
     problems: list[Outcome] = []
     rss: list[float] = []
     deadline = time.monotonic() + args.time_limit
     print(f"soak: seed {args.seed}, server env {args.server_env or 'as inherited'}", flush=True)
-    try:
-        wait_ready(url, server, 120)
+    command = server_command(args.model, port)
+    with service_process(command, answers_ready(url), env=env, timeout_s=120) as server:
         for round_no in range(1, args.rounds + 1):
             cases = round_cases(rng, args.requests, fixed, args.sweep)
             outcomes = asyncio.run(run_round(url, port, cases, args.concurrency))
@@ -353,9 +335,6 @@ def soak(args: argparse.Namespace, on_round: Callable[[int, dict], None] | None 
                 return 1
         health = httpx.get(f"{url}/healthz", timeout=10).status_code
         print(f"after the soak: /healthz {health}")
-    finally:
-        server.terminate()
-        server.wait(30)
     for outcome in problems[:20]:
         print(f"PROBLEM {outcome.kind}: {outcome.status} {outcome.problem}", file=sys.stderr)
     growth = rss[-1] - rss[0]

@@ -14,7 +14,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Execution providers in order of preference. The engine drops the ones this host cannot use
-#: (see `service.ortconfig.resolve_providers`), so the same default serves GPU servers and laptops.
+#: (see `service.core.engines.ortconfig.resolve_providers`), so the same default serves GPU
+#: servers and laptops.
 DEFAULT_PROVIDERS: tuple[str, ...] = (
     "TensorrtExecutionProvider",
     "CUDAExecutionProvider",
@@ -50,7 +51,7 @@ class Settings(BaseSettings):
         description="One ONNX model to serve alone, named by its file stem and so the default. "
         "Setting it (or `python -m service --model`) makes the service ignore MODELS_DIR and "
         "DEFAULT_MODEL; left unset, every model in MODELS_DIR is served, and this default is "
-        "only the file that single-model tools (`service.client --local`) load.",
+        "only the file that single-model tools (`service.entry.client --local`) load.",
     )
     models_dir: Path = Field(
         default=Path("models"),

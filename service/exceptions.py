@@ -1,8 +1,8 @@
 """Domain exceptions of the upscaling service.
 
-The core modules raise these and know nothing of HTTP; `service.errors` maps each class to a
+The core modules raise these and know nothing of HTTP; `service.api.errors` maps each class to a
 status code in one table. Every message is written for the API client (or, for
-`ModelLoadError`, for the operator reading the start-up log).
+a `StartupError`, for the operator reading the start-up log).
 """
 
 from __future__ import annotations
@@ -17,8 +17,18 @@ class UpscalerError(Exception):
         return str(self)
 
 
-class ModelLoadError(UpscalerError):
+class StartupError(UpscalerError):
+    """The service cannot start: a model or a setting is unusable (the operator's to fix).
+
+    The entry points catch it and exit with its message (`python -m service`: status 3)."""
+
+
+class ModelLoadError(StartupError):
     """The model file is missing, unreadable or does not follow the export contract."""
+
+
+class SettingsError(StartupError):
+    """A setting cannot be used: a file it names cannot be read or holds no valid value."""
 
 
 class UploadTooLargeError(UpscalerError):

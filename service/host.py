@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +31,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     (Keras' `model.save`). On failure the temporary is removed and `path` is left alone.
     """
     target = Path(path)
-    tmp = target.with_name(f".tmp-{target.name}")
+    # Unique per process and thread, so that concurrent writers of one path never share it;
+    # hidden, so that a folder scan (the models folder) never takes it for a file.
+    tmp = target.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{target.name}")
     try:
         yield tmp
         os.replace(tmp, target)

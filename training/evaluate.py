@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from service.ensemble import self_ensemble
+from service.core.ensemble import self_ensemble
 from training import data
 from training.degradations import CATEGORIES
-from training.metrics import psnr_y, ssim_y
+from training.protocol import psnr_y, ssim_y
 
 
 class Upscaler:
@@ -47,7 +47,7 @@ class Upscaler:
         if max(lr.shape[:2]) <= self.tile_size:
             batch = lr[None].astype(np.float32)
             return np.asarray(self.run_batch(batch), np.float32)[0]
-        from service.tiling import upscale_tiled
+        from service.core.tiling import upscale_tiled
 
         return upscale_tiled(
             lr,

@@ -12,13 +12,13 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import subprocess
-from collections.abc import Callable
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import numpy as np
+
+from service.host import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def export_onnx(
     serialized = proto.SerializeToString()
     parity = verify_parity(model, serialized, tolerance)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(out, lambda tmp: tmp.write_bytes(serialized))
+    atomic_write_bytes(out, serialized)
     report = {**meta, "parity_max_abs_diff": parity, "onnx_file": out.name}
     if fp16:
         from training.precision import PrecisionError, convert_to_fp16
@@ -203,14 +203,6 @@ def _describe(proto, model, checkpoint: Path, opset: int) -> dict[str, str]:
         f"{arch['filters']} filters)"
     )
     return meta
-
-
-def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Calls `write` on a temporary path beside `path`, then renames it onto `path`: a process
-    killed mid-write leaves the previous file whole, never a truncated one."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def read_onnx_export(path, dtype: str = "float32"):

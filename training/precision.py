@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 # The fp16 file must sit where the service looks for it, and speak the export's contract.
-from service.ortconfig import cuda_usable, fp16_path_for
-from training.export import INPUT_NAME, OUTPUT_NAME, PARITY_SHAPES, write_atomically
+from service.core.engines.ortconfig import cuda_usable, fp16_path_for
+from service.host import atomic_write_bytes
+from training.export import INPUT_NAME, OUTPUT_NAME, PARITY_SHAPES
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def convert_to_fp16(
         raise PrecisionError(
             f"fp16 output differs from fp32 by {parity['max_abs_diff']:.3f} > {tolerance}"
         )
-    write_atomically(dst, lambda tmp: tmp.write_bytes(serialized))
+    atomic_write_bytes(dst, serialized)
     log.info(
         "wrote %s (max |fp16 - fp32| = %.3f, %.1f dB)",
         dst,

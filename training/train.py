@@ -25,10 +25,10 @@ from pathlib import Path
 
 import keras
 
+from service.host import atomic_path, atomic_write_text
 from training import data
 from training.config import TrainConfig
 from training.degradations import MIXTURES
-from training.export import write_atomically
 from training.metrics import psnr_metric
 from training.model import EDSR, dtype_policy_scope, load_edsr
 
@@ -59,7 +59,7 @@ class RunState:
 
     def save(self, run_dir: Path) -> None:
         text = json.dumps(dataclasses.asdict(self), indent=2) + "\n"
-        write_atomically(run_dir / STATE_FILE, lambda tmp: tmp.write_text(text))
+        atomic_write_text(run_dir / STATE_FILE, text)
 
     @classmethod
     def load(cls, run_dir: Path) -> RunState:
@@ -88,11 +88,13 @@ class RunCheckpoint(keras.callbacks.Callback):
             state.best_val_psnr = float(val_psnr)
             state.best_step = state.step
             state.wait = 0
-            write_atomically(self.run_dir / BEST_CHECKPOINT, self.model.save)
+            with atomic_path(self.run_dir / BEST_CHECKPOINT) as tmp:
+                self.model.save(tmp)
             log.info("step %d: validation PSNR %.3f dB, new best", state.step, val_psnr)
         else:
             state.wait += 1
-        write_atomically(self.run_dir / LAST_CHECKPOINT, self.model.save)
+        with atomic_path(self.run_dir / LAST_CHECKPOINT) as tmp:
+            self.model.save(tmp)
         if self.patience and state.wait >= self.patience:
             state.stopped_early = True
             self.model.stop_training = True
@@ -138,7 +140,7 @@ def _drop_history_after(history: Path, step: int) -> None:
     log.info("dropping %d history row(s) past step %d", len(rows) - len(kept), step)
     buffer = io.StringIO()
     csv.writer(buffer).writerows(kept)  # the excel dialect, as Keras' CSVLogger writes
-    write_atomically(history, lambda tmp: tmp.write_text(buffer.getvalue()))
+    atomic_write_text(history, buffer.getvalue())
 
 
 def learning_rate_schedule(config: TrainConfig):

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from benchmarks import http_section, model_section, quality, startup_section
 from benchmarks.__main__ import main
 from benchmarks.context import BenchContext
 from benchmarks.targets import evaluate
-from service.ortconfig import openvino_installed
+from service.core.engines.ortconfig import openvino_installed
 from tests.service.helpers import noise_image
 
 ENGINES = ["onnxruntime"] + (["openvino"] if openvino_installed() else [])
@@ -69,14 +68,6 @@ def test_quality_command_scores_engines(tiny_model: Path, tmp_path: Path, capsys
         assert abs(rows["openvino_fp32"]["delta_vs_onnxruntime_fp32_db"]) < 0.05
     assert "| set |" in capsys.readouterr().out
     assert main(["quality", "--data", str(folder), "--model", str(tiny_model), "--quiet"]) == 0
-
-
-def test_y_psnr_shaves_the_border() -> None:
-    hr = np.full((12, 12, 3), 100, np.uint8)
-    sr = hr.copy()
-    sr[0, :] = 0  # only in the shaved border
-    assert quality.y_psnr(sr, hr, 4) == float("inf")
-    assert quality.y_psnr(sr, hr, 0) < 40
 
 
 def test_engine_targets_read_the_openvino_figures() -> None:

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
+from service.api.app import create_app
 from service.config import Settings
-from service.main import create_app
 from tests.delivery.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -65,7 +65,8 @@ def test_endpoints_and_response_headers_are_documented_in_the_api_reference():
     paths = set(app.openapi()["paths"])
     for path in paths:
         assert f"`{path}`" in API or f"`GET {path}`" in API or f"`POST {path}`" in API, path
-    headers = set(re.findall(r'"(X-[A-Za-z-]+)":', (ROOT / "service" / "routes.py").read_text()))
+    routes = (ROOT / "service" / "api" / "routes.py").read_text()
+    headers = set(re.findall(r'"(X-[A-Za-z-]+)":', routes))
     assert "X-Upscaler-Provider" in headers
     for header in headers:
         assert f"`{header}`" in API, header

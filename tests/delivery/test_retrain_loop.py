@@ -15,8 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from service.api.app import create_app
 from service.config import Settings
-from service.main import create_app
 from tests.conftest import synthetic_photo
 from tests.delivery.conftest import ROOT
 from tests.service.conftest import build_model
@@ -52,7 +52,7 @@ def _serve(model: Path):
 
 
 def _ready(client: TestClient) -> dict:
-    assert client.app.state.service.warmed.wait(timeout=60), "warm-up did not finish"
+    assert client.app.state.context.lifecycle.wait_warm(timeout=60), "warm-up did not finish"
     response = client.get("/readyz")
     assert response.status_code == 200, response.text
     return response.json()

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.app import create_app
 from service.config import Settings
-from service.main import create_app
-from service.ortconfig import openvino_installed
+from service.core.engines.ortconfig import openvino_installed
 from tests.service.helpers import CPU_ONLY, build_model, wait_until_ready
 
 AVAILABLE_ENGINES = ["onnxruntime"] + (["openvino"] if openvino_installed() else [])

@@ -11,6 +11,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -18,6 +19,8 @@ import onnxruntime as ort
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
+
+from service.core.lifecycle import ModelLifecycle
 
 SCALE = 4
 CPU_ONLY = ["CPUExecutionProvider"]
@@ -189,5 +192,10 @@ def raw_tiff(bits: int, sample_format: int, samples: int = 1, side: int = 4) -> 
 
 def wait_until_ready(client: TestClient) -> None:
     """Blocks until the app's background warm-up has finished."""
-    state = client.app.state.service
-    assert state.warmed.wait(timeout=30), "warm-up did not finish"
+    assert lifecycle_of(client.app).wait_warm(timeout=30), "warm-up did not finish"
+
+
+def lifecycle_of(app: Any) -> ModelLifecycle:
+    """The app's model lifecycle."""
+    lifecycle: ModelLifecycle = app.state.context.lifecycle
+    return lifecycle

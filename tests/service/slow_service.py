@@ -1,5 +1,5 @@
 """`python -m tests.service.slow_service DELAY [service arguments]`: the real service command
-(`service.__main__.main`, with its signal handling), every model call slowed by DELAY seconds.
+(`service.entry.server.main`, with its signal handling), every model call slowed by DELAY seconds.
 
 The drain test runs it as a separate process, so that SIGTERM reaches a real server.
 """
@@ -22,7 +22,7 @@ def main() -> None:
         return original(session, *args, **kwargs)
 
     ort.InferenceSession.run = run  # type: ignore[method-assign]
-    from service.__main__ import main as serve
+    from service.entry.server import main as serve
 
     serve(sys.argv[2:])
 

@@ -9,7 +9,7 @@ from PIL import Image
 from training import degradations
 from training.data import ImagePair, TrainingPatches, bicubic_downscale
 from training.degradations import CATEGORIES, MIXTURES, Mixture
-from training.metrics import psnr_y
+from training.protocol import psnr_y
 
 
 def smooth_image(size: int = 64, seed: int = 0) -> np.ndarray:

@@ -16,8 +16,8 @@ from training.evaluate import (
     load_upscaler,
 )
 from training.export import export_onnx
-from training.metrics import psnr_y
 from training.model import build_edsr
+from training.protocol import psnr_y
 
 
 def _bicubic_model(scale: int) -> Upscaler:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from service.main import create_app
+from service.api.app import create_app
 from tests.service.helpers import build_model
 from tests.web.live import (
     CHROMIUM,

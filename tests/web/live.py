@@ -27,7 +27,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.config import Settings
-from service.engine import OnnxEngine
+from service.core.engines import OnnxEngine
 from tests.service.helpers import CPU_ONLY
 
 #: Debian's `chromium` package; never a browser fetched by `playwright install`.
@@ -132,7 +132,7 @@ class SlowModel:
 def _engine_classes() -> list[type]:
     classes: list[type] = [OnnxEngine]
     with contextlib.suppress(ImportError):  # OpenVINO is not installed on every platform
-        from service.openvino_engine import OpenVinoEngine
+        from service.core.engines.openvino_engine import OpenVinoEngine
 
         classes.append(OpenVinoEngine)
     return classes

@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.images import SHARED_BENCH, synthetic_photo
+from service.api.app import create_app
 from service.config import Settings
-from service.main import create_app
 from tests.service.helpers import CPU_ONLY
 from tests.web.live import CHROMIUM, CHROMIUM_ARGS, LiveServer
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.ensemble import self_ensemble
+from service.core.ensemble import self_ensemble
 from training import data
 from training.evaluate import Upscaler, evaluate_folder, load_upscaler
 
