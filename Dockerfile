@@ -89,11 +89,8 @@ RUN python -c "import pathlib, sys, sysconfig; root = pathlib.Path(sysconfig.get
 COPY models/ /app/models/
 ENV UPSCALER_MODELS_DIR=/app/models \
     UPSCALER_DEFAULT_MODEL=edsr_x4
-# glibc keeps freed memory in up to 8 arenas per core; two arenas keep the server's RSS lower
-# and flatter under a long mixed workload (scripts/soak.py, 3 rounds of 200: growth from round 1
-# to 3 +106 MB instead of +138, peak 659 MB instead of 721). MALLOC_MMAP_THRESHOLD_=131072 did
-# the same (+99); jemalloc (LD_PRELOAD) aborted the server at start.
-ENV MALLOC_ARENA_MAX=2
+# No MALLOC_ARENA_MAX here: `python -m service` bounds its glibc malloc arenas to two itself
+# (service.host.limit_malloc_arenas; docs/operations.md, memory), however it is started.
 USER 10001:10001
 EXPOSE 8000
 # /readyz answers 200 only once the model is loaded and warmed up (503 before, and on failure).

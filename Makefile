@@ -81,8 +81,9 @@ $(CHROMIUM):
 
 # --- the two commands ----------------------------------------------------------------------------
 
-# As in the service image (see the Dockerfile): two glibc arenas, measured with scripts/soak.py.
-serve: export MALLOC_ARENA_MAX ?= 2
+# No MALLOC_ARENA_MAX: the server bounds its own malloc arenas (service.host.limit_malloc_arenas).
+# Jobs (POST /jobs, and the page's progress and reload pick-up) keep their files in ./jobs.
+serve: export UPSCALER_JOBS_DIR ?= jobs
 serve: $(SERVE_STAMP)
 	$(PY) -m service --host $(HOST) --port $(PORT)$(if $(MODEL), --model '$(MODEL)',)
 

@@ -1,8 +1,10 @@
 """Command line: `python -m benchmarks [--quick] [--model PATH] [--checkpoint PATH] ...`.
 
-Runs the sections in order (model, tiling, tuning, encode, memory, http, gpu), writes
-`<out>/<name>.json` with every figure, the machine and the versions, `<out>/<name>_latency.png`,
-and prints the targets table. `--quick` runs a reduced set in under 3 minutes on 2 cores.
+Runs the sections in order (model, tiling, tuning, encode, memory, http, startup, estimate,
+gpu), writes `<out>/<name>.json` with every figure, the machine and the versions,
+`<out>/<name>_latency.png`, and prints the targets table. `--quick` runs the sections a first
+look needs (model, encode, http, gpu) in about two minutes on 2 cores; the full run (the
+default) runs them all.
 
 `python -m benchmarks quality --data DIR ...` scores every engine/precision's PSNR against
 onnxruntime fp32 instead (`benchmarks.quality`).
@@ -19,7 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("model", "tiling", "tuning", "encode", "memory", "http", "startup", "gpu")
+from benchmarks.presets import QUICK, SECTIONS
+
 #: Sections run only when `--sections` names them: `ray` needs the `ray` extra and starts a
 #: local Ray instance (`benchmarks.ray_section`).
 OPTIONAL_SECTIONS = ("ray",)
@@ -39,7 +42,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help=".keras checkpoint of the same weights, for the Keras predict baseline",
     )
-    parser.add_argument("--quick", action="store_true", help="reduced set, < 3 minutes")
+    parser.add_argument(
+        "--quick", action="store_true", help="what a first look needs, about 2 minutes"
+    )
     parser.add_argument(
         "--preset",
         choices=("quick", "full", "smoke"),
@@ -48,8 +53,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--sections",
-        default=",".join(SECTIONS),
-        help="comma-separated subset of: %(default)s; optional: " + ",".join(OPTIONAL_SECTIONS),
+        default=None,
+        help="comma-separated subset of: "
+        + ",".join(SECTIONS)
+        + " (default: the preset's; --quick runs "
+        + ",".join(QUICK.sections)
+        + "); optional: "
+        + ",".join(OPTIONAL_SECTIONS),
     )
     parser.add_argument(
         "--out", type=Path, default=Path("docs/benchmarks"), help="folder for JSON and plot"
@@ -59,7 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
-    unknown = set(args.sections.split(",")) - set(SECTIONS) - set(OPTIONAL_SECTIONS)
+    unknown = set((args.sections or "").split(",")) - {""} - set(SECTIONS) - set(OPTIONAL_SECTIONS)
     if unknown:
         parser.error(f"unknown sections: {sorted(unknown)}")
     return args
@@ -68,6 +78,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def _sections() -> dict[str, Callable[[Any], dict[str, Any]]]:
     from benchmarks import (
         encode_section,
+        estimate_section,
         gpu_section,
         http_section,
         memory_section,
@@ -86,6 +97,7 @@ def _sections() -> dict[str, Callable[[Any], dict[str, Any]]]:
         "memory": memory_section.run,
         "http": http_section.run,
         "startup": startup_section.run,
+        "estimate": estimate_section.run,
         "gpu": gpu_section.run,
         "ray": ray_section.run,
     }
@@ -115,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint=args.checkpoint,
         verbose=not args.quiet,
     )
-    wanted = args.sections.split(",")
+    wanted = args.sections.split(",") if args.sections else list(preset.sections)
     name = args.name or ("gpu" if wanted == ["gpu"] else "cpu") + f"-{preset.name}"
     results: dict[str, Any] = {
         "command": "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv),

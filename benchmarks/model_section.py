@@ -137,9 +137,29 @@ def parallel_throughput(
     return rows
 
 
+def _parallel_study(
+    ctx: BenchContext, onnx_engine: Any, openvino: dict[str, Any], batch: np.ndarray
+) -> dict[str, Any]:
+    """2 parallel calls against 1, for onnxruntime and the fastest OpenVINO precision under
+    both hints (`parallel_throughput`)."""
+    runs: dict[str, Any] = {"onnxruntime": lambda: onnx_engine.run(batch)}
+    if openvino:
+        fastest = openvino.get("openvino_bf16") or openvino["openvino_fp32"]
+        precision = fastest.info.precision
+        runs[f"openvino_{precision}_latency"] = lambda: fastest.run(batch)
+        throughput = ctx.make_named_engine(
+            "openvino", precision=precision, openvino_hint="throughput"
+        )
+        runs[f"openvino_{precision}_throughput"] = lambda: throughput.run(batch)
+    parallel = parallel_throughput(runs, ctx.preset.repeats)
+    for name, row in parallel.items():
+        ctx.log(f"model: {name} 2 parallel calls / 1: {row['speedup']:.2f}x images/s")
+    return parallel
+
+
 def run(ctx: BenchContext) -> dict[str, Any]:
     """Times the service's engines, Keras `predict` and OpenCV DNN on one `model_input`-sided
-    image, then 2 parallel calls against 1 per engine and OpenVINO hint."""
+    image, then (`Preset.model_parallel`) 2 parallel calls against 1 per engine and hint."""
     side = ctx.preset.model_input
     batch = ctx.image(side)[np.newaxis].astype(np.float32)
     flops = conv_flops(ctx.model_path, side, side)
@@ -192,18 +212,10 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     )
     service_ms = by_name[service_cpu]
 
-    runs: dict[str, Any] = {"onnxruntime": lambda: onnx_engine.run(batch)}
-    if openvino:
-        fastest = openvino.get("openvino_bf16") or openvino["openvino_fp32"]
-        precision = fastest.info.precision
-        runs[f"openvino_{precision}_latency"] = lambda: fastest.run(batch)
-        throughput = ctx.make_named_engine(
-            "openvino", precision=precision, openvino_hint="throughput"
-        )
-        runs[f"openvino_{precision}_throughput"] = lambda: throughput.run(batch)
-    parallel = parallel_throughput(runs, ctx.preset.repeats)
-    for name, row in parallel.items():
-        ctx.log(f"model: {name} 2 parallel calls / 1: {row['speedup']:.2f}x images/s")
+    if ctx.preset.model_parallel:
+        parallel = _parallel_study(ctx, onnx_engine, openvino, batch)
+    else:
+        parallel = {"skipped": f"not in the {ctx.preset.name} preset"}
     return {
         "input": f"1x{side}x{side}x3",
         "gflop_per_call": round(flops / 1e9, 4),

@@ -1,4 +1,5 @@
-"""How much each run measures: `--quick` (under 3 minutes on 2 cores) or the full set."""
+"""How much each run measures: `--quick` (about two minutes on 2 cores: what a user runs first)
+or the full set, which carries the studies a first look does not need."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ class Preset:
 
     Attributes:
         name: `quick` or `full`.
+        sections: The sections run unless `--sections` names others.
+        model_parallel: Whether the model section also times 2 parallel calls against 1 (per
+            engine and OpenVINO hint): a study for choosing settings, ~20 s on 2 cores.
         repeats: Timed repetitions of each measurement (after one untimed warm-up).
         model_input: Side of the LR input of the model section (one whole-image call).
         tiling_input: Side of the LR input of the tiling section.
@@ -25,6 +29,8 @@ class Preset:
     """
 
     name: str
+    sections: tuple[str, ...]
+    model_parallel: bool
     repeats: int
     model_input: int
     tiling_input: int
@@ -37,15 +43,25 @@ class Preset:
     encode_input: int
 
 
+#: Every section, in the order they run (`python -m benchmarks --sections` takes a subset).
+SECTIONS = ("model", "tiling", "tuning", "encode", "memory", "http", "startup", "estimate", "gpu")
+
+#: What a user sees first, under about two minutes on a busy 2-core CPU (measured: see
+#: docs/benchmarks.md): each engine's speed, the encoders, and the real service over HTTP (and
+#: the GPU where there is one). The full run adds the tiling, tuning, memory, start-up and
+#: estimate sections and the parallel-call study, which took over 200 s more on the same machine.
 QUICK = Preset(
     name="quick",
+    sections=("model", "encode", "http", "gpu"),
+    model_parallel=False,
     repeats=2,
     model_input=128,
     tiling_input=512,
     tuning_input=96,
     tile_sweep=((320, (128, 192, 256, 384)),),
     http_sizes=(64, 256),
-    http_concurrency=(1, 4, 16),
+    # Concurrency 1 and 4 give the throughput target; 16 (the queue overflowing) is the full run's.
+    http_concurrency=(1, 4),
     http_min_requests=2,
     http_cell_budget_s=20.0,
     encode_input=256,
@@ -53,6 +69,8 @@ QUICK = Preset(
 
 FULL = Preset(
     name="full",
+    sections=SECTIONS,
+    model_parallel=True,
     repeats=3,
     model_input=256,
     tiling_input=512,
@@ -70,6 +88,8 @@ FULL = Preset(
 #: A preset small enough for the test suite's smoke run on a tiny model.
 SMOKE = Preset(
     name="smoke",
+    sections=SECTIONS,
+    model_parallel=True,
     repeats=1,
     model_input=16,
     tiling_input=40,

@@ -14,14 +14,12 @@ import numpy as np
 
 from benchmarks.context import BenchContext
 from benchmarks.measure import ratio, time_interleaved
-from service.core.tiling import plan_tiles, tile_shape, upscale_tiled
+from service.core.tiling import model_pixels, plan_tiles, tile_shape, upscale_tiled
 
 
 def pixel_work(height: int, width: int, tile_size: int, overlap: int, fit: bool) -> float:
     """LR pixels the model processes for a tiled image, relative to the image's own pixels."""
-    rows, cols = tile_shape(height, width, tile_size, overlap, fit=fit)
-    tiles = len(plan_tiles(height, width, tile_size, overlap, fit=fit))
-    return tiles * rows * cols / (height * width)
+    return model_pixels(height, width, tile_size, overlap, fit=fit) / (height * width)
 
 
 def _psnr(difference: np.ndarray) -> float | None:

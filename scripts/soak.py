@@ -13,9 +13,11 @@ else (a 5xx but 503, a dropped connection on a well-formed request, an unreadabl
 dead server, when the run overstays `--time-limit`, or when RSS grows by more than
 `--max-rss-growth-mb` between the end of the first round and the end of the last.
 
-Allocator settings are compared by running it once per setting, for the server only:
+The server bounds glibc's malloc arenas to two itself (`service.host.limit_malloc_arenas`), so
+the plain command measures what every start gets. Other allocator settings are compared by
+running it once per setting, for the server only (an explicit MALLOC_ARENA_MAX wins):
 
-    python scripts/soak.py --server-env MALLOC_ARENA_MAX=2
+    python scripts/soak.py --server-env MALLOC_ARENA_MAX=8
     python scripts/soak.py --server-env LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
 """
 
@@ -363,7 +365,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="environment variable for the server only (repeatable), e.g. MALLOC_ARENA_MAX=2",
+        help="environment variable for the server only (repeatable), e.g. MALLOC_ARENA_MAX=8",
     )
     parser.add_argument(
         "--max-rss-growth-mb",

@@ -8,7 +8,8 @@ The folders are the layers; each may import only the layers listed before it
 - `service.imaging`: image I/O on bytes and numpy arrays (decode, encode, the PNG writer, the
   choice of output format).
 - `service.core`: the inference core (engines, models and their lifecycle, hot reload, the
-  pipeline, tiling, ensemble, admission, metrics); no FastAPI, no Starlette.
+  pipeline, tiling, ensemble, admission, metrics, the asynchronous jobs, fetching by URL); no
+  FastAPI, no Starlette.
 - `service.api`: the HTTP shell (app factory, routes, dependencies, auth, errors, middleware,
   the web page).
 - `service.entry`: the entry points (the server process, the `upscale` CLI, Ray Serve).

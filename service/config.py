@@ -7,6 +7,7 @@ plain values (or this `Settings` object) from its caller, so tests can inject an
 from __future__ import annotations
 
 import json
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -67,6 +68,15 @@ class Settings(BaseSettings):
         description="Model (file stem in MODELS_DIR) that `POST /upscale` uses without "
         "`?model=`; start-up fails if MODELS_DIR has no such model. Ignored when MODEL_PATH is "
         "set.",
+    )
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="The models of MODELS_DIR to serve, by name (comma-separated or a JSON "
+        "list); empty: all of them. Each one served costs a warm-up at start-up and its "
+        "engine's buffers for the tile shape, kept between requests: about 320 MB on OpenVINO "
+        "and 440 MB on onnxruntime's CPU arena at 192-pixel tiles. Start-up fails for a name "
+        "the folder lacks, or when DEFAULT_MODEL is not among them; the hot reload then adds "
+        "no other model of the folder. Ignored when MODEL_PATH is set.",
     )
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_PROVIDERS),
@@ -137,6 +147,16 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(
         default=8, ge=0, description="Requests allowed to wait for a slot before 503."
+    )
+    max_wait_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="Longest estimated wait for a slot that POST /upscale accepts; beyond it "
+        "503, with Retry-After saying when the wait would be short enough. The estimate is "
+        "the model work left of the upscales running and queued (their pixels times the "
+        "host's seconds per megapixel, timed at warm-up: `seconds_per_megapixel` in GET "
+        "/models), so it holds on slow hosts, where MAX_QUEUE large images can mean half an "
+        "hour.",
     )
     retry_after_seconds: int = Field(
         default=5, ge=1, description="Value of the Retry-After header on 503 responses."
@@ -251,6 +271,59 @@ class Settings(BaseSettings):
         "/readyz answers 503 `draining` and new uploads 503 with Retry-After. Keep it under "
         "the orchestrator's kill delay (Kubernetes: 30 s; compose sets stop_grace_period).",
     )
+    jobs_dir: Path | None = Field(
+        default=None,
+        description="Folder of the asynchronous jobs (POST /jobs): their records (SQLite) and "
+        "their input and result files, kept across restarts. Unset: the job routes answer 404 "
+        "and the page uses POST /upscale.",
+    )
+    job_retention_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long a finished job's result is kept; after it GET /jobs/ID/result "
+        "answers 410, and a day later the job is forgotten (404).",
+    )
+    jobs_max_bytes: int = Field(
+        default=2 * 1024 * MIB,
+        ge=1,
+        description="Size cap of JOBS_DIR's inputs and results: while they hold more, new jobs "
+        "get 507 with Retry-After (a result may overshoot the cap by its own size).",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Key that signs webhook deliveries as Standard Webhooks says "
+        "(`whsec_` + base64, or any other text used as is). Unset: jobs with a `webhook` are "
+        "refused (422).",
+    )
+    webhook_max_attempts: int = Field(
+        default=6,
+        ge=1,
+        description="Tries of a job's terminal webhook (on 429, 5xx and network errors), "
+        "waiting WEBHOOK_RETRY_SECONDS, then twice as long each time.",
+    )
+    webhook_retry_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Wait before the first retry of a terminal webhook (doubling after).",
+    )
+    url_input: bool = Field(
+        default=False,
+        description='Accept `{"image_url": "https://..."}` JSON bodies on POST /upscale '
+        "and POST /jobs: the service fetches the image (http(s) only, every address it "
+        "connects to checked against URL_ALLOW_NETWORKS, MAX_UPLOAD_BYTES while streaming).",
+    )
+    url_allow_networks: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list,
+        description="Networks (CIDR, comma-separated) that fetched images and webhooks may "
+        "reach although they are loopback, private, link-local, unspecified, multicast or "
+        "reserved (refused by default).",
+    )
+    url_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest time to fetch an `image_url` (all redirects) or to deliver one "
+        "webhook; connecting gets at most 5 s of it.",
+    )
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -264,7 +337,7 @@ class Settings(BaseSettings):
             return [PROVIDER_ALIASES.get(name.lower(), name) for name in names]
         return value
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "url_allow_networks", "models", mode="before")
     @classmethod
     def _parse_list(cls, value: Any) -> Any:
         """Accepts a JSON list, a comma-separated string or a list; drops empty items."""

@@ -94,3 +94,57 @@ class OverloadedError(UpscalerError):
 
 class ClientDisconnectedError(UpscalerError):
     """The client went away before its image was processed, so the work was skipped."""
+
+
+class JobsUnavailableError(UpscalerError):
+    """This service keeps no jobs: UPSCALER_JOBS_DIR is unset, or the host cannot keep them
+    (Ray Serve replicas)."""
+
+
+class JobNotFoundError(UpscalerError):
+    """No job of this ID is visible to the caller (never created, deleted, forgotten, or
+    another API key's)."""
+
+
+class JobConflictError(UpscalerError):
+    """`PUT /jobs/{id}` reused an ID with another input or other parameters."""
+
+
+class ResultNotReadyError(UpscalerError):
+    """The job has no result (yet, or ever: it failed or was canceled)."""
+
+
+class ResultExpiredError(UpscalerError):
+    """The job's result was deleted after UPSCALER_JOB_RETENTION_SECONDS."""
+
+
+class JobStoreFullError(UpscalerError):
+    """The jobs folder holds UPSCALER_JOBS_MAX_BYTES already; results expiring will free it."""
+
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class UrlInputDisabledError(UnsupportedMediaTypeError):
+    """A JSON body (`image_url`) was sent but UPSCALER_URL_INPUT is off."""
+
+
+class UrlRefusedError(InvalidParameterError):
+    """A URL (image_url or webhook) breaks a rule: scheme, address range, redirects."""
+
+
+class UrlFetchError(InvalidParameterError):
+    """The image at `image_url` could not be fetched (unreachable, error status, timeout)."""
+
+
+class ImageUrlTooLargeError(UploadTooLargeError):
+    """The image at `image_url` is larger than UPSCALER_MAX_UPLOAD_BYTES."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        UpscalerError.__init__(
+            self,
+            f"the image at image_url exceeds the limit of {limit_bytes} bytes "
+            "(UPSCALER_MAX_UPLOAD_BYTES); nothing of it was decoded",
+        )
+        self.limit_bytes = limit_bytes

@@ -130,12 +130,16 @@ def add_noise(image: np.ndarray, sigma: float, grey: bool, rng: np.random.Genera
     return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
 
 
-def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-    """Encodes as JPEG (Pillow's defaults: 4:2:0 chroma) and decodes it back."""
+def jpeg_file(image: np.ndarray, quality: int) -> bytes:
+    """The image as a JPEG file (Pillow's defaults: 4:2:0 chroma)."""
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, "JPEG", quality=int(quality))
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
+    return buffer.getvalue()
+
+
+def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """Encodes as JPEG (`jpeg_file`) and decodes it back."""
+    with Image.open(io.BytesIO(jpeg_file(image, quality))) as decoded:
         return np.asarray(decoded.convert("RGB"))
 
 
@@ -169,22 +173,37 @@ def apply_mixture(hr: np.ndarray, scale: int, mixture: Mixture, rng: np.random.G
     return image
 
 
-def _camera(hr: np.ndarray, scale: int, rng: np.random.Generator) -> np.ndarray:
-    """A phone photo shared on the web: soft lens, resize, sensor noise, JPEG."""
-    lr = downscale(blur(hr, 1.0), scale, "area")
-    return jpeg(add_noise(lr, 5.0, grey=False, rng=rng), 75)
+Recipe = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
+
+
+def _clean(hr: np.ndarray, scale: int, rng: np.random.Generator) -> np.ndarray:
+    return downscale(hr, scale, "pil_bicubic")
+
+
+def _camera_before_jpeg(hr: np.ndarray, scale: int, rng: np.random.Generator) -> np.ndarray:
+    """A phone photo before it is saved: soft lens, resize, sensor noise."""
+    return add_noise(downscale(blur(hr, 1.0), scale, "area"), 5.0, grey=False, rng=rng)
+
+
+#: The categories whose LR is a JPEG file: the picture before compression, and the quality.
+JPEG_CATEGORIES: dict[str, tuple[Recipe, int]] = {
+    **{f"jpeg-{q}": (_clean, q) for q in (30, 50, 75)},
+    "camera": (_camera_before_jpeg, 75),
+}
+
+
+def _jpeg_recipe(name: str) -> Recipe:
+    before, quality = JPEG_CATEGORIES[name]
+    return lambda hr, s, rng: jpeg(before(hr, s, rng), quality)
 
 
 # The evaluation's categories, each a fixed recipe (noise seeded by the caller, per image).
-CATEGORIES: dict[str, Callable[[np.ndarray, int, np.random.Generator], np.ndarray]] = {
-    "clean": lambda hr, s, rng: downscale(hr, s, "pil_bicubic"),
+CATEGORIES: dict[str, Recipe] = {
+    "clean": _clean,
     "cv2-bicubic": lambda hr, s, rng: downscale(hr, s, "cv2_cubic"),
     "cv2-bilinear": lambda hr, s, rng: downscale(hr, s, "cv2_linear"),
     "nearest": lambda hr, s, rng: downscale(hr, s, "nearest"),
-    **{
-        f"jpeg-{q}": (lambda hr, s, rng, q=q: jpeg(downscale(hr, s, "pil_bicubic"), q))
-        for q in (30, 50, 75)
-    },
+    **{f"jpeg-{q}": _jpeg_recipe(f"jpeg-{q}") for q in (30, 50, 75)},
     **{
         f"noise-{n}": (
             lambda hr, s, rng, n=n: add_noise(downscale(hr, s, "pil_bicubic"), n, False, rng)
@@ -195,5 +214,18 @@ CATEGORIES: dict[str, Callable[[np.ndarray, int, np.random.Generator], np.ndarra
         f"blur-{b}": (lambda hr, s, rng, b=b: downscale(blur(hr, float(b)), s, "pil_bicubic"))
         for b in (1, 2)
     },
-    "camera": _camera,
+    # A phone photo shared on the web: soft lens, resize, sensor noise, JPEG.
+    "camera": _jpeg_recipe("camera"),
 }
+
+
+def category_file(name: str, hr: np.ndarray, scale: int, rng: np.random.Generator) -> bytes:
+    """The category's LR image as the file a user would upload: a JPEG at the category's
+    quality for the JPEG and camera categories (decoding to exactly `CATEGORIES[name]`'s
+    pixels), a PNG otherwise."""
+    if name in JPEG_CATEGORIES:
+        before, quality = JPEG_CATEGORIES[name]
+        return jpeg_file(before(hr, scale, rng), quality)
+    buffer = io.BytesIO()
+    Image.fromarray(CATEGORIES[name](hr, scale, rng)).save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()

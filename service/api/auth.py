@@ -7,7 +7,8 @@ Only digests are kept: a presented key is hashed and compared with every accepte
 
 `require_api_key` is a dependency declared before the other parameters of the protected
 routes, so a refused request costs no byte of its body. It uses FastAPI's `HTTPBearer` (without
-its own error) so that the OpenAPI document declares the scheme.
+its own error) so that the OpenAPI document declares the scheme; `document_access` then makes the
+document say what the running service asks for (no key at all when keys are off).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -154,3 +155,37 @@ def require_api_key_for_metrics(request: Request) -> None:
         return
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     _check(request, scheme, key.strip())
+
+
+#: The OpenAPI answer of a refused key (the routes' own error shape, `ErrorBody`).
+_UNAUTHORIZED_RESPONSE = {
+    "description": "API keys are configured and the request carries no `Authorization: Bearer "
+    "KEY` header, or an unknown key. Has `WWW-Authenticate: Bearer`.",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+}
+
+
+def document_access(schema: dict[str, Any], keys: ApiKeys, protect_metrics: bool) -> None:
+    """Makes the OpenAPI document claim the authentication the service really asks for.
+
+    FastAPI declares the Bearer scheme on every route that depends on `require_api_key`,
+    whatever the settings; a generated client would then insist on a key nobody has. With keys
+    off, the scheme, the operations' `security` and their 401 answers go; with keys on and
+    `protect_metrics`, GET /metrics (whose check reads the header itself) gets them too.
+    """
+    operations = [
+        operation
+        for path_item in schema.get("paths", {}).values()
+        for operation in path_item.values()
+        if isinstance(operation, dict)
+    ]
+    if not keys.enabled:
+        for operation in operations:
+            if operation.pop("security", None) is not None:
+                operation.get("responses", {}).pop("401", None)
+        schema.get("components", {}).pop("securitySchemes", None)
+        return
+    metrics = schema.get("paths", {}).get("/metrics", {}).get("get")
+    if protect_metrics and metrics is not None:
+        metrics["security"] = [{bearer.scheme_name: []}]
+        metrics.setdefault("responses", {})["401"] = _UNAUTHORIZED_RESPONSE

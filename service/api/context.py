@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING
 from starlette.requests import HTTPConnection
 
 from service.config import Settings
+from service.core.jobs.service import JobService
 from service.core.lifecycle import ModelLifecycle
 from service.core.metrics import ServiceMetrics
+from service.core.urlfetch import UrlFetcher
 
 if TYPE_CHECKING:
     from service.api.auth import ApiKeys
@@ -24,11 +26,17 @@ class AppContext:
         settings: The settings the app was built with (limits, keys, page).
         lifecycle: The models, from load to drop, and readiness.
         api_keys: The accepted API keys (none: authentication off).
+        fetcher: Fetches `image_url` inputs and delivers webhooks (`service.core.urlfetch`).
+        jobs: The asynchronous jobs, or None when this app keeps none (`jobs_off` says why).
+        jobs_off: Why there are no jobs, for the job routes' 404.
     """
 
     settings: Settings
     lifecycle: ModelLifecycle
     api_keys: ApiKeys
+    fetcher: UrlFetcher
+    jobs: JobService | None = None
+    jobs_off: str = ""
 
     @property
     def metrics(self) -> ServiceMetrics:

@@ -18,9 +18,10 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
 from service.api.context import context_of
+from service.api.urlinput import JSON_MEDIA_TYPE, read_image_url
+from service.core.choice import Fixed, Selection, select
 from service.core.lifecycle import Serving
 from service.core.pipeline import Quality
-from service.core.registry import ServedModel
 from service.exceptions import (
     ClientDisconnectedError,
     EmptyUploadError,
@@ -73,25 +74,29 @@ def requested_model(
     model: Annotated[
         str | None,
         Query(
-            description="Name of the model to run (GET /models lists them); the default model "
-            "(UPSCALER_DEFAULT_MODEL) when omitted.",
+            description="Name of the model to run (GET /models lists them), or `auto`: chosen "
+            "from the input (the clean model for clean images, the robust one for JPEG, "
+            "noise or resizes without smoothing) when both kinds are served. When omitted: "
+            "`auto` when both kinds are served, else the default model (UPSCALER_DEFAULT_MODEL).",
         ),
     ] = None,
-) -> ServedModel:
-    """The `model` query parameter: one of the loaded models, the default when omitted.
+) -> Selection:
+    """The `model` query parameter: a loaded model, or `auto` (`service.core.choice.select`).
 
     Checked before the upload is read, like `quality`, and with the service's one error shape.
-    The chosen name is left in the request's state for the metrics' `model` label.
+    A named model is left in the request's state for the metrics' `model` label (the route
+    leaves the one `auto` chose).
 
     Raises:
         UnknownModelError: For a name no loaded model has (422, listing the known names).
     """
-    served = state.models.get(model)
-    setattr(request.state, MODEL_STATE_KEY, served.name)
-    return served
+    selection = select(state.models, model)
+    if isinstance(selection, Fixed):
+        setattr(request.state, MODEL_STATE_KEY, selection.model.name)
+    return selection
 
 
-RequestedModel = Annotated[ServedModel, Depends(requested_model)]
+RequestedModel = Annotated[Selection, Depends(requested_model)]
 
 
 def _limited_receive(receive: Receive, limit: int) -> Receive:
@@ -140,7 +145,8 @@ async def _read_multipart(request: Request) -> bytes:
 
 
 async def read_upload(request: Request, state: ReadyService) -> bytes:
-    """Reads the uploaded image: multipart field `file`, or a raw `image/*` body.
+    """Reads the uploaded image: multipart field `file`, a raw `image/*` body, or the image at
+    the `image_url` of a JSON body (`service.api.urlinput`, when UPSCALER_URL_INPUT is on).
 
     Raises `UploadTooLargeError` (Content-Length or bytes received over the limit),
     `OverloadedError` (too many bodies arriving), `UploadTimeoutError`,
@@ -153,6 +159,8 @@ async def read_upload(request: Request, state: ReadyService) -> bytes:
         raise UploadTooLargeError(limit)
 
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == JSON_MEDIA_TYPE:  # {"image_url": ...}: fetched, not uploaded
+        return await read_image_url(request, state)
     if media_type != "multipart/form-data" and not (
         media_type.startswith("image/") or media_type in _RAW_MEDIA_TYPES
     ):
@@ -228,3 +236,34 @@ def requested_quality(
 
 
 RequestedQuality = Annotated[Quality, Depends(requested_quality)]
+
+
+#: The values of the `metadata` query parameter: whether the photo's EXIF and XMP are kept.
+METADATA_CHOICES = {"strip": False, "keep": True}
+
+
+def requested_metadata(
+    metadata: Annotated[
+        str,
+        Query(
+            description="`strip` (the default): the output carries only the ICC profile; "
+            "`keep`: also the input's EXIF and XMP (GPS position included), with the "
+            "orientation reset to upright and the dimensions the output's.",
+            json_schema_extra={"enum": list(METADATA_CHOICES)},
+        ),
+    ] = "strip",
+) -> bool:
+    """The `metadata` query parameter, as whether to keep EXIF and XMP; refused before the
+    upload is read, like `quality`.
+
+    Raises:
+        InvalidParameterError: For anything but `strip` or `keep`.
+    """
+    if metadata not in METADATA_CHOICES:
+        raise InvalidParameterError(
+            f"query parameter metadata={metadata!r} is not valid; use 'strip' or 'keep'"
+        )
+    return METADATA_CHOICES[metadata]
+
+
+KeepMetadata = Annotated[bool, Depends(requested_metadata)]

@@ -20,10 +20,16 @@ from service.exceptions import (
     EmptyUploadError,
     ImageTooLargeError,
     InvalidParameterError,
+    JobConflictError,
+    JobNotFoundError,
+    JobStoreFullError,
+    JobsUnavailableError,
     MissingFieldError,
     NotAcceptableError,
     NotReadyError,
     OverloadedError,
+    ResultExpiredError,
+    ResultNotReadyError,
     StartupError,
     UnsupportedImageError,
     UnsupportedMediaTypeError,
@@ -48,6 +54,12 @@ ERROR_STATUS: dict[type[UpscalerError], int] = {
     CorruptImageError: 422,
     NotReadyError: 503,
     OverloadedError: 503,
+    JobsUnavailableError: 404,
+    JobNotFoundError: 404,
+    ResultNotReadyError: 404,
+    JobConflictError: 409,
+    ResultExpiredError: 410,
+    JobStoreFullError: 507,
     # nginx's "client closed request": nobody reads it, but logs and metrics show what happened.
     ClientDisconnectedError: 499,
     # Only reachable if a model fails after start-up; never caused by user input.
@@ -75,22 +87,26 @@ UPSCALE_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     ),
     408: _documented("The upload did not arrive within UPSCALER_UPLOAD_TIMEOUT_SECONDS."),
     413: _documented(
-        "Request body over UPSCALER_MAX_UPLOAD_BYTES, image dimensions over "
+        "Request body (or the image at `image_url`, counted while it streams) over "
+        "UPSCALER_MAX_UPLOAD_BYTES, image dimensions over "
         "UPSCALER_MAX_INPUT_PIXELS (decompression bombs included; nothing is decoded) or, with "
         "quality=max, over UPSCALER_MAX_ENSEMBLE_INPUT_PIXELS."
     ),
     415: _documented(
-        "Content-Type is neither multipart/form-data nor image/*, or the file is not an image "
-        "in a supported format (JPEG, PNG, WebP, BMP, TIFF, GIF) or pixel mode."
+        "Content-Type is neither multipart/form-data nor image/* (nor application/json with "
+        "UPSCALER_URL_INPUT on), or the file is not an image in a supported format (JPEG, PNG, "
+        "WebP, BMP, TIFF, GIF) or pixel mode."
     ),
     422: _documented(
         "Empty upload, missing `file` field, a truncated/corrupt file of a supported format, "
-        "or an unknown `quality`."
+        "an unknown `quality` or `metadata`, or an `image_url` refused (the detail names the "
+        "rule: scheme, address range, redirects) or that could not be fetched."
     ),
     503: _documented(
-        "Model still warming up, all inference slots and the queue are full, or "
-        "UPSCALER_MAX_CONCURRENT_UPLOADS bodies are already arriving. Carries a Retry-After "
-        "header."
+        "Model still warming up, all inference slots and the queue are full, the estimated "
+        "wait for a slot is over UPSCALER_MAX_WAIT_SECONDS (Retry-After: when it would not "
+        "be), or UPSCALER_MAX_CONCURRENT_UPLOADS bodies are already arriving. Carries a "
+        "Retry-After header."
     ),
 }
 

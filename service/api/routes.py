@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Mapping
+from functools import partial
 from typing import Any
 
 import anyio
@@ -23,8 +24,10 @@ from starlette.concurrency import run_in_threadpool
 from service.api.auth import has_access, require_api_key, require_api_key_for_metrics
 from service.api.context import context_of
 from service.api.deps import (
+    MODEL_STATE_KEY,
     UPLOAD_FIELD,
     AcceptedFormats,
+    KeepMetadata,
     LoadedService,
     ReadyService,
     RequestedModel,
@@ -33,10 +36,12 @@ from service.api.deps import (
 )
 from service.api.errors import UPSCALE_ERROR_RESPONSES, ErrorBody
 from service.api.middleware import ACCESS_STATE_KEY
+from service.api.urlinput import upload_openapi
 from service.config import Settings
+from service.core.choice import AUTO, Auto, Choice
 from service.core.lifecycle import Serving
 from service.core.pipeline import Quality, UpscaleResult
-from service.core.registry import ModelRegistry, ServedModel
+from service.core.registry import ModelRegistry
 from service.exceptions import ClientDisconnectedError
 from service.imaging.encode import OutputFormat, describe_png_writer
 
@@ -47,24 +52,17 @@ UPSCALE_PATH = "/upscale"
 DISCONNECT_POLL_SECONDS = 0.5
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
-_UPLOAD_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "The image, as multipart field `file` or as the raw request body.",
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": [UPLOAD_FIELD],
-                    "properties": {UPLOAD_FIELD: _BINARY["schema"]},
-                }
-            },
-            "image/*": _BINARY,
-        },
-    }
-}
+_UPLOAD_OPENAPI = upload_openapi(
+    "The image, as multipart field `file` or as the raw request body; or, with "
+    'UPSCALER_URL_INPUT=true, `{"image_url": "https://..."}` as a JSON body.',
+    UPLOAD_FIELD,
+)
 _HEADERS = {
-    "X-Upscaler-Model": "Name of the model that ran (the `model` parameter, or the default).",
+    "X-Upscaler-Model": "Name of the model that ran: the `model` parameter, the one `auto` "
+    "chose, or the default.",
+    "X-Upscaler-Evidence": "Only when `auto` chose: what the input showed and found, e.g. "
+    "`jpeg-quality=72; noise=1.3; aliasing=-2.10; found=jpeg` (`found=none`: clean input, the "
+    "clean model ran).",
     "X-Upscaler-Model-Version": "Version of that model: the first 12 hex digits of its ONNX "
     "file's SHA-256 (changes when a new file is hot-reloaded).",
     "X-Upscaler-Provider": "onnxruntime execution provider that ran the model (`openvino:CPU` "
@@ -77,7 +75,8 @@ _HEADERS = {
     "X-Output-Size": "Output WIDTHxHEIGHT.",
     "X-Upscaler-Quality": "`standard` or `max`.",
     "Server-Timing": "decode, model and encode durations in milliseconds "
-    "(`decode;dur=1.2, model;dur=45.0, encode;dur=8.1`).",
+    "(`decode;dur=1.2, model;dur=45.0, encode;dur=8.1`), with `choose` (the evidence) when "
+    "`auto` chose.",
     "Vary": "`Accept`: the format depends on it.",
     "X-Request-ID": "The request's ID: the client's own `X-Request-ID` when it is at most 64 "
     "characters of `A-Z a-z 0-9 . _ -`, else a generated one; on every response and log line.",
@@ -124,7 +123,8 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "the raw body with an `image/*` Content-Type; receive an image with exactly scale x "
         "its width and height: PNG by default, lossless WebP for `Accept: image/webp`, JPEG "
         "for `Accept: image/jpeg` (alpha flattened onto white). Alpha, greyscale and the ICC "
-        "profile are kept; EXIF orientation is applied; 16-bit images become 8 bits."
+        "profile are kept; EXIF orientation is applied; 16-bit images become 8 bits. EXIF and "
+        "XMP are dropped unless `metadata=keep`."
     ),
     response_class=Response,
     responses={**_UPSCALE_SUCCESS, **_ERROR_RESPONSES},
@@ -135,37 +135,45 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def upscale(
     request: Request,
     state: ReadyService,
-    model: RequestedModel,
+    selection: RequestedModel,
     formats: AcceptedFormats,
     quality: RequestedQuality,
+    keep_metadata: KeepMetadata,
     data: UploadedBytes,
 ) -> Response:
     """Upscales one image: header check, a slot, then decode → model → encode in a thread."""
-    pipeline, metrics = model.pipeline, context_of(request).metrics
+    metrics = context_of(request).metrics
     # Reading the header is cheap and rejects bad or oversized files before they queue.
-    output_format = await run_in_threadpool(pipeline.choose_format, data, formats, quality)
-    async with state.gate.slot():
+    check = selection.pipeline.check
+    output_format, header = await run_in_threadpool(check, data, formats, quality)
+    work = selection.estimate_seconds(header.width, header.height, quality)
+    async with state.gate.slot(work, max_wait=state.settings.max_wait_seconds):
         # A client that gave up while queued must not cost an inference.
         if await request.is_disconnected():
             raise ClientDisconnectedError("the client disconnected while queued")
         with metrics.inflight.track_inprogress():
             async with _cancel_when_disconnected(request) as cancel:
-                result = await anyio.to_thread.run_sync(
-                    pipeline, data, output_format, quality, cancel, limiter=state.limiter
+                run = partial(selection.run, keep_metadata=keep_metadata)
+                choice, result = await anyio.to_thread.run_sync(
+                    run, data, output_format, quality, cancel, limiter=state.limiter
                 )
+    model = choice.model
+    setattr(request.state, MODEL_STATE_KEY, model.name)
     metrics.observe_upscale(
         result.input_pixels, result.output_pixels, result.inference_seconds, model.name
     )
-    setattr(request.state, ACCESS_STATE_KEY, _access_fields(result, model))
+    setattr(request.state, ACCESS_STATE_KEY, _access_fields(result, choice))
     return Response(
         content=result.content,
         media_type=result.output_format.media_type,
-        headers=_response_headers(result, model, quality),
+        headers=_response_headers(result, choice, quality),
     )
 
 
-def _access_fields(result: UpscaleResult, model: ServedModel) -> dict[str, Any]:
+def _access_fields(result: UpscaleResult, choice: Choice) -> dict[str, Any]:
     """What the access log line adds for an upscale (see `service.logs`)."""
+    model = choice.model
+    evidence = {"evidence": choice.describe()} if choice.evidence else {}
     return {
         "model": model.name,
         "model_version": model.version,
@@ -173,18 +181,21 @@ def _access_fields(result: UpscaleResult, model: ServedModel) -> dict[str, Any]:
         "model_ms": round(result.inference_seconds * 1000, 1),
         "encode_ms": round(result.encode_seconds * 1000, 1),
         "input_size": f"{result.input_width}x{result.input_height}",
+        **evidence,
     }
 
 
-def _response_headers(
-    result: UpscaleResult, model: ServedModel, quality: Quality
-) -> dict[str, str]:
+def _response_headers(result: UpscaleResult, choice: Choice, quality: Quality) -> dict[str, str]:
+    model = choice.model
     info = model.engine.info
-    steps = (
+    steps = [
         ("decode", result.decode_seconds),
         ("model", result.inference_seconds),
         ("encode", result.encode_seconds),
-    )
+    ]
+    evidence = choice.describe()
+    if evidence is not None:
+        steps.insert(1, ("choose", choice.seconds))
     return {
         "X-Upscaler-Model": model.name,
         "X-Upscaler-Model-Version": model.version,
@@ -199,6 +210,7 @@ def _response_headers(
         "Server-Timing": ", ".join(f"{name};dur={s * 1000:.1f}" for name, s in steps),
         # Caches must not serve a WebP to a client that asked for PNG.
         "Vary": "Accept",
+        **({"X-Upscaler-Evidence": evidence} if evidence is not None else {}),
     }
 
 
@@ -242,15 +254,41 @@ async def healthz() -> dict[str, str]:
     dependencies=[Depends(require_api_key)],
 )
 async def list_models(state: LoadedService) -> dict[str, Any]:
-    """`{"default": NAME, "models": [{name, description, degradation, scale, benchmarks}]}`.
+    """`{"default": NAME or "auto", "auto": {...} or null, "models": [{name, description,
+    degradation, scale, seconds_per_megapixel, benchmarks}], "estimated_wait_seconds": S}`.
 
-    The default model comes first. `benchmarks` holds the model card's Y-PSNR figures (dB, 4
-    pixels of border shaved) per kind of low-resolution input: `{kind: {"label", "psnr":
-    {set: dB}, "bicubic_psnr": {set: dB}}}`, empty when the card has none. Answers once the
+    Before sending an image, a client can tell its user how long it will take: about its
+    megapixels times the model's `seconds_per_megapixel` (timed on this host at warm-up; 8
+    times that with `quality=max`; null before the warm-up), after `estimated_wait_seconds` in
+    the queue (0 while a slot is free; POST /upscale refuses waits over
+    UPSCALER_MAX_WAIT_SECONDS).
+
+    `auto` is there when both a clean and a robust model are served: `{"clean": NAME,
+    "robust": NAME, "description"}`, and it is then the default (what a request without
+    `model` gets). The default model comes first in `models`. `benchmarks` holds the model
+    card's Y-PSNR figures (dB, 4 pixels of border shaved) per kind of low-resolution input:
+    `{kind: {"label", "psnr": {set: dB}, "bicubic_psnr": {set: dB}}}`, empty when the card has
+    none. Answers once the
     models are loaded, warm or not (`/readyz` says when they are warm).
     """
     models = state.models
-    return {"default": models.default_name, "models": [model.summary() for model in models]}
+    auto = Auto.of(models)
+    return {
+        "default": AUTO if auto else models.default_name,
+        "auto": _describe_auto(auto) if auto else None,
+        "models": [model.summary() for model in models],
+        "estimated_wait_seconds": round(state.gate.estimated_wait(), 1),
+    }
+
+
+def _describe_auto(auto: Auto) -> dict[str, str]:
+    return {
+        "clean": auto.clean.name,
+        "robust": auto.robust.name,
+        "description": f"Chosen from each image: {auto.clean.name} for clean images, "
+        f"{auto.robust.name} for JPEG-compressed, noisy or unsmoothly resized ones (the "
+        "X-Upscaler-Evidence header says what was found).",
+    }
 
 
 @router.get(
@@ -302,6 +340,7 @@ def _describe_models(models: ModelRegistry) -> list[dict[str, Any]]:
                 "provider": info.provider,
                 "precision": info.precision,
                 "warmup_ms": _warmup_ms(info.warmup_seconds),
+                "seconds_per_megapixel": model.seconds_per_megapixel(),
             }
         )
     return described
@@ -347,6 +386,8 @@ def _describe(state: Serving, reload_errors: Mapping[str, str]) -> dict[str, Any
         "warmup_ms": _warmup_ms(warmup),
         "max_concurrency": settings.max_concurrency,
         "max_queue": settings.max_queue,
+        "max_wait_seconds": settings.max_wait_seconds,
+        "estimated_wait_seconds": round(state.gate.estimated_wait(), 1),
         "encoding": {
             "png": describe_png_writer(encoding),
             "jpeg_quality": encoding.jpeg_quality,

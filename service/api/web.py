@@ -77,22 +77,24 @@ def _assets() -> dict[str, _Asset]:
 def _template() -> str:
     html = (resources.files("service.api") / "static" / "index.html").read_text(encoding="utf-8")
     for name, asset in _assets().items():
-        html = html.replace(f"/static/{name}", f"/static/{name}?v={asset.version}")
+        html = html.replace(f'"static/{name}"', f'"static/{name}?v={asset.version}"')
     return html
 
 
-def page_config(settings: Any) -> dict[str, Any]:
-    """What the page needs to know about the service: its limits, from the settings."""
-    return {
+def page_config(settings: Any, jobs: bool = False) -> dict[str, Any]:
+    """What the page needs to know about the service: its limits, from the settings, and
+    `jobs: true` when it keeps jobs (the page then submits every image as one)."""
+    config = {
         "maxUploadBytes": settings.max_upload_bytes,
         "maxInputPixels": settings.max_input_pixels,
         "maxEnsembleInputPixels": settings.max_ensemble_input_pixels,
     }
+    return {**config, "jobs": True} if jobs else config
 
 
-def _render(settings: Any) -> bytes:
+def _render(settings: Any, jobs: bool) -> bytes:
     # `<` is escaped so that no value can close the script element.
-    config = json.dumps(page_config(settings)).replace("<", "\\u003c")
+    config = json.dumps(page_config(settings, jobs)).replace("<", "\\u003c")
     block = f'<script id="service-config" type="application/json">{config}</script>'
     return _template().replace(_CONFIG_PLACEHOLDER, block).encode()
 
@@ -108,7 +110,8 @@ def _answer(request: Request, body: bytes, media_type: str, cache_control: str) 
 @router.get("/")
 async def index(request: Request) -> Response:
     """The page, with the service's limits written in."""
-    body = _render(context_of(request).settings)
+    context = context_of(request)
+    body = _render(context.settings, context.jobs is not None)
     return _answer(request, body, "text/html; charset=utf-8", "no-cache")
 
 

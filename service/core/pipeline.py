@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from service.core.ensemble import self_ensemble_uint8
-from service.core.tiling import fixed_tile_shapes, upscale_tiled
+from service.core.tiling import TileProgress, fixed_tile_shapes, upscale_tiled
 from service.exceptions import ClientDisconnectedError, ImageTooLargeError
-from service.imaging.decode import DecodedImage, decode_image, inspect_image
+from service.imaging.decode import DecodedImage, ImageInfo, decode_image, inspect_image
 from service.imaging.encode import EncodeOptions, OutputFormat, encode_output, resize_alpha
 from service.imaging.negotiation import choose_format_for_size
 
@@ -129,10 +129,11 @@ class Pipeline:
             tile_shapes=shapes,
         )
 
-    def choose_format(
+    def check(
         self, data: bytes, formats: tuple[OutputFormat, ...], quality: Quality
-    ) -> OutputFormat:
-        """Checks an upload from its header alone and picks the answer's format.
+    ) -> tuple[OutputFormat, ImageInfo]:
+        """Checks an upload from its header alone, and picks the answer's format; the header
+        (its size: what an estimate of the work needs) comes with it.
 
         Cheap (no pixel is decoded), so the HTTP layer runs it before the request queues: a
         file that is too large or not an image, or whose output no acceptable format can hold,
@@ -149,17 +150,32 @@ class Pipeline:
                 f"{self.max_ensemble_input_pixels} pixels; this one is {info.width}x"
                 f"{info.height} = {info.pixels} pixels: send it with quality=standard"
             )
-        return choose_format_for_size(formats, info.width * self.scale, info.height * self.scale)
+        size = (info.width * self.scale, info.height * self.scale)
+        return choose_format_for_size(formats, *size), info
 
-    def decode_request(self, data: bytes) -> DecodedImage:
-        """Validates and decodes the upload (see `service.imaging.decode.decode_image`)."""
-        return decode_image(data, max_pixels=self.max_input_pixels)
+    def choose_format(
+        self, data: bytes, formats: tuple[OutputFormat, ...], quality: Quality
+    ) -> OutputFormat:
+        """The answer's format for an upload that passes `check` (which raises otherwise)."""
+        return self.check(data, formats, quality)[0]
+
+    def decode_request(self, data: bytes, *, keep_metadata: bool = False) -> DecodedImage:
+        """Validates and decodes the upload (see `service.imaging.decode.decode_image`), with
+        its EXIF and XMP when they are to be kept."""
+        return decode_image(data, max_pixels=self.max_input_pixels, keep_metadata=keep_metadata)
 
     def predict(
-        self, decoded: DecodedImage, quality: Quality, interrupt: Callable[[], None]
+        self,
+        decoded: DecodedImage,
+        quality: Quality,
+        interrupt: Callable[[], None],
+        progress: TileProgress | None = None,
     ) -> np.ndarray:
-        """The model's uint8 RGB output, averaged over the 8 transforms for `Quality.MAX`."""
+        """The model's uint8 RGB output, averaged over the 8 transforms for `Quality.MAX`
+        (`progress` then hears of 8 passes over the tiles, the first untransformed)."""
         upscale = partial(self.upscale_rgb, interrupt=interrupt)
+        if progress is not None:
+            upscale = partial(upscale, progress=progress)
         if quality is Quality.MAX:
             return self_ensemble_uint8(upscale, decoded.rgb)
         return upscale(decoded.rgb)
@@ -167,8 +183,11 @@ class Pipeline:
     def encode_response(
         self, upscaled: np.ndarray, decoded: DecodedImage, output_format: OutputFormat
     ) -> bytes:
-        """Puts back alpha, greyscale and the ICC profile, and encodes `output_format`."""
+        """Puts back alpha, greyscale, the ICC profile and any metadata kept (made true of the
+        output), and encodes `output_format`."""
         alpha = None if decoded.alpha is None else resize_alpha(decoded.alpha, self.scale)
+        height, width = upscaled.shape[:2]
+        metadata = decoded.metadata.for_size(width, height) if decoded.metadata else None
         return encode_output(
             upscaled,
             output_format,
@@ -176,6 +195,7 @@ class Pipeline:
             alpha=alpha,
             grey=decoded.grey,
             icc_profile=decoded.icc_profile,
+            metadata=metadata,
         )
 
     def __call__(
@@ -184,18 +204,44 @@ class Pipeline:
         output_format: OutputFormat = OutputFormat.PNG,
         quality: Quality = Quality.STANDARD,
         cancel: threading.Event | None = None,
+        progress: TileProgress | None = None,
+        *,
+        keep_metadata: bool = False,
     ) -> UpscaleResult:
-        """Upscales an uploaded image file and encodes the result, timing each step.
+        """Upscales an uploaded image file and encodes the result, timing each step;
+        `progress` is told of the tiles as they finish (see `upscale_tiled`); the EXIF and XMP
+        go into the output with `keep_metadata` (`service.imaging.metadata`).
 
         Raises:
             service.exceptions.UpscalerError: For input the service rejects (see `decode_image`).
             service.exceptions.ClientDisconnectedError: When `cancel` was set during the work.
         """
+        started = time.perf_counter()
+        decoded = self.decode_request(data, keep_metadata=keep_metadata)
+        decode_seconds = time.perf_counter() - started
+        return self.upscale_decoded(
+            decoded, output_format, quality, cancel, progress, decode_seconds=decode_seconds
+        )
+
+    def upscale_decoded(
+        self,
+        decoded: DecodedImage,
+        output_format: OutputFormat = OutputFormat.PNG,
+        quality: Quality = Quality.STANDARD,
+        cancel: threading.Event | None = None,
+        progress: TileProgress | None = None,
+        *,
+        decode_seconds: float = 0.0,
+    ) -> UpscaleResult:
+        """The rest of `__call__` once the upload is decoded: model, then encode (the model
+        choice of `service.core.choice` decodes once and runs the chosen model's pipeline).
+
+        Raises:
+            service.exceptions.ClientDisconnectedError: When `cancel` was set during the work.
+        """
         interrupt = partial(_stop_if_set, cancel)
         started = time.perf_counter()
-        decoded = self.decode_request(data)
-        decoded_at = time.perf_counter()
-        upscaled = self.predict(decoded, quality, interrupt)
+        upscaled = self.predict(decoded, quality, interrupt, progress)
         upscaled_at = time.perf_counter()
         interrupt()
         content = self.encode_response(upscaled, decoded, output_format)
@@ -206,7 +252,7 @@ class Pipeline:
             input_height=decoded.height,
             output_width=int(upscaled.shape[1]),
             output_height=int(upscaled.shape[0]),
-            decode_seconds=decoded_at - started,
-            inference_seconds=upscaled_at - decoded_at,
+            decode_seconds=decode_seconds,
+            inference_seconds=upscaled_at - started,
             encode_seconds=time.perf_counter() - upscaled_at,
         )

@@ -5,7 +5,8 @@ Which files are served (`model_files`):
   stem and the default; the models folder is not looked at.
 - otherwise: every `NAME.onnx` in `UPSCALER_MODELS_DIR`, named `NAME`, except a `NAME_fp16.onnx`
   beside `NAME.onnx`: that is the fp16 export the engine picks itself
-  (`service.core.engines.ortconfig.fp16_path_for`). `UPSCALER_DEFAULT_MODEL` names the default.
+  (`service.core.engines.ortconfig.fp16_path_for`), and except the models `UPSCALER_MODELS`
+  leaves out when it names some (`selected_models`). `UPSCALER_DEFAULT_MODEL` names the default.
 
 Each model's card, `NAME.json` beside it (written by `python -m training export` and the model
 card script), gives what `GET /models` lists: a description, the degradation it was trained on
@@ -25,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -37,7 +39,7 @@ import numpy as np
 from service.config import Settings
 from service.core.engines import Engine
 from service.core.engines.ortconfig import fp16_path_for
-from service.core.pipeline import Pipeline
+from service.core.pipeline import Pipeline, Quality
 from service.exceptions import InvalidParameterError, ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -211,6 +213,20 @@ class ServedModel:
             if rows != columns:  # the square ran in engine.warm_up
                 self.engine.run(np.zeros((batch, rows, columns, 3), np.float32))
 
+    def estimate_seconds(self, width: int, height: int, quality: Quality) -> float:
+        """Estimated model time of an upscale of a `width` x `height` image (0 before the
+        warm-up measured this host's pace)."""
+        runs = 8 if quality is Quality.MAX else 1
+        return runs * (self.engine.info.model_seconds(width, height) or 0.0)
+
+    def seconds_per_megapixel(self) -> float | None:
+        """Estimated model seconds per megapixel of input, for a client to multiply by its
+        image's megapixels: those of the largest accepted image, whose tiles' overlap makes
+        them a little more than its pixels (None before the warm-up)."""
+        side = math.isqrt(self.pipeline.max_input_pixels)
+        seconds = self.engine.info.model_seconds(side, side)
+        return None if seconds is None else round(seconds / (side * side / 1e6), 3)
+
     def summary(self) -> dict[str, Any]:
         """The model's entry in `GET /models`."""
         return {
@@ -218,6 +234,7 @@ class ServedModel:
             "description": self.card.description,
             "degradation": self.card.degradation,
             "scale": self.engine.info.scale,
+            "seconds_per_megapixel": self.seconds_per_megapixel(),
             "benchmarks": dict(self.card.benchmarks),
         }
 
@@ -304,12 +321,38 @@ def folder_models(folder: Path) -> dict[str, Path]:
     return {path.stem: path for path in found if path not in copies}
 
 
+def selected_models(files: Mapping[str, Path], settings: Settings) -> dict[str, Path]:
+    """The models of a folder (`folder_models`) that `UPSCALER_MODELS` names; all of them when
+    it names none."""
+    if not settings.models:
+        return dict(files)
+    return {name: path for name, path in files.items() if name in settings.models}
+
+
+def _check_selection(files: Mapping[str, Path], settings: Settings) -> None:
+    """Refuses an `UPSCALER_MODELS` that names a model the folder lacks, or leaves out the
+    default (the service cannot run without it)."""
+    folder, held = settings.models_dir, ", ".join(sorted(files))
+    missing = [name for name in settings.models if name not in files]
+    if missing:
+        raise ModelLoadError(
+            f"UPSCALER_MODELS names {', '.join(map(repr, missing))}, not in {folder}; it holds "
+            f"{held}"
+        )
+    if settings.models and settings.default_model not in settings.models:
+        raise ModelLoadError(
+            f"default model {settings.default_model!r} (UPSCALER_DEFAULT_MODEL) is not among "
+            f"UPSCALER_MODELS ({', '.join(settings.models)}): add it, or name another default"
+        )
+
+
 def model_files(settings: Settings) -> tuple[dict[str, Path], str]:
     """The model files to serve by name, and the default's name (see the module docstring).
 
     Raises:
-        ModelLoadError: If the folder is missing or holds no model, two files share a name, or
-            the default model is not among them.
+        ModelLoadError: If the folder is missing or holds no model, two files share a name, the
+            default model is not among them, or `UPSCALER_MODELS` names a model the folder
+            lacks or leaves the default out.
     """
     if serves_single_file(settings):
         path = settings.model_path
@@ -323,6 +366,8 @@ def model_files(settings: Settings) -> tuple[dict[str, Path], str]:
     files = folder_models(folder)
     if not files:
         raise ModelLoadError(f"no model (*.onnx, fp16 copies aside) in {folder}")
+    _check_selection(files, settings)
+    files = selected_models(files, settings)
     default = settings.default_model
     if default not in files:
         known = ", ".join(sorted(files))

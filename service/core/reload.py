@@ -6,12 +6,13 @@ It checks the served files every `UPSCALER_RELOAD_INTERVAL_SECONDS` (0: never by
 once on SIGHUP (`request_check`). A check stats each model's files (`registry.signature`: the
 ONNX file, its fp16 copy and its card); only a model whose files changed is touched:
 
-- **Changed or added**: in a worker thread, the file is hashed (its version), loaded by the
-  app's engine factory (which checks the export contract), and warmed up, beside the serving
-  model; then the registry is replaced in one assignment (`ModelLifecycle.swap`). A
-  request takes its model from the registry once, at its start, so requests in flight finish
-  on the model they started on. When the ONNX file's content (and its fp16 copy) did not change
-  (a touch, a new card), only the card is read again: no engine is loaded.
+- **Changed or added** (of the models `UPSCALER_MODELS` names, when it names some): in a worker
+  thread, the file is hashed (its version), loaded by the app's engine factory (which checks the
+  export contract), and warmed up, beside the serving model; then the registry is replaced in
+  one assignment (`ModelLifecycle.swap`). A request takes its model from the registry once, at
+  its start, so requests in flight finish on the model they started on. When the ONNX file's
+  content (and its fp16 copy) did not change (a touch, a new card), only the card is read
+  again: no engine is loaded.
 - **Refused**: a model that fails to load or warm up (a half-copied file, a broken export) is
   not swapped in. The reason goes to the log and to `/readyz` (`reload_errors`), the served
   version keeps serving, and the same files are not retried until they change again. A file
@@ -49,6 +50,7 @@ from service.core.registry import (
     content_version,
     folder_models,
     load_model,
+    selected_models,
     serves_single_file,
     signature,
     with_card,
@@ -180,7 +182,7 @@ class ModelReloader:
             paths = {path.stem: path} if path.is_file() else {}
         else:
             try:
-                paths = folder_models(settings.models_dir)
+                paths = selected_models(folder_models(settings.models_dir), settings)
             except OSError as exc:
                 logger.warning("models folder %s cannot be listed: %s", settings.models_dir, exc)
                 return None

@@ -33,7 +33,7 @@ How the image is cut:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +60,11 @@ class TileSpan:
 
     rows: AxisSpan
     cols: AxisSpan
+
+
+#: Told of the tiles as they are stitched: (output so far, the spans just stitched, tiles in
+#: all); see `upscale_tiled`. Jobs report progress and a live preview through it.
+TileProgress = Callable[[np.ndarray, Sequence[TileSpan], int], None]
 
 
 def _check_geometry(tile_size: int, overlap: int) -> None:
@@ -233,6 +238,17 @@ def plan_tiles(
     return [TileSpan(rows=rows, cols=cols) for rows in row_spans for cols in col_spans]
 
 
+def model_pixels(
+    height: int, width: int, tile_size: int, overlap: int, *, fit: bool = False, batch_size: int = 1
+) -> int:
+    """The pixels the model is handed to upscale a `height` x `width` image: every tile of
+    `plan_tiles` (overlap and padding included), in whole batches (a short last batch is
+    padded with empty tiles). Model time is about proportional to it."""
+    rows, columns = tile_shape(height, width, tile_size, overlap, fit=fit)
+    tiles = len(plan_tiles(height, width, tile_size, overlap, fit=fit))
+    return -(-tiles // batch_size) * batch_size * rows * columns
+
+
 def pad_to_tile(image: np.ndarray, tile_size: int | tuple[int, int]) -> np.ndarray:
     """Pads the bottom and right of an image so that both sides are at least `tile_size`.
 
@@ -299,6 +315,7 @@ def upscale_tiled(
     batch_size: int = 1,
     fit: bool = False,
     interrupt: Callable[[], None] | None = None,
+    progress: TileProgress | None = None,
 ) -> np.ndarray:
     """Upscales an image of any size by running a model on fixed-shape tiles.
 
@@ -315,6 +332,9 @@ def upscale_tiled(
         batch_size: Tiles per `run_tiles` call.
         fit: Tiles fitted to this image (`fit_window`) instead of `tile_size` squares.
         interrupt: Called before each model call; whatever it raises abandons the upscale.
+        progress: Called with (output, spans, total) once before the first model call (no
+            span) and after each batch is stitched (its spans): `output` is the array being
+            filled (only the spans' kept regions hold results), `total` the number of tiles.
 
     Returns:
         The upscaled image, uint8 of shape (H * scale, W * scale, 3), rounded and clipped.
@@ -330,6 +350,8 @@ def upscale_tiled(
     padded = pad_to_tile(image, (tile_rows, tile_cols))
     output = np.empty((height * scale, width * scale, 3), dtype=np.uint8)
     expected_shape = (batch_size, tile_rows * scale, tile_cols * scale, 3)
+    if progress is not None:
+        progress(output, (), len(spans))
     for first in range(0, len(spans), batch_size):
         if interrupt is not None:
             interrupt()
@@ -350,4 +372,6 @@ def upscale_tiled(
             )
         for span, tile in zip(group, upscaled, strict=False):
             _stitch(output, span, tile, scale)
+        if progress is not None:
+            progress(output, group, len(spans))
     return output

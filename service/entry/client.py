@@ -1,7 +1,7 @@
 """`upscale`: the command-line client (also `python -m service.entry.client`).
 
     upscale IN... [-o OUT] [--url URL] [--model NAME] [--quality max] [--format png|webp|jpeg]
-            [--jobs N] [--overwrite] [--local]
+            [--metadata keep] [--jobs N] [--overwrite] [--local] [--job-threshold MP] [--resume]
 
 IN is an image file, a folder (searched recursively for image files) or `-` for standard input.
 Each result is written as `NAME_x4.EXT` beside its input, or under the folder OUT (keeping the
@@ -13,6 +13,11 @@ $UPSCALER_URL; a service with API keys takes the key from $UPSCALER_API_KEY): 50
 retried after their Retry-After, connection errors with a bounded back-off. `--local` runs the
 same upscale in this process on the service's core (the engine the `UPSCALER_*` settings choose,
 no server, no FastAPI), with `--model` naming a model of the models folder or an ONNX file.
+Images of at least `--job-threshold` megapixels go as jobs when the service keeps them, each
+with a progress bar of tiles (`service.entry.jobs_client`); after Ctrl-C or a lost connection
+the jobs keep running there, and the same command with `--resume` picks them up.
+With the progress bars on, each image sent is announced with the service's estimate of its model
+time. `--metadata keep` keeps the photo's EXIF and XMP (see `service.imaging.metadata`).
 Existing outputs are skipped unless `--overwrite`; a file that fails does not stop the others.
 The exit status is 0 when every image was upscaled (or skipped), 1 when any failed, 2 for a
 usage error.
@@ -21,18 +26,24 @@ usage error.
 from __future__ import annotations
 
 import argparse
+import io
+import math
 import mimetypes
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from service.host import atomic_write_bytes
+from service.host import atomic_write_bytes, limit_malloc_arenas
+
+if TYPE_CHECKING:
+    from service.entry.jobs_client import JobsUpscaler
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
@@ -54,6 +65,23 @@ class UsageError(Exception):
 
 class UpscaleFailedError(Exception):
     """One image could not be upscaled; the message says why (the service's `detail`)."""
+
+
+@dataclass(frozen=True)
+class Upscaled:
+    """One result: the image, the model that ran it, and, when the service chose the model
+    (`auto`), what it found in the input (`jpeg,noise`; `none` for a clean image)."""
+
+    content: bytes
+    model: str = ""
+    found: str | None = None
+
+    @classmethod
+    def from_headers(cls, content: bytes, headers: Any) -> Upscaled:
+        """From an answer's `X-Upscaler-Model` and `X-Upscaler-Evidence` headers."""
+        evidence = headers.get("x-upscaler-evidence") or ""
+        found = dict(part.strip().partition("=")[::2] for part in evidence.split(";"))
+        return cls(content, headers.get("x-upscaler-model", ""), found.get("found"))
 
 
 @dataclass(frozen=True)
@@ -175,6 +203,18 @@ def _retry_after(value: str | None) -> float:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image's header, or None when Pillow cannot tell (the service
+    will say what is wrong with it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception:
+        return None
+
+
 class HttpUpscaler:
     """Sends images to a running service's `POST /upscale` (as the raw request body)."""
 
@@ -189,6 +229,8 @@ class HttpUpscaler:
         timeout: float,
         api_key: str = "",
         sleep: Callable[[float], None] = time.sleep,
+        keep_metadata: bool = False,
+        tell: Callable[[str], None] | None = None,
     ) -> None:
         import httpx
 
@@ -198,15 +240,23 @@ class HttpUpscaler:
         self.params = {"quality": quality} if quality != "standard" else {}
         if model:
             self.params["model"] = model
+        if keep_metadata:
+            self.params["metadata"] = "keep"
         self.retries = retries
         self.sleep = sleep
+        self.tell = tell
         auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), headers=auth)
         self._unreachable: str | None = None
+        # GET /models, read once for the estimates: each model's pace, the default, `auto`.
+        self._paces: dict[str, float | None] | None = None
+        self._listed_default: str | None = None
+        self._auto: dict[str, str] = {}
 
-    def upscale(self, data: bytes, name: str, progress: Progress) -> bytes:
+    def upscale(self, data: bytes, name: str, progress: Progress) -> Upscaled:
         if self._unreachable:
             raise UpscaleFailedError(self._unreachable)
+        self._tell_estimate(data, name)
         media_type = mimetypes.guess_type(name)[0] or ""
         headers = {
             "Accept": MEDIA_TYPES[self.fmt],
@@ -240,7 +290,7 @@ class HttpUpscaler:
                 self.sleep(min(FIRST_BACKOFF_SECONDS * 2**attempt, MAX_BACKOFF_SECONDS))
                 continue
             if response.status_code == 200:
-                return response.content
+                return Upscaled.from_headers(response.content, response.headers)
             if response.status_code == 503 and attempt < self.retries:
                 progress(-sent)
                 self.sleep(_retry_after(response.headers.get("retry-after")))
@@ -248,55 +298,109 @@ class HttpUpscaler:
             raise UpscaleFailedError(f"{response.status_code}: {_detail(response)}")
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _tell_estimate(self, data: bytes, name: str) -> None:
+        """Says, before sending, about how long the service's model will take on the image:
+        its megapixels times the model's `seconds_per_megapixel` (GET /models, timed on the
+        service's host at warm-up), 8 times that with quality max."""
+        if self.tell is None:
+            return
+        size, pace = image_size(data), self._model_pace()
+        if size is None or pace is None:
+            return
+        runs = 8 if self.params.get("quality") == "max" else 1
+        seconds = runs * pace * size[0] * size[1] / 1e6
+        about = f"{max(1, math.ceil(seconds))} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+        self.tell(f"{name}: {size[0]}x{size[1]}, about {about} of model time")
+
+    def _model_pace(self) -> float | None:
+        """The chosen model's seconds per megapixel (with `auto`, the slower of its two), read
+        once from GET /models; None when the service does not say."""
+        if self._paces is None:
+            try:
+                listing = self.client.get(f"{self.url}/models").raise_for_status().json()
+            except (self._httpx.HTTPError, ValueError):
+                listing = {"models": []}
+            self._paces = {m["name"]: m.get("seconds_per_megapixel") for m in listing["models"]}
+            self._listed_default = listing.get("default")
+            self._auto = listing.get("auto") or {}
+        name = self.params.get("model") or self._listed_default
+        auto = self._auto
+        names = [auto["clean"], auto["robust"]] if name == "auto" and auto else [name]
+        known = [pace for each in names if (pace := self._paces.get(each or ""))]
+        return max(known) if known else None
+
     def close(self) -> None:
         self.client.close()
 
 
 class LocalUpscaler:
     """Runs the service's own pipeline in this process, on the engine the settings choose (as the
-    service would): no server, no FastAPI."""
+    service would): no server, no FastAPI. Without `--model`, the models of the models folder
+    as the service would serve them, `auto` included (`service.core.choice.select`)."""
 
-    def __init__(self, *, fmt: str, quality: str, model: str | None) -> None:
-        from service.config import Settings
-        from service.core.engines import create_engine
-        from service.core.pipeline import Pipeline, Quality
+    def __init__(
+        self, *, fmt: str, quality: str, model: str | None, keep_metadata: bool = False
+    ) -> None:
+        from service.core.pipeline import Quality
         from service.exceptions import UpscalerError
         from service.imaging.encode import OutputFormat
 
-        settings = Settings()
-        if model:
-            # A model name as the service knows it (models/NAME.onnx), or a file.
-            path = Path(model) if model.endswith(".onnx") else settings.models_dir / f"{model}.onnx"
-            settings = Settings(model_path=path)
-        if not Path(settings.model_path).is_file():
-            raise UsageError(
-                f"no model at {settings.model_path} (relative paths start from the current "
-                f"folder): run from the repository, or pass --model FILE.onnx"
-            )
-        try:
-            engine = create_engine(settings)
-        except UpscalerError as exc:
-            raise UsageError(exc.detail) from exc
-        self.pipeline = Pipeline.for_engine(engine, settings)
+        self.selection = _local_selection(model)
         self.formats = (OutputFormat(fmt),)
         self.quality = Quality(quality)
+        self.keep_metadata = keep_metadata
         self.error = UpscalerError
         # One image at a time through the model: it already uses every core.
         self.lock = threading.Lock()
 
-    def upscale(self, data: bytes, name: str, progress: Progress) -> bytes:
+    def upscale(self, data: bytes, name: str, progress: Progress) -> Upscaled:
         try:
             # The same checks as the service, from the header, before any pixel is decoded.
-            output_format = self.pipeline.choose_format(data, self.formats, self.quality)
+            output_format = self.selection.pipeline.choose_format(data, self.formats, self.quality)
             with self.lock:
-                result = self.pipeline(data, output_format, self.quality)
+                choice, result = self.selection.run(
+                    data, output_format, self.quality, keep_metadata=self.keep_metadata
+                )
         except self.error as exc:
             raise UpscaleFailedError(exc.detail) from exc
         progress(len(data))
-        return result.content
+        found = None if choice.evidence is None else ",".join(choice.found) or "none"
+        return Upscaled(result.content, choice.model.name, found)
 
     def close(self) -> None:
         pass
+
+
+def _local_selection(model: str | None) -> Any:
+    """What `--local` runs: `--model` (a models-folder name or an .onnx file) alone, or the
+    models folder as the service serves it (`auto` when it holds a clean and a robust model).
+
+    Raises:
+        UsageError: When the model or the folder cannot be loaded.
+    """
+    from service.config import Settings
+    from service.core.choice import AUTO, select
+    from service.core.engines import create_engine
+    from service.core.registry import load_models
+    from service.exceptions import UpscalerError
+
+    settings = Settings()
+    if model and model != AUTO:
+        path = Path(model) if model.endswith(".onnx") else settings.models_dir / f"{model}.onnx"
+        settings = Settings(model_path=path)
+        missing = f"no model at {path}"
+    else:
+        missing = f"no models folder at {settings.models_dir}"
+    where = settings.model_path if model and model != AUTO else settings.models_dir
+    if not Path(where).exists():
+        raise UsageError(
+            f"{missing} (relative paths start from the current folder): run from the "
+            "repository, or pass --model FILE.onnx"
+        )
+    try:
+        return select(load_models(settings, create_engine), None)
+    except UpscalerError as exc:
+        raise UsageError(exc.detail) from exc
 
 
 # ---- running the jobs ------------------------------------------------------------------------
@@ -317,7 +421,7 @@ class Runner:
 
     def __init__(
         self,
-        upscaler: HttpUpscaler | LocalUpscaler,
+        upscaler: HttpUpscaler | LocalUpscaler | JobsUpscaler,
         *,
         overwrite: bool,
         stdin: BinaryIO,
@@ -329,6 +433,8 @@ class Runner:
         self.stdin, self.stdout = stdin, stdout
         self.show_progress = show_progress
         self.done: list[Job] = []
+        # By the model that ran: how many images, by what `auto` found ("" when named).
+        self.models: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.skipped: list[Job] = []
         self.failed: list[tuple[str, str]] = []
         self.lock = threading.Lock()
@@ -375,12 +481,12 @@ class Runner:
             data = job.source.read_bytes() if job.source is not None else self.stdin.read()
             if job.source is None:
                 self.bytes_bar.total = (self.bytes_bar.total or 0) + len(data)
-            content = self.upscaler.upscale(data, job.label, self._progress)
+            upscaled = self.upscaler.upscale(data, job.label, self._progress)
             if job.target is None:
-                self.stdout.write(content)
+                self.stdout.write(upscaled.content)
                 self.stdout.flush()
             else:
-                _write(job.target, content)
+                _write(job.target, upscaled.content)
         except (UpscaleFailedError, OSError) as exc:
             message = str(exc) if isinstance(exc, UpscaleFailedError) else exc.strerror or str(exc)
             with self.lock:
@@ -389,9 +495,21 @@ class Runner:
             return
         with self.lock:
             self.done.append(job)
+            self.models[upscaled.model][upscaled.found or ""] += 1
 
 
 # ---- the command line ---------------------------------------------------------------------------
+
+
+def _shows_progress(choice: bool | None) -> bool:
+    """Whether the progress bars show (`--progress`; by default, when stderr is a terminal)."""
+    return sys.stderr.isatty() if choice is None else choice
+
+
+def _tell(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"upscale: {message}", file=sys.stderr)  # above the bars, not through them
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -418,6 +536,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--quality", choices=["standard", "max"], default="standard", help="max: 8x slower"
     )
     parser.add_argument("--format", choices=list(MEDIA_TYPES), default="png", dest="fmt")
+    parser.add_argument(
+        "--metadata",
+        choices=["strip", "keep"],
+        default="strip",
+        help="keep: the photo's EXIF and XMP (GPS included) in the output, upright (strip)",
+    )
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="images at once (1)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--local", action="store_true", help="upscale in this process, no server")
@@ -433,6 +557,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="progress bars on stderr (default: when it is a terminal)",
     )
+    parser.add_argument(
+        "--job-threshold",
+        type=float,
+        # At 66 s per megapixel (a 2-core AVX2 CPU) a quarter of a megapixel already takes a
+        # quarter of a minute: long enough to want a progress bar and to survive a lost link.
+        default=0.25,
+        metavar="MP",
+        help="images of at least MP megapixels go as jobs, with a bar of tiles each (0.25; 0: "
+        "all); used when the service keeps jobs",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="pick up the jobs an interrupted run of this command left on the service",
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.retries < 0 or args.timeout <= 0:
         parser.error("--jobs must be at least 1, --retries at least 0, --timeout positive")
@@ -446,12 +585,21 @@ def main(
     stdout: BinaryIO | None = None,
 ) -> int:
     """Runs the command line; returns the exit status."""
+    # Here, not at the top: the jobs client builds on this module's HttpUpscaler.
+    from service.entry.jobs_client import JobsUpscaler, interrupted_hint
+
     args = parse_args(argv)
+    if args.local:
+        # Before the engine's imports start threads (`service.host.limit_malloc_arenas`).
+        limit_malloc_arenas()
     try:
         jobs, problems = plan_jobs(args.inputs, args.output, args.fmt)
-        upscaler: HttpUpscaler | LocalUpscaler
+        upscaler: HttpUpscaler | LocalUpscaler | JobsUpscaler
+        keep = args.metadata == "keep"
         if args.local:
-            upscaler = LocalUpscaler(fmt=args.fmt, quality=args.quality, model=args.model)
+            upscaler = LocalUpscaler(
+                fmt=args.fmt, quality=args.quality, model=args.model, keep_metadata=keep
+            )
         else:
             upscaler = HttpUpscaler(
                 args.url,
@@ -462,6 +610,15 @@ def main(
                 timeout=args.timeout,
                 # From the environment only: a key on the command line lands in shell history.
                 api_key=os.environ.get("UPSCALER_API_KEY", ""),
+                keep_metadata=keep,
+                # A person watching the bars is told how long each image will take.
+                tell=_tell if _shows_progress(args.progress) else None,
+            )
+            upscaler = JobsUpscaler(
+                upscaler,
+                threshold_pixels=round(args.job_threshold * 1e6),
+                resume=args.resume,
+                show_progress=args.progress,
             )
     except UsageError as exc:
         print(f"upscale: {exc}", file=sys.stderr)
@@ -478,17 +635,38 @@ def main(
     try:
         runner.run(jobs, args.jobs)
     except KeyboardInterrupt:
-        print("upscale: interrupted", file=sys.stderr)
+        hint = interrupted_hint(upscaler)
+        print(f"upscale: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         return 130
     finally:
         upscaler.close()
     failed = runner.failed + problems
-    summary = f"upscale: {len(runner.done)} upscaled, {len(runner.skipped)} skipped (existing)"
+    summary = f"upscale: {len(runner.done)} upscaled{_by_model(runner.models)}, "
+    summary += f"{len(runner.skipped)} skipped (existing)"
     summary += f", {len(failed)} failed" + (":" if failed else "")
     print(summary, file=sys.stderr)
     for label, message in failed:
         print(f"  {label}: {message}", file=sys.stderr)
     return 1 if failed else 0
+
+
+#: What `auto` found, in the summary's words.
+_FOUND_WORDS = {"none": "clean", "jpeg": "JPEG", "noise": "noise", "aliasing": "aliasing"}
+
+
+def _by_model(models: Mapping[str, Counter[str]]) -> str:
+    """` (edsr_x4_real 2: JPEG 1, noise 1; edsr_x4 1: clean)`; "" when no model was named."""
+    parts = []
+    for name, findings in sorted(models.items(), key=lambda item: -item[1].total()):
+        if not name:
+            continue
+        why = ", ".join(
+            f"{' + '.join(_FOUND_WORDS.get(f, f) for f in found.split(','))} {count}"
+            for found, count in findings.most_common()
+            if found
+        )
+        parts.append(f"{name} {findings.total()}" + (f": {why}" if why else ""))
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 if __name__ == "__main__":

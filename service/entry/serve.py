@@ -14,8 +14,14 @@ this module.
   variables set by the config file's `runtime_env: {env_vars: ...}` (tile size, concurrency,
   API keys, ...). Which models are served comes from the deployment's `user_config`
   (`USER_CONFIG_KEYS`): `{models_dir: DIR, default_model: NAME}` serves every model of a
-  folder, `{model_path: FILE}` one file; `{}` (the default) keeps what the environment says.
-  Paths are read on each replica's machine: use absolute paths present on every node.
+  folder (`models: [NAME, ...]`: some of them), `{model_path: FILE}` one file; `{}` (the
+  default) keeps what the environment says. Paths are read on each replica's machine, a
+  relative one from the folder Ray was started in there (`serve run`, `ray start`): the
+  repository root for deploy/ray/serve-cpu.yaml.
+- **Memory.** Every replica's process starts with `MALLOC_ARENA_MAX=2` (`ray_actor_options`
+  below; the config files set it in their `env_vars`, which replace these options): glibc reads
+  it at start-up, and by the time a replica runs Python code Ray's threads already hold the 8
+  arenas a core that `service.host.limit_malloc_arenas` would bound.
 - **Start-up.** Ray runs the app's lifespan when a replica starts (uvicorn's lifespan protocol,
   as `uvicorn service.main:app` does), but hands `user_config` to `reconfigure` only after it.
   So the app is built with `models_at_startup=False`, and the first `reconfigure` loads the
@@ -28,6 +34,8 @@ this module.
   one-assignment swap); requests in flight finish on the model they started on, and none
   fails. A config whose models cannot be loaded is refused: the replica keeps serving its
   models, says why in `/readyz` (`reload_errors["user_config"]`) and its log.
+- **Jobs.** Off here, whatever UPSCALER_JOBS_DIR says: every job route answers 404 with
+  `RAY_JOBS_DETAIL` (a store per replica would give wrong answers on the other replicas).
 - **Health.** `check_health` raises (from the lifecycle's one readiness decision), so that Ray
   replaces the replica, when it serves no model or its warm-up failed. `/healthz`, `/readyz` and
   `/metrics` answer per replica (the one the proxy picked); file changes in the models folder are
@@ -50,23 +58,33 @@ from service.config import Settings
 from service.core.lifecycle import ModelLifecycle, Phase
 from service.core.registry import serves_single_file
 from service.exceptions import ModelLoadError
+from service.host import ARENA_ENVIRONMENT, MALLOC_ARENAS
 from service.logs import ensure_log_output
 
 logger = logging.getLogger("service.entry.serve")
 
 #: The `user_config` keys: the model settings a config change swaps on live replicas.
-USER_CONFIG_KEYS = ("model_path", "models_dir", "default_model")
+USER_CONFIG_KEYS = ("model_path", "models_dir", "default_model", "models")
 #: Where a refused `user_config` is reported in `/readyz`'s `reload_errors`.
 USER_CONFIG_ERROR_KEY = "user_config"
+#: Why the job routes answer 404 here: a store per replica would answer a status or result
+#: request that the proxy sends to another replica wrongly (404, or another job's state), and
+#: Ray's proxy cannot route by job ID; a shared store is not built (docs/scaling.md, Jobs).
+RAY_JOBS_DETAIL = (
+    "jobs are not available on this Ray Serve deployment: each replica would keep its own "
+    "store, so a job's status and result could be asked of a replica without them; use "
+    "POST /upscale here, or `python -m service` with UPSCALER_JOBS_DIR for jobs"
+)
 
 
 def settings_for(config: Mapping[str, Any] | None, base: Settings) -> Settings:
     """The settings a replica serves with: `base` (its environment) with the models that
     `config` names.
 
-    `{"model_path": FILE}` serves that one file; otherwise `models_dir` (base's when absent)
-    with `default_model` (base's when absent) serves the folder, even if the environment set
-    `UPSCALER_MODEL_PATH`. An empty or missing config returns `base` unchanged.
+    `{"model_path": FILE}` serves that one file; otherwise `models_dir` with `default_model`
+    serves the folder (the `models` it names, all when none), each key base's when absent, even
+    if the environment set `UPSCALER_MODEL_PATH`. An empty or missing config returns `base`
+    unchanged.
 
     Raises:
         ValueError: For a key other than `USER_CONFIG_KEYS`, or a value the settings reject.
@@ -86,6 +104,7 @@ def settings_for(config: Mapping[str, Any] | None, base: Settings) -> Settings:
     else:
         values["models_dir"] = config.get("models_dir", base.models_dir)
         values["default_model"] = config.get("default_model", base.default_model)
+        values["models"] = config.get("models", base.models)
     validated = Settings(**values)
     # The environment may still have filled `model_path`: it counts as set (one file served,
     # `service.core.registry.serves_single_file`) only when the config names it.
@@ -98,7 +117,7 @@ def settings_for(config: Mapping[str, Any] | None, base: Settings) -> Settings:
 def _model_keys(settings: Settings) -> tuple[Any, ...]:
     if serves_single_file(settings):
         return (str(settings.model_path),)
-    return (str(settings.models_dir), settings.default_model)
+    return (str(settings.models_dir), settings.default_model, tuple(settings.models))
 
 
 def build_app() -> FastAPI:
@@ -106,7 +125,7 @@ def build_app() -> FastAPI:
     by `Upscaler.reconfigure`."""
     settings = Settings()
     ensure_log_output(settings.log_format)
-    return create_app(settings, models_at_startup=False)
+    return create_app(settings, models_at_startup=False, jobs_unavailable=RAY_JOBS_DETAIL)
 
 
 @serve.deployment(
@@ -117,6 +136,8 @@ def build_app() -> FastAPI:
     max_ongoing_requests=9,
     # Warm-up runs in `reconfigure` on first start; give health checks a margin over it.
     health_check_timeout_s=60,
+    # Read by glibc when the replica's process starts (see the module docstring, Memory).
+    ray_actor_options={"runtime_env": {"env_vars": {ARENA_ENVIRONMENT: str(MALLOC_ARENAS)}}},
 )
 @serve.ingress(build_app)
 class Upscaler:

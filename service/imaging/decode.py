@@ -11,7 +11,8 @@ Metadata policy, the same for every input format: only the ICC profile is kept (
 text are dropped; the EXIF orientation is applied to the pixels), and only when it describes
 the output's colour space and is no larger than the largest profile a PNG reader accepts
 (`PngImagePlugin.MAX_TEXT_CHUNK`, 1 MiB, the limit the service applies to PNG uploads too), so
-every output can be read back by Pillow and by the service itself.
+every output can be read back by Pillow and by the service itself. On request
+(`keep_metadata`), EXIF and XMP are read too, for the output (`service.imaging.metadata`).
 
 Mode handling, in short:
 
@@ -30,6 +31,7 @@ Grey images are upscaled as RGB with three equal channels and turned back into g
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import re
@@ -45,6 +47,7 @@ from service.exceptions import (
     ImageTooLargeError,
     UnsupportedImageError,
 )
+from service.imaging.metadata import Metadata, read_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +94,8 @@ class ImageInfo:
     mode: str
     width: int
     height: int
+    #: A JPEG's luminance quantisation table (64 values, natural order); None for other files.
+    jpeg_luma_table: tuple[int, ...] | None = None
 
     @property
     def pixels(self) -> int:
@@ -109,6 +114,7 @@ class DecodedImage:
         icc_profile: The input's ICC profile when it still describes the output colours and
             is small enough for every output format (`embeddable_icc`).
         info: The header of the source file (format, mode, size before EXIF rotation).
+        metadata: The EXIF and XMP to write into the output, when asked to keep them.
     """
 
     rgb: np.ndarray
@@ -116,6 +122,7 @@ class DecodedImage:
     grey: bool
     icc_profile: bytes | None
     info: ImageInfo
+    metadata: Metadata | None = None
 
     @property
     def height(self) -> int:
@@ -257,7 +264,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 
 def _header_info(image: Image.Image, max_pixels: int) -> ImageInfo:
     width, height = image.size
-    info = ImageInfo(format=image.format or "unknown", mode=image.mode, width=width, height=height)
+    tables = getattr(image, "quantization", None) or {}
+    luma_table = tuple(tables[0]) if 0 in tables else None
+    info = ImageInfo(image.format or "unknown", image.mode, width, height, luma_table)
     if info.pixels > max_pixels:
         raise _too_many_pixels(width, height, max_pixels)
     if width < 1 or height < 1:
@@ -402,7 +411,7 @@ def _decode_loaded(image: Image.Image, info: ImageInfo) -> DecodedImage:
     )
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
+def decode_image(data: bytes, *, max_pixels: int, keep_metadata: bool = False) -> DecodedImage:
     """Validates and decodes an uploaded image into arrays for the model.
 
     The header is checked against `max_pixels` first, then the file structure is verified
@@ -413,6 +422,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     Args:
         data: The uploaded file.
         max_pixels: Largest accepted width x height.
+        keep_metadata: Also read the EXIF and XMP, upright (`DecodedImage.metadata`).
 
     Returns:
         The decoded image.
@@ -440,8 +450,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
             ImageOps.exif_transpose(image, in_place=True)
         except Exception as exc:  # a damaged EXIF block should not cost the picture
             logger.info("ignoring unreadable EXIF orientation: %s", exc)
+        metadata = read_metadata(image) if keep_metadata else None
         try:
-            return _decode_loaded(image, info)
+            return dataclasses.replace(_decode_loaded(image, info), metadata=metadata)
         except UnsupportedImageError:
             raise
         except Exception as exc:

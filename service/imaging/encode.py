@@ -3,7 +3,8 @@
 Pure image work, no HTTP: the HTTP layer picks an `OutputFormat` from the Accept header (see
 `service.imaging.negotiation`) and this module puts back what decoding set aside (alpha, upscaled
 here; the greyscale flag; the ICC profile, within the size limit of
-`service.imaging.decode.embeddable_icc`) and turns the arrays into bytes.
+`service.imaging.decode.embeddable_icc`; EXIF and XMP when the request kept them,
+`service.imaging.metadata`) and turns the arrays into bytes.
 
 * PNG (the default) is written by `service.imaging.pngwriter` (strips compressed in parallel,
   ISA-L when installed), or by Pillow when `png_encoder="pillow"`. Both decode to identical pixels.
@@ -22,10 +23,11 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from service.host import available_cpus
 from service.imaging.decode import embeddable_icc, icc_colour_space
+from service.imaging.metadata import EXIF_HEADER, Metadata
 from service.imaging.pngwriter import deflate_backend, encode_png_strips
 
 if TYPE_CHECKING:
@@ -126,10 +128,21 @@ def compose(rgb: np.ndarray, alpha: np.ndarray | None = None, grey: bool = False
     return np.concatenate([base, alpha[..., np.newaxis]], axis=2)
 
 
-def _save(image: Image.Image, image_format: str, **options: object) -> bytes:
+def _save(
+    image: Image.Image, image_format: str, metadata: Metadata | None = None, **options: object
+) -> bytes:
     options["icc_profile"] = embeddable_icc(options.get("icc_profile"))
     if options["icc_profile"] is None:
         options.pop("icc_profile")
+    if metadata is not None and metadata.exif:
+        options["exif"] = EXIF_HEADER + metadata.exif  # Pillow drops the header where needed
+    if metadata is not None and metadata.xmp:
+        if image_format == "PNG":  # Pillow writes PNG's XMP as the text chunk readers look for
+            text = PngImagePlugin.PngInfo()
+            text.add_itxt("XML:com.adobe.xmp", metadata.xmp.decode("utf-8", "replace"))
+            options["pnginfo"] = text
+        else:
+            options["xmp"] = metadata.xmp
     buffer = io.BytesIO()
     image.save(buffer, format=image_format, **options)
     return buffer.getvalue()
@@ -151,6 +164,7 @@ def encode_png(
     grey: bool = False,
     icc_profile: bytes | None = None,
     compress_level: int = 1,
+    metadata: Metadata | None = None,
 ) -> bytes:
     """Encodes PNG with Pillow's encoder (RGB, RGBA, L or LA; zlib level 0-9)."""
     image = Image.fromarray(rgb)
@@ -158,7 +172,7 @@ def encode_png(
         image = image.convert("L")
     if alpha is not None:
         image.putalpha(Image.fromarray(alpha))
-    return _save(image, "PNG", compress_level=compress_level, icc_profile=icc_profile)
+    return _save(image, "PNG", metadata, compress_level=compress_level, icc_profile=icc_profile)
 
 
 def encode_webp_lossless(
@@ -167,6 +181,7 @@ def encode_webp_lossless(
     alpha: np.ndarray | None = None,
     grey: bool = False,
     icc_profile: bytes | None = None,
+    metadata: Metadata | None = None,
 ) -> bytes:
     """Encodes lossless WebP (RGB or RGBA; grey is written as RGB with equal channels)."""
     pixels = compose(rgb, alpha, grey)
@@ -176,7 +191,7 @@ def encode_webp_lossless(
         if icc_colour_space(icc_profile) == b"GRAY":
             icc_profile = None
     image = Image.fromarray(np.ascontiguousarray(pixels))
-    return _save(image, "WEBP", **WEBP_LOSSLESS_OPTIONS, icc_profile=icc_profile)
+    return _save(image, "WEBP", metadata, **WEBP_LOSSLESS_OPTIONS, icc_profile=icc_profile)
 
 
 def flatten_on_white(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -201,13 +216,14 @@ def encode_jpeg(
     grey: bool = False,
     icc_profile: bytes | None = None,
     quality: int = 92,
+    metadata: Metadata | None = None,
 ) -> bytes:
     """Encodes JPEG; alpha, which JPEG cannot hold, is flattened onto white."""
     pixels = compose(rgb, None, grey)
     if alpha is not None:
         pixels = flatten_on_white(pixels, alpha)
     image = Image.fromarray(np.ascontiguousarray(pixels[..., 0]) if grey else pixels)
-    return _save(image, "JPEG", quality=quality, icc_profile=icc_profile)
+    return _save(image, "JPEG", metadata, quality=quality, icc_profile=icc_profile)
 
 
 def encode_output(
@@ -218,6 +234,7 @@ def encode_output(
     alpha: np.ndarray | None = None,
     grey: bool = False,
     icc_profile: bytes | None = None,
+    metadata: Metadata | None = None,
 ) -> bytes:
     """Encodes the upscaled image in the requested format.
 
@@ -230,29 +247,26 @@ def encode_output(
         icc_profile: ICC profile to embed; dropped, whatever the format, when it is larger
             than a PNG reader accepts (`service.imaging.decode.embeddable_icc`), so that every
             output can be read back.
+        metadata: EXIF and XMP to embed, already made true of this output
+            (`service.imaging.metadata.Metadata.for_size`); None: none.
 
     Returns:
         The encoded file.
     """
+    common = {"alpha": alpha, "grey": grey, "icc_profile": icc_profile, "metadata": metadata}
     if output_format is OutputFormat.WEBP:
-        return encode_webp_lossless(rgb, alpha=alpha, grey=grey, icc_profile=icc_profile)
+        return encode_webp_lossless(rgb, **common)
     if output_format is OutputFormat.JPEG:
-        return encode_jpeg(
-            rgb, alpha=alpha, grey=grey, icc_profile=icc_profile, quality=options.jpeg_quality
-        )
+        return encode_jpeg(rgb, **common, quality=options.jpeg_quality)
     if options.png_encoder is PngEncoder.PILLOW:
-        return encode_png(
-            rgb,
-            alpha=alpha,
-            grey=grey,
-            icc_profile=icc_profile,
-            compress_level=options.png_compress_level,
-        )
+        return encode_png(rgb, **common, compress_level=options.png_compress_level)
     return encode_png_strips(
         compose(rgb, alpha, grey),
         level=options.png_compress_level,
         icc_profile=embeddable_icc(icc_profile),
         threads=options.encode_threads,
+        exif=metadata.exif if metadata else None,
+        xmp=metadata.xmp if metadata else None,
     )
 
 

@@ -37,6 +37,8 @@ import numpy as np
 from service.host import available_cpus
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: The iTXt keyword of XMP in PNG files.
+XMP_KEYWORD = b"XML:com.adobe.xmp"
 #: PNG colour type for each channel count: grey, grey + alpha, RGB, RGBA.
 COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}
 #: zlib stream header: deflate with a 32 KiB window, "fastest" level hint, valid check bits.
@@ -184,12 +186,25 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="png-strip")
 
 
-def _header_chunks(width: int, height: int, channels: int, icc_profile: bytes | None) -> bytes:
+def _header_chunks(
+    width: int,
+    height: int,
+    channels: int,
+    icc_profile: bytes | None,
+    exif: bytes | None = None,
+    xmp: bytes | None = None,
+) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, COLOUR_TYPES[channels], 0, 0, 0)
     chunks = PNG_SIGNATURE + _chunk(b"IHDR", header)
     if icc_profile:
         # Same profile name as Pillow writes; compression method 0 (zlib).
         chunks += _chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc_profile))
+    if exif:
+        chunks += _chunk(b"eXIf", exif)  # the TIFF structure, without JPEG's Exif header
+    if xmp:
+        # iTXt under the keyword XMP readers look for: uncompressed, no language, no
+        # translated keyword, as Pillow and exiftool write it.
+        chunks += _chunk(b"iTXt", XMP_KEYWORD + b"\x00\x00\x00\x00\x00" + xmp)
     return chunks
 
 
@@ -207,6 +222,8 @@ def encode_png_strips(
     threads: int = 0,
     prefer_isal: bool = True,
     min_strip_bytes: int = MIN_STRIP_BYTES,
+    exif: bytes | None = None,
+    xmp: bytes | None = None,
 ) -> bytes:
     """Encodes an 8-bit image as PNG, compressing strips of rows in parallel.
 
@@ -218,6 +235,8 @@ def encode_png_strips(
         threads: Strip-compression threads; 0 means one per CPU available to the process.
         prefer_isal: Use ISA-L when installed (tests turn it off to cover zlib).
         min_strip_bytes: Smallest strip worth a thread (tests lower it to cut small images).
+        exif: EXIF to embed as an eXIf chunk (a TIFF structure, no `Exif\0\0` header).
+        xmp: An XMP packet to embed as an iTXt chunk.
 
     Returns:
         The PNG file.
@@ -240,7 +259,7 @@ def encode_png_strips(
     ]
     executor = _pool(threads) if threads > 1 and len(tasks) > 1 else None
 
-    parts = [_header_chunks(width, height, channels, icc_profile)]
+    parts = [_header_chunks(width, height, channels, icc_profile, exif, xmp)]
     adler = 1  # Adler-32 of no data
     for index, (data, strip_adler, length) in enumerate(_map(executor, tasks)):
         adler = adler32_combine(adler, strip_adler, length)

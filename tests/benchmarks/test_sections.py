@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from benchmarks import __main__ as benchmarks_main
 from benchmarks import (
     encode_section,
+    estimate_section,
     gpu_section,
     http_section,
     memory_section,
@@ -22,7 +25,7 @@ from benchmarks import (
 )
 from benchmarks.__main__ import main
 from benchmarks.context import BenchContext
-from benchmarks.presets import SMOKE
+from benchmarks.presets import QUICK, SECTIONS, SMOKE
 
 
 def test_model_section_compares_engines(ctx: BenchContext) -> None:
@@ -63,6 +66,17 @@ def test_encode_section_round_trips_lossless_encoders(ctx: BenchContext) -> None
     for row in rows.values():
         assert row["bytes"] > 0
         assert row["lossless_round_trip"] in (True, None), row["encoder"]
+
+
+def test_estimate_section_sets_the_services_estimate_against_real_requests(
+    ctx: BenchContext,
+) -> None:
+    result = estimate_section.run(ctx)
+    assert result["seconds_per_megapixel"] > 0
+    assert [row["input"] for row in result["requests"]] == [f"{s}x{s}" for s in SMOKE.http_sizes]
+    for row in result["requests"]:
+        # The tiny model's times round to 0.0 s at millisecond precision.
+        assert row["estimate_s"] >= 0 and 0 <= row["model_s"] <= row["total_s"]
 
 
 def test_http_section_drives_the_real_service(ctx: BenchContext) -> None:
@@ -128,6 +142,32 @@ def test_command_line_writes_results(tiny_model: Path, tmp_path: Path, capsys) -
     assert "onnxruntime-gpu" in results["machine"]["versions"] or "onnxruntime" in str(results)
     assert {target["name"] for target in results["targets"]}
     assert "| target |" in capsys.readouterr().out
+
+
+def test_quick_runs_the_first_look_sections_only(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What `--quick` costs is the sections it runs (about two minutes on 2 cores, measured in
+    # docs/benchmarks.md): tiling, tuning, memory and start-up are the full run's.
+    ran: list[tuple[str, str]] = []
+
+    def sections() -> dict[str, Any]:
+        def recorder(name: str) -> Any:
+            return lambda ctx: ran.append((name, ctx.preset.name)) or {}
+
+        return {name: recorder(name) for name in (*SECTIONS, "ray")}
+
+    monkeypatch.setattr(benchmarks_main, "_sections", sections)
+    args = ["--model", str(tiny_model), "--out", str(tmp_path), "--quiet"]
+    assert main([*args, "--quick"]) == 0
+    assert ran == [(name, "quick") for name in ("model", "encode", "http", "gpu")]
+    assert not QUICK.model_parallel, "the parallel-call study is the full run's"
+    ran.clear()
+    assert main([*args, "--quick", "--sections", "tiling"]) == 0
+    assert ran == [("tiling", "quick")], "--sections still chooses"
+    ran.clear()
+    assert main(args) == 0
+    assert [name for name, _ in ran] == list(SECTIONS)
 
 
 def test_command_line_refuses_a_missing_model(tmp_path: Path) -> None:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from training import degradations
 from training.data import ImagePair, TrainingPatches, bicubic_downscale
-from training.degradations import CATEGORIES, MIXTURES, Mixture
+from training.degradations import (
+    CATEGORIES,
+    JPEG_CATEGORIES,
+    MIXTURES,
+    Mixture,
+    category_file,
+)
 from training.protocol import psnr_y
 
 
@@ -127,3 +135,13 @@ def test_degraded_training_patches_stay_aligned_and_deterministic():
     for lr_patch, hr_patch in zip(lr, hr_batch, strict=True):
         upscaled = Image.fromarray(lr_patch.astype(np.uint8)).resize((32, 32), Image.BICUBIC)
         assert psnr_y(np.asarray(upscaled), hr_patch.astype(np.uint8), 4) > 18
+
+
+@pytest.mark.parametrize("name", sorted(CATEGORIES))
+def test_a_categorys_file_is_what_a_user_would_upload(name: str, photo) -> None:
+    hr = photo(64, 48)
+    data = category_file(name, hr, 4, np.random.default_rng(7))
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == ("JPEG" if name in JPEG_CATEGORIES else "PNG")
+        pixels = np.asarray(image.convert("RGB"))
+    np.testing.assert_array_equal(pixels, CATEGORIES[name](hr, 4, np.random.default_rng(7)))

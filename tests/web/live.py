@@ -24,7 +24,6 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
 
 from service.config import Settings
 from service.core.engines import OnnxEngine
@@ -74,16 +73,21 @@ def tiny_settings(model_path: Path | None, **overrides: Any) -> Settings:
 
 
 class LiveServer:
-    """Runs `app` with uvicorn on 127.0.0.1 in a thread until the context exits."""
+    """Runs `app` with uvicorn on 127.0.0.1 in a thread until the context exits.
 
-    def __init__(self, app: FastAPI) -> None:
+    `root_path` is uvicorn's `--root-path`: the prefix a proxy in front strips (`PrefixProxy`);
+    the server is ready once `ready_path` answers 200.
+    """
+
+    def __init__(self, app: Any, *, root_path: str = "", ready_path: str = "/readyz") -> None:
         self.app = app
+        self.ready_path = ready_path
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on")
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", root_path=root_path)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
@@ -94,7 +98,7 @@ class LiveServer:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
                     return self
             if not self._thread.is_alive():
                 break
@@ -117,6 +121,49 @@ class LiveServer:
 
 
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+class PrefixProxy:
+    """A reverse proxy serving `upstream` at `prefix`/, as nginx's `location /upscaler/ {
+    proxy_pass http://upstream/; }` does: the prefix is stripped from every request (the
+    upstream runs with `--root-path` to know it), and any path outside it is a 404. An ASGI app,
+    for `LiveServer(proxy, ready_path=prefix + "/readyz")`.
+    """
+
+    def __init__(self, upstream: str, prefix: str) -> None:
+        self.upstream = upstream
+        self.prefix = prefix
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()  # startup
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # shutdown
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        path = scope["path"]
+        if not path.startswith(self.prefix + "/"):
+            await _answer(send, 404, [(b"content-type", b"text/plain")], b"not under the prefix")
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        query = scope["query_string"].decode()
+        url = self.upstream + path[len(self.prefix) :] + (f"?{query}" if query else "")
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"host"]
+        async with httpx.AsyncClient(timeout=60) as client:
+            answer = await client.request(scope["method"], url, headers=headers, content=body)
+        dropped = {b"content-length", b"transfer-encoding", b"connection", b"content-encoding"}
+        kept = [(k, v) for k, v in answer.headers.raw if k.lower() not in dropped]
+        await _answer(send, answer.status_code, kept, answer.content)
+
+
+async def _answer(send: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    length = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + length})
+    await send({"type": "http.response.body", "body": body})
 
 
 @dataclass

@@ -109,7 +109,8 @@ def test_page_and_assets_are_served_with_types_and_caching(server: LiveServer) -
             "maxInputPixels": TEST_LIMITS["max_input_pixels"],
             "maxEnsembleInputPixels": TEST_LIMITS["max_ensemble_input_pixels"],
         }
-        assets = re.findall(r'(?:href|src)="(/static/[^"]+)"', page.text)
+        # Relative to the page, so that they hold behind a path prefix too (test_prefix.py).
+        assets = ["/" + asset for asset in re.findall(r'(?:href|src)="(static/[^"]+)"', page.text)]
         types = {"app.js": "text/javascript", "style.css": "text/css"}
         assert sorted(a.split("?")[0].rsplit("/", 1)[1] for a in assets) == sorted(types)
         for asset in assets:
@@ -335,37 +336,40 @@ def test_quality_and_format_are_sent_and_remembered(page: Any, server: LiveServe
     assert data.startswith(b"\xff\xd8") and Image.open(io.BytesIO(data)).size == (32, 32)
 
 
-def test_model_picker_offers_the_services_models_and_remembers_the_choice(
+def test_model_picker_offers_auto_then_each_model_and_remembers_the_choice(
     page: Any, models_server: LiveServer
 ) -> None:
     listed = httpx.get(f"{models_server.url}/models", timeout=10).json()
-    assert listed["default"] == "sharp"
+    assert listed["default"] == "auto"  # a clean and a robust model: the service chooses
     assert [model["name"] for model in listed["models"]] == ["sharp", "gentle"]
     url = models_server.url
     page.goto(url)
     requests = upscale_requests(page)
     model, about = page.get_by_label("Model"), page.locator("#model-about")
     expect(model).to_be_enabled()
-    expect(model.locator("option")).to_have_text(["sharp (bicubic, default)", "gentle (realistic)"])
-    expect(model).to_have_value("sharp")  # the default, preselected
-    expect(about).to_have_text(PICKER_MODELS["sharp"]["description"])
-    expect(model).to_have_accessible_description(PICKER_MODELS["sharp"]["description"])
+    expect(model.locator("option")).to_have_text(
+        ["Automatic (default)", "sharp (bicubic)", "gentle (realistic)"]
+    )
+    expect(model).to_have_value("auto")  # the default, preselected
+    expect(about).to_have_text(listed["auto"]["description"])
     pick(page, file_payload("first.png", rgb_png(8, 8)))
     wait_done(page, "first.png")
-    assert facts(page)["Model"] == "sharp"
+    # Random pixels read as noise: the robust model ran, and the page says why.
+    assert facts(page)["Model"] == "gentle"
+    assert facts(page)["Chosen because"].startswith("noise")
 
-    model.select_option("gentle")
-    expect(about).to_have_text(PICKER_MODELS["gentle"]["description"])
+    model.select_option("sharp")
+    expect(about).to_have_text(PICKER_MODELS["sharp"]["description"])
     pick(page, file_payload("second.png", rgb_png(8, 8, seed=1)))
     wait_done(page, "second.png")
-    assert facts(page)["Model"] == "gentle"
+    assert facts(page)["Model"] == "sharp" and "Chosen because" not in facts(page)
     # Only a real choice is sent; the service counts each request under the model that ran it.
-    assert [r.url for r in requests] == [f"{url}/upscale", f"{url}/upscale?model=gentle"]
+    assert [r.url for r in requests] == [f"{url}/upscale", f"{url}/upscale?model=sharp"]
     for name in PICKER_MODELS:
         assert models_server.metric("upscaler_requests_total", model=name, status="200") == 1
 
     page.reload()
-    expect(model).to_have_value("gentle")
+    expect(model).to_have_value("sharp")
     # A remembered model the service no longer has falls back to the default.
     page.evaluate(
         """() => localStorage.setItem("edsr-upscaler.settings",
@@ -373,12 +377,12 @@ def test_model_picker_offers_the_services_models_and_remembers_the_choice(
     )
     page.reload()
     requests = upscale_requests(page)
-    expect(model).to_have_value("sharp")
-    expect(model.locator("option")).to_have_count(2)
+    expect(model).to_have_value("auto")
+    expect(model.locator("option")).to_have_count(3)
     pick(page, file_payload("third.png", rgb_png(8, 8, seed=2)))
     wait_done(page, "third.png")
     assert [r.url for r in requests] == [f"{url}/upscale"]
-    assert facts(page)["Model"] == "sharp"
+    assert facts(page)["Model"] == "gentle"
 
 
 def test_model_picker_waits_for_the_list_and_hides_without_one(
@@ -397,7 +401,7 @@ def test_model_picker_waits_for_the_list_and_hides_without_one(
 
     page.route("**/models", starting_then_ready)
     page.goto(models_server.url)
-    expect(page.get_by_label("Model")).to_have_value("sharp")
+    expect(page.get_by_label("Model")).to_have_value("auto")
     assert answers == [503, 200]
 
     # A service without a model list (an older one, or a proxy hiding it): no picker, no ?model=.

@@ -1,5 +1,7 @@
 // The upscaler's web page: queue images, send them to POST /upscale one at a time, compare.
-// Plain JavaScript, no framework, no build step; it talks to this page's own origin only.
+// Plain JavaScript, no framework, no build step; it talks to this page's own origin only, with
+// URLs relative to the page (`upscale`, never `/upscale`), so that it works behind a path prefix
+// (a proxy at /upscaler/, `uvicorn --root-path`, Ray's route_prefix) as well as at the root.
 "use strict";
 
 const FORMATS = {
@@ -15,7 +17,7 @@ const MAX_503_RETRIES = 20;
 const $ = (id) => document.getElementById(id);
 const config = JSON.parse($("service-config")?.textContent || "{}");
 let scale = 4; // the default model's, from /readyz; each model's own comes from /models
-let models = new Map(); // name -> what GET /models says of it
+let models = new Map(); // name -> what GET /models says of it ("auto" too, when offered)
 let defaultModel = "";
 const queue = [];
 let shown = null; // the item whose result is on display
@@ -62,7 +64,7 @@ function stem(name) {
 
 // ---- settings, remembered in localStorage --------------------------------------------------
 
-const settings = { quality: "standard", format: "png", model: "" };
+const settings = { quality: "standard", format: "png", metadata: "strip", model: "" };
 
 function loadSettings() {
   try {
@@ -72,14 +74,17 @@ function loadSettings() {
   }
   if (!(settings.format in FORMATS)) settings.format = "png";
   if (settings.quality !== "max") settings.quality = "standard";
+  if (settings.metadata !== "keep") settings.metadata = "strip";
   const form = $("options");
   form.elements.quality.value = settings.quality;
   form.elements.format.value = settings.format;
+  form.elements.metadata.value = settings.metadata;
 }
 
 function saveSettings(event) {
   const form = $("options");
   settings.quality = form.elements.quality.value;
+  settings.metadata = form.elements.metadata.value;
   settings.format = form.elements.format.value;
   // Only a model the user picked is remembered, so an untouched picker follows the default.
   if (event?.target === $("model")) {
@@ -109,7 +114,7 @@ async function pollReady() {
   const status = $("status");
   let wait = 5;
   try {
-    const response = await fetch("/readyz", { cache: "no-store" });
+    const response = await fetch("readyz", { cache: "no-store" });
     const body = await response.json().catch(() => ({}));
     if (body.model?.scale) scale = body.model.scale;
     const provider = (body.providers?.[0] || "").replace("ExecutionProvider", "");
@@ -129,24 +134,30 @@ async function pollReady() {
 }
 
 async function loadModels() {
-  // GET /models: {"default": NAME, "models": [{name, description, degradation, scale, ...}]},
-  // the default first; 503 until the models are loaded. Without a list the choice stays hidden.
+  // GET /models: {"default": NAME or "auto", "auto": {clean, robust, description} or null,
+  // "models": [{name, description, degradation, scale, ...}]}, the default first; 503 until the
+  // models are loaded. Without a list the choice stays hidden. "auto" (the service chooses from
+  // each image) is offered first when the service has it.
   let wait = 0;
   try {
-    const response = await fetch("/models", { cache: "no-store", headers: authHeaders() });
+    const response = await fetch("models", { cache: "no-store", headers: authHeaders() });
     if (response.status === 401) askForKey("This service needs an API key.");
     if (response.status === 503) wait = Number(response.headers.get("Retry-After")) || 5;
     if (!response.ok) return;
     const body = await response.json();
     const list = (body.models || []).filter((model) => model?.name);
     if (!list.length) return;
+    if (body.auto) {
+      const clean = list.find((model) => model.name === body.auto.clean);
+      list.unshift({ ...body.auto, name: "auto", label: "Automatic", scale: clean?.scale });
+    }
     models = new Map(list.map((model) => [model.name, model]));
     defaultModel = models.has(body.default) ? body.default : list[0].name;
     const select = $("model");
     select.replaceChildren(
       ...list.map((model) => {
         const about = [model.degradation, model.name === defaultModel ? "default" : ""].filter(Boolean);
-        const text = `${model.name}${about.length ? ` (${about.join(", ")})` : ""}`;
+        const text = `${model.label || model.name}${about.length ? ` (${about.join(", ")})` : ""}`;
         return el("option", { value: model.name, textContent: text, title: model.description || "" });
       }),
     );
@@ -173,6 +184,21 @@ function describeModel() {
 }
 
 const modelScale = (name) => models.get(name)?.scale || scale;
+
+function pace(name) {
+  // The model's seconds per megapixel on the service's host (GET models, timed at its warm-up);
+  // "auto" runs one of two models, known only once the image is read: the slower one's.
+  const model = models.get(name);
+  if (model?.clean) return Math.max(pace(model.clean) || 0, pace(model.robust) || 0) || null;
+  return model?.seconds_per_megapixel || null;
+}
+
+function estimate(item) {
+  // " · about 12 s": the model time the service will spend on this image, before it is sent.
+  const seconds = (pace(chosenModel()) * item.width * item.height * (settings.quality === "max" ? 8 : 1)) / 1e6;
+  if (!item.width || !seconds) return "";
+  return ` · about ${seconds < 90 ? `${Math.max(1, Math.ceil(seconds))} s` : `${Math.round(seconds / 60)} min`}`;
+}
 
 // ---- API key (only when the service asks for one: a 401) ----------------------------------
 
@@ -301,8 +327,9 @@ function updateItem(item) {
   const known = item.width != null;
   const factor = item.request?.scale || modelScale(chosenModel());
   const out = known ? ` → ${dims(item.width * factor, item.height * factor)}` : "";
+  const about = item.state === "waiting" ? estimate(item) : "";
   size.textContent = item.measured
-    ? `${known ? dims(item.width, item.height) : "size unknown to the browser"}${out} · ${bytes(item.file.size)}`
+    ? `${known ? dims(item.width, item.height) : "size unknown to the browser"}${out} · ${bytes(item.file.size)}${about}`
     : `${bytes(item.file.size)} · measuring…`;
   status.textContent = item.statusText || "Waiting";
   status.setAttribute("role", item.state === "failed" || item.state === "rejected" ? "alert" : "status");
@@ -355,9 +382,10 @@ function tick(item) {
 }
 
 function send(item) {
-  const { quality, format, model } = item.request;
+  const { quality, format, model, metadata } = item.request;
   const params = new URLSearchParams();
   if (quality === "max") params.set("quality", "max");
+  if (metadata === "keep") params.set("metadata", "keep");
   // Only a real choice is sent: without ?model= the service runs its default.
   if (model && model !== defaultModel) params.set("model", model);
   const xhr = new XMLHttpRequest();
@@ -365,7 +393,8 @@ function send(item) {
   item.attempts += 1;
   item.retryAt = null;
   item.phase = "Uploading 0 %";
-  xhr.open("POST", `/upscale${params.size ? `?${params}` : ""}`);
+  // With jobs (config.jobs) the same request goes to POST jobs, which answers 202 at once.
+  xhr.open("POST", `${config.jobs ? "jobs" : "upscale"}${params.size ? `?${params}` : ""}`);
   for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
   xhr.responseType = "blob";
   // The service negotiates the output format from Accept (PNG when nothing else is asked).
@@ -384,10 +413,24 @@ function send(item) {
     bar.removeAttribute("value"); // indeterminate: the service does not report tile progress
     item.phase = "Upscaling";
   };
-  xhr.onload = () => received(item, xhr);
+  xhr.onload = () => (xhr.status === 202 ? accepted(item, xhr) : received(item, xhr));
   xhr.onerror = () => finish(item, "failed", "Network error: the service could not be reached.", true);
   xhr.onabort = () => {}; // Stop settles the item itself
   xhr.send(item.file);
+}
+
+// X-Upscaler-Evidence ("jpeg-quality=72; noise=3.1; aliasing=-1.84; found=jpeg,noise"), sent
+// when the service chose the model, in words; "" without it.
+function explainChoice(evidence) {
+  if (!evidence) return "";
+  const fields = Object.fromEntries(evidence.split(";").map((part) => part.trim().split("=")));
+  const words = {
+    jpeg: `JPEG compression (quality ${fields["jpeg-quality"]})`,
+    noise: `noise (σ ≈ ${fields.noise})`,
+    aliasing: "resized without smoothing",
+  };
+  const found = (fields.found || "none").split(",").filter((name) => words[name]);
+  return found.length ? found.map((name) => words[name]).join(", ") : "a clean image";
 }
 
 async function received(item, xhr) {
@@ -433,6 +476,7 @@ function succeeded(item, xhr) {
       ["Input", header("X-Input-Size").replace("x", "×")],
       ["Output", `${dims(width, height)} · ${type.replace("image/", "").toUpperCase()} · ${bytes(xhr.response.size)}`],
       ["Model", header("X-Upscaler-Model")],
+      ["Chosen because", explainChoice(header("X-Upscaler-Evidence"))],
       ["Quality", header("X-Upscaler-Quality")],
       ["Model time", `${header("X-Inference-Time-Ms")} ms`],
       ["Server timing", header("Server-Timing").replace(/;dur=/g, " ").replace(/, /g, " ms · ") + " ms"],
@@ -459,6 +503,7 @@ function finish(item, state, text, retryable = false) {
 function stop(item) {
   // abort() closes the connection; the service notices and drops the rest of the work.
   item.xhr?.abort();
+  if (item.job) cancelJob(item);
   finish(item, "stopped", "Stopped");
 }
 
@@ -597,6 +642,268 @@ function wireInput() {
   $("options").addEventListener("submit", (event) => event.preventDefault());
 }
 
+// ---- jobs: every image as a job when the service keeps them (config.jobs) -----------------
+// The upload goes to POST jobs (send above), which answers 202 at once; the page then follows
+// the job's events: a real progress bar (tiles done, the time left at this job's pace), the
+// tiles finished so far drawn over the input, Stop as POST jobs/ID/cancel. Unfinished jobs are
+// remembered (their IDs in localStorage, their inputs in IndexedDB), so that a reload picks
+// them up where they are instead of starting over. URLs are relative to the page.
+
+const JOBS_KEY = "edsr-upscaler.jobs";
+const INPUTS_DB = "edsr-upscaler-inputs";
+const PREVIEW_EVERY_MS = 700;
+const MAX_RECONNECT_MS = 10000;
+const jobUrl = (id, part = "") => `jobs/${encodeURIComponent(id)}${part}`;
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function rememberedJobs() {
+  try {
+    return JSON.parse(localStorage.getItem(JOBS_KEY) || "[]");
+  } catch {
+    return [];
+  }
+}
+
+function saveJobs(jobs) {
+  try {
+    localStorage.setItem(JOBS_KEY, JSON.stringify(jobs));
+  } catch {
+    // Not remembered: a reload will not pick this job up.
+  }
+}
+
+function inputs(mode, action) {
+  // One IndexedDB transaction on the store of inputs; resolves with the request's result, or
+  // null when IndexedDB is unavailable (the job is still followed, only its input is lost).
+  return new Promise((resolve) => {
+    let open;
+    try {
+      open = indexedDB.open(INPUTS_DB, 1);
+    } catch {
+      resolve(null);
+      return;
+    }
+    open.onupgradeneeded = () => open.result.createObjectStore("files");
+    open.onerror = () => resolve(null);
+    open.onsuccess = () => {
+      const db = open.result;
+      const transaction = db.transaction("files", mode);
+      const request = action(transaction.objectStore("files"));
+      transaction.oncomplete = () => {
+        db.close();
+        resolve(request.result ?? null);
+      };
+      transaction.onerror = transaction.onabort = () => {
+        db.close();
+        resolve(null);
+      };
+    };
+  });
+}
+
+function rememberJob(item) {
+  const startedAt = Date.now() - (performance.now() - item.started);
+  const saved = { id: item.job, name: item.file.name, type: item.file.type, request: item.request, startedAt };
+  saveJobs([...rememberedJobs().filter((job) => job.id !== item.job), saved]);
+  inputs("readwrite", (files) => files.put(item.file, item.job));
+}
+
+function endJob(item) {
+  // The job needs no more watching: stop its events, forget it, drop its live preview.
+  item.events?.abort();
+  if (item.job) {
+    const id = item.job;
+    saveJobs(rememberedJobs().filter((job) => job.id !== id));
+    inputs("readwrite", (files) => files.delete(id));
+  }
+  if (item.live) {
+    URL.revokeObjectURL(item.live.sharp.src);
+    item.live.figure.remove();
+    item.live = null;
+  }
+  item.job = null;
+}
+
+async function accepted(item, xhr) {
+  const job = JSON.parse(await xhr.response.text());
+  item.xhr = null;
+  item.job = job.id;
+  item.rate = null;
+  rememberJob(item);
+  follow(item);
+}
+
+async function* jobEvents(response) {
+  // The `data:` of each server-sent event, parsed (fetch, not EventSource: it sends the key).
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const lines = buffer.slice(0, end).split("\n");
+      buffer = buffer.slice(end + 2);
+      const data = lines.filter((line) => line.startsWith("data: ")).map((line) => line.slice(6));
+      if (data.length) yield JSON.parse(data.join("\n"));
+    }
+  }
+}
+
+async function follow(item) {
+  // Until the job ends: its events, reconnecting (with back-off) after a lost connection or a
+  // restart of the service; the job itself lives on there.
+  const controller = new AbortController();
+  item.events = controller;
+  let wait = 1000;
+  while (item.state === "running" && !controller.signal.aborted) {
+    try {
+      const response = await fetch(jobUrl(item.job, "/events"), {
+        headers: authHeaders(),
+        cache: "no-store",
+        signal: controller.signal,
+      });
+      if (response.status < 500 && !response.ok) {
+        await jobRefused(item, response);
+        return;
+      }
+      if (response.ok) {
+        wait = 1000;
+        for await (const job of jobEvents(response)) {
+          if (progressed(item, job)) return;
+        }
+      }
+    } catch {
+      if (controller.signal.aborted) return;
+    }
+    item.phase = "Reconnecting";
+    await sleep(wait);
+    wait = Math.min(wait * 2, MAX_RECONNECT_MS);
+  }
+}
+
+async function jobRefused(item, response) {
+  // 404: the job is gone (deleted, expired, or the service keeps no jobs now); 401: a key.
+  let detail = `HTTP ${response.status}`;
+  try {
+    detail = (await response.json()).detail || detail;
+  } catch {
+    // Not the service's JSON: the status will do.
+  }
+  if (response.status === 401) askForKey(`${detail}. Enter a key, then Retry.`);
+  endJob(item);
+  finish(item, "failed", `${response.status}: ${detail}`, true);
+}
+
+function progressed(item, job) {
+  // Shows one event's job; true once it has ended.
+  const bar = item.node.progress;
+  const { tiles_done: done, tiles_total: total } = job.progress;
+  if (job.status === "queued") {
+    bar.value = 0;
+    const ahead = (job.queue_position || 1) - 1;
+    item.phase = ahead ? `Queued, ${ahead} ahead` : "Queued, next";
+  } else if (job.status === "running") {
+    bar.value = total ? done / total : 0;
+    item.phase = total ? `Upscaling: tile ${done} of ${total}${timeLeft(item, done, total)}` : "Upscaling";
+    if (done) showPreview(item);
+  } else if (job.status === "succeeded") {
+    bar.value = 1;
+    item.phase = "Downloading";
+    fetchResult(item);
+    return true;
+  } else {
+    endJob(item);
+    if (job.status === "canceled") finish(item, "stopped", "Stopped");
+    else finish(item, "failed", job.detail || "The job failed.");
+    return true;
+  }
+  return false;
+}
+
+function timeLeft(item, done, total) {
+  // This job's pace since the page began watching it (a picked-up job starts measuring anew).
+  const now = performance.now();
+  if (!item.rate || done < item.rate.done) item.rate = { done, at: now };
+  const tiles = done - item.rate.done;
+  if (tiles < 1) return "";
+  const seconds = ((now - item.rate.at) / tiles) * (total - done) / 1000;
+  return ` · about ${seconds < 90 ? `${Math.ceil(seconds)} s` : `${Math.round(seconds / 60)} min`} left`;
+}
+
+function showPreview(item) {
+  // The tiles done so far (GET jobs/ID/preview: transparent where not done), over the input.
+  const now = performance.now();
+  if (item.previewBusy || now - (item.previewAt || 0) < PREVIEW_EVERY_MS) return;
+  item.previewBusy = true;
+  item.previewAt = now;
+  fetch(jobUrl(item.job, "/preview"), { headers: authHeaders(), cache: "no-store" })
+    .then((response) => (response.ok ? response.blob() : null))
+    .then((blob) => blob && item.state === "running" && item.job && drawPreview(item, blob))
+    .catch(() => {})
+    .finally(() => {
+      item.previewBusy = false;
+    });
+}
+
+function drawPreview(item, blob) {
+  if (!item.live) {
+    const blurry = el("img", { className: "live-blurry", alt: "", src: item.url });
+    const sharp = el("img", { className: "live-sharp", alt: `The tiles of ${item.file.name} upscaled so far` });
+    item.live = { figure: el("figure", { className: "live" }, blurry, sharp), sharp };
+    item.node.li.querySelector(".item-main").append(item.live.figure);
+  }
+  const old = item.live.sharp.src;
+  item.live.sharp.src = URL.createObjectURL(blob);
+  if (old) URL.revokeObjectURL(old);
+}
+
+function fetchResult(item) {
+  // The image, with the headers of POST /upscale, so `received` shows it as it shows those.
+  const xhr = new XMLHttpRequest();
+  item.xhr = xhr;
+  xhr.open("GET", jobUrl(item.job, "/result"));
+  for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
+  xhr.setRequestHeader("Accept", FORMATS[item.request.format].type);
+  xhr.responseType = "blob";
+  xhr.onload = () => {
+    const id = item.job;
+    endJob(item);
+    // The page holds the image now: the service need not keep it.
+    if (xhr.status === 200) fetch(jobUrl(id), { method: "DELETE", headers: authHeaders() }).catch(() => {});
+    received(item, xhr);
+  };
+  xhr.onerror = () => finish(item, "failed", "Network error: the service could not be reached.", true);
+  xhr.send();
+}
+
+function cancelJob(item) {
+  fetch(jobUrl(item.job, "/cancel"), { method: "POST", headers: authHeaders() }).catch(() => {});
+  endJob(item);
+}
+
+async function resumeJobs() {
+  // After a reload: the jobs this browser left unfinished, followed again.
+  if (!config.jobs) return;
+  for (const saved of rememberedJobs()) {
+    const input = await inputs("readonly", (files) => files.get(saved.id));
+    const file = new File(input ? [input] : [], saved.name, { type: saved.type });
+    const item = { file, state: "running", url: URL.createObjectURL(file), request: saved.request, job: saved.id };
+    item.started = performance.now() - (Date.now() - saved.startedAt);
+    item.attempts = 1;
+    item.phase = "Picking up";
+    item.node = renderItem(item);
+    queue.push(item);
+    $("queue").append(item.node.li);
+    $("queue-empty").hidden = true;
+    setState(item, "running", "Picking up…");
+    item.ticker = setInterval(() => tick(item), 100);
+    measure(item);
+    follow(item);
+  }
+}
+
 loadSettings();
 showLimits();
 wireInput();
@@ -604,3 +911,4 @@ wireKey();
 wireComparison();
 pollReady();
 loadModels();
+resumeJobs();

@@ -22,6 +22,7 @@ import numpy as np
 
 from service.config import Settings
 from service.core.engines.ortconfig import GPU_PROVIDERS
+from service.core.tiling import model_pixels
 from service.exceptions import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -49,9 +50,13 @@ class ModelInfo:
             onnxruntime, the f16 inference precision on OpenVINO) or `bf16` (OpenVINO).
         precision_setting: The precision as configured (`auto`, `fp32`, `fp16` or `bf16`).
         tile_size: Side of the (largest) tile fed to the model.
+        tile_overlap: Pixels of context kept around each inner seam between tiles.
         batch_size: Tiles per model call.
         tile_mode: `fit` (tiles fitted to each image) or `fixed`, resolved from `auto`.
         warmup_seconds: Duration of the warm-up run, None before it.
+        seconds_per_megapixel: Model time per megapixel of tiles, timed on a run of the serving
+            tile right after the warm-up run (which pays one-time costs); None before it. What
+            the service's time estimates are made of (`service.core.registry.ServedModel`).
         engine: The engine really running: `onnxruntime` or `openvino`.
         device: Where it runs: `CPU` or `GPU`.
         requested_engine: The engine as configured (`auto`, `onnxruntime` or `openvino`).
@@ -70,6 +75,7 @@ class ModelInfo:
     precision: str
     precision_setting: str
     tile_size: int
+    tile_overlap: int
     batch_size: int
     tile_mode: Literal["fit", "fixed"]
     engine: str
@@ -81,6 +87,7 @@ class ModelInfo:
     precision_reason: str | None = None
     engine_config: Mapping[str, str] = dataclasses.field(default_factory=dict)
     warmup_seconds: float | None = None
+    seconds_per_megapixel: float | None = None
 
     @classmethod
     def build(
@@ -110,6 +117,7 @@ class ModelInfo:
             precision=precision,
             precision_setting=settings.precision,
             tile_size=settings.tile_size,
+            tile_overlap=settings.tile_overlap,
             batch_size=settings.tile_batch_size,
             tile_mode=resolve_tile_mode(settings.tile_mode, providers[0]),
             engine=engine,
@@ -127,6 +135,18 @@ class ModelInfo:
     def fallback(self) -> bool:
         """Whether the model does not run on the engine or provider it was asked for first."""
         return self.fallback_reason is not None
+
+    def model_seconds(self, width: int, height: int) -> float | None:
+        """Estimated model time of one pass over a `width` x `height` image: the pixels its
+        tiles hand the model (overlap and padding included) at `seconds_per_megapixel`; None
+        before the warm-up measured it."""
+        if self.seconds_per_megapixel is None:
+            return None
+        fit = self.tile_mode == "fit"
+        pixels = model_pixels(
+            height, width, self.tile_size, self.tile_overlap, fit=fit, batch_size=self.batch_size
+        )
+        return pixels / 1e6 * self.seconds_per_megapixel
 
 
 class Engine(Protocol):
@@ -238,15 +258,17 @@ def scale_from_metadata(metadata: Mapping[str, str], path: Path) -> int | None:
 
 
 def warm_up_engine(engine: Engine) -> float:
-    """Runs one batch of the engine's serving tile shape and records the duration in its info.
+    """Runs one batch of the engine's serving tile shape and records the duration in its info,
+    then times a second run: this host's model time per megapixel, warm.
 
     Raises:
         ModelLoadError: If the output shape does not match the model's scale.
     """
     info = engine.info
     side = info.tile_size
+    tiles = np.zeros((info.batch_size, side, side, 3), dtype=np.float32)
     started = time.perf_counter()
-    output = engine.run(np.zeros((info.batch_size, side, side, 3), dtype=np.float32))
+    output = engine.run(tiles)
     elapsed = time.perf_counter() - started
     expected = (info.batch_size, side * info.scale, side * info.scale, 3)
     if output.shape != expected:
@@ -254,9 +276,12 @@ def warm_up_engine(engine: Engine) -> float:
             f"model {info.path} returned shape {output.shape} for a {side}-pixel tile; "
             f"expected {expected}"
         )
-    engine.info = dataclasses.replace(info, warmup_seconds=elapsed)
+    started = time.perf_counter()
+    engine.run(tiles)
+    pace = (time.perf_counter() - started) / (tiles.size / 3 / 1e6)
+    engine.info = dataclasses.replace(info, warmup_seconds=elapsed, seconds_per_megapixel=pace)
     logger.info(
-        "warm-up with %d tile(s) of %dx%d on %s (%s, %s) took %.3f s",
+        "warm-up with %d tile(s) of %dx%d on %s (%s, %s) took %.3f s; then %.2f s per megapixel",
         info.batch_size,
         side,
         side,
@@ -264,5 +289,6 @@ def warm_up_engine(engine: Engine) -> float:
         info.engine,
         info.precision,
         elapsed,
+        pace,
     )
     return elapsed

@@ -149,6 +149,24 @@ def test_openapi_declares_the_bearer_scheme(keyed: Settings) -> None:
     assert schema["paths"]["/upscale"]["post"]["security"] == [{"ApiKey": []}]
     assert "401" in schema["paths"]["/upscale"]["post"]["responses"]
     assert "security" not in schema["paths"]["/healthz"]["get"]
+    assert "security" not in schema["paths"]["/metrics"]["get"], "metrics stay open by default"
+
+
+def test_openapi_claims_no_authentication_while_keys_are_off(
+    make_settings: SettingsFactory,
+) -> None:
+    schema = TestClient(create_app(make_settings())).get("/openapi.json").json()
+    assert "securitySchemes" not in schema.get("components", {})
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            assert "security" not in operation, f"{method.upper()} {path}"
+            assert "401" not in operation["responses"], f"{method.upper()} {path}"
+
+
+def test_openapi_puts_metrics_behind_the_key_when_they_are(keyed: Settings) -> None:
+    settings = keyed.model_copy(update={"protect_metrics": True})
+    metrics = create_app(settings).openapi()["paths"]["/metrics"]["get"]
+    assert metrics["security"] == [{"ApiKey": []}] and "401" in metrics["responses"]
 
 
 # --- CORS ---

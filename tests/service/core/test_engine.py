@@ -70,6 +70,13 @@ def test_warm_up_runs_the_tile_shape(
     assert engine.info.warmup_seconds is not None
 
 
+def test_warm_up_measures_the_model_time_per_megapixel(conv_model_path: Path) -> None:
+    engine = _any_engine(conv_model_path, "onnxruntime", tile_size=12)
+    assert engine.info.seconds_per_megapixel is None
+    engine.warm_up()
+    assert engine.info.seconds_per_megapixel is not None and engine.info.seconds_per_megapixel > 0
+
+
 def test_settings_describe_the_engine(conv_model_path: Path, engine_name: str) -> None:
     settings = Settings(
         model_path=conv_model_path,

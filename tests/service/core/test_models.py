@@ -102,6 +102,29 @@ def test_a_default_model_that_is_not_in_the_folder_refuses_to_start(
         pass
 
 
+def test_models_serves_only_the_models_it_names(make_folder_settings: SettingsFactory) -> None:
+    with TestClient(create_app(make_folder_settings(models="sharp"))) as client:
+        wait_until_warm(client)
+        assert [model["name"] for model in client.get("/models").json()["models"]] == ["sharp"]
+        assert [model["name"] for model in client.get("/readyz").json()["models"]] == ["sharp"]
+        assert _upscale(client, noise_image(4, 4), "soft").status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("models", "refusal"),
+    [
+        ("sharp,edsr", r"UPSCALER_MODELS names 'edsr', not in .* holds sharp, soft"),
+        ("soft", r"default model 'sharp' .* is not among UPSCALER_MODELS \(soft\)"),
+    ],
+    ids=["unknown-name", "default-left-out"],
+)
+def test_models_naming_what_cannot_be_served_refuses_to_start(
+    make_folder_settings: SettingsFactory, models: str, refusal: str
+) -> None:
+    with pytest.raises(ModelLoadError, match=refusal):
+        model_files(make_folder_settings(models=models))
+
+
 def test_an_empty_or_missing_folder_refuses_to_start(
     make_folder_settings: SettingsFactory, tmp_path: Path
 ) -> None:
@@ -146,10 +169,15 @@ def test_each_request_runs_the_model_it_names(
 
 
 def test_without_the_parameter_the_default_model_runs(
-    make_folder_settings: SettingsFactory, models_folder: Path
+    make_folder_settings: SettingsFactory, models_folder: Path, tmp_path: Path
 ) -> None:
+    # Two models trained on clean downscales: no `auto` (test_choice.py), the default runs.
+    for name in FOLDER_MODELS:
+        shutil.copy(models_folder / f"{name}.onnx", tmp_path)
+        (tmp_path / f"{name}.json").write_text('{"degradation": "bicubic"}')
     pixels = noise_image(12, 12)
-    with TestClient(create_app(make_folder_settings(default_model="soft"))) as client:
+    settings = make_folder_settings(models_dir=tmp_path, default_model="soft")
+    with TestClient(create_app(settings)) as client:
         wait_until_warm(client)
         response = _upscale(client, pixels)
         assert (response.status_code, response.headers["X-Upscaler-Model"]) == (200, "soft")
@@ -202,8 +230,9 @@ def test_an_unknown_model_is_refused_before_the_upload_is_read(
 
 def test_models_lists_each_model_with_its_card(folder_client: TestClient) -> None:
     body = folder_client.get("/models").json()
-    assert body["default"] == "sharp"
+    assert body["default"] == "auto"  # a clean and a robust model: test_choice.py
     sharp, soft = body["models"]
+    assert sharp.pop("seconds_per_megapixel") > 0  # test_estimates.py
     assert sharp == {
         "name": "sharp",
         "description": "Sharp test model.",
@@ -224,7 +253,6 @@ def test_models_lists_each_model_with_its_card(folder_client: TestClient) -> Non
 def test_the_default_model_is_listed_first(make_folder_settings: SettingsFactory) -> None:
     with TestClient(create_app(make_folder_settings(default_model="soft"))) as client:
         body = client.get("/models").json()
-        assert body["default"] == "soft"
         assert [model["name"] for model in body["models"]] == ["soft", "sharp"]
 
 
@@ -324,8 +352,8 @@ def test_a_model_that_fails_to_warm_up_is_named(make_folder_settings: SettingsFa
 def test_upscale_metrics_carry_the_model_label(folder_client: TestClient) -> None:
     pixels = noise_image(3, 5)
     assert _upscale(folder_client, pixels, "soft").status_code == 200
-    assert _upscale(folder_client, pixels).status_code == 200
-    assert _upscale(folder_client, pixels).status_code == 200
+    assert _upscale(folder_client, pixels, "sharp").status_code == 200
+    assert _upscale(folder_client, pixels, "sharp").status_code == 200
     assert _upscale(folder_client, pixels, "nope").status_code == 422
     text = folder_client.get("/metrics").text
     assert 'upscaler_requests_total{model="sharp",status="200"} 2.0' in text

@@ -179,6 +179,16 @@ def test_an_added_model_is_served_and_a_broken_new_one_is_not(
         assert 'upscaler_model_version_info{model="extra",version="' in metrics
 
 
+def test_a_model_left_out_of_models_is_not_added_by_the_reload(
+    reload_settings: SettingsFactory, folder: Path
+) -> None:
+    with TestClient(create_app(reload_settings(models="m"))) as client:
+        wait_until_ready(client)
+        build_constant_model(folder / "extra.onnx", 77)
+        assert _check(client) == []
+        assert [m["name"] for m in client.get("/models").json()["models"]] == ["m"]
+
+
 def test_removed_files_drop_their_model_but_the_default_keeps_serving(
     reload_settings: SettingsFactory, folder: Path
 ) -> None:

@@ -13,6 +13,7 @@ from service.core.tiling import (
     AxisSpan,
     fit_window,
     fixed_tile_shapes,
+    model_pixels,
     pad_to_tile,
     plan_axis,
     plan_tiles,
@@ -137,6 +138,30 @@ def test_every_model_call_gets_the_same_fixed_shape(batch_size: int) -> None:
     )
     assert len(shapes) > 1
     assert set(shapes) == {((batch_size, TILE, TILE, 3), np.dtype(np.float32))}
+
+
+@pytest.mark.parametrize("fit", [True, False], ids=["fit", "fixed"])
+@pytest.mark.parametrize(("height", "width", "batch_size"), [(45, 31, 1), (45, 31, 3), (7, 90, 2)])
+def test_model_pixels_are_the_pixels_the_model_is_handed(
+    fit: bool, height: int, width: int, batch_size: int
+) -> None:
+    handed = []
+
+    def fake_model(batch: np.ndarray) -> np.ndarray:
+        handed.append(batch.shape[0] * batch.shape[1] * batch.shape[2])
+        return np.repeat(np.repeat(batch, SCALE, axis=1), SCALE, axis=2)
+
+    upscale_tiled(
+        noise_image(height, width),
+        fake_model,
+        scale=SCALE,
+        tile_size=TILE,
+        overlap=OVERLAP,
+        batch_size=batch_size,
+        fit=fit,
+    )
+    expected = model_pixels(height, width, TILE, OVERLAP, fit=fit, batch_size=batch_size)
+    assert sum(handed) == expected
 
 
 def test_nearest_neighbour_model_gives_exact_nearest_upscale() -> None:
@@ -325,11 +350,6 @@ def test_interrupt_abandons_the_upscale_between_model_calls() -> None:
 # --- Thin images: strips instead of squares ------------------------------------------------------
 
 
-def _computed_pixels(height: int, width: int, tile_size: int, overlap: int, fit: bool) -> int:
-    rows, cols = tile_shape(height, width, tile_size, overlap, fit=fit)
-    return rows * cols * len(plan_tiles(height, width, tile_size, overlap, fit=fit))
-
-
 @pytest.mark.parametrize("fit", [True, False], ids=["fit", "fixed"])
 @pytest.mark.parametrize(("height", "width"), [(41, 32768), (32768, 41), (65535, 9), (9, 65535)])
 def test_thin_images_cost_about_what_square_ones_do_per_pixel(
@@ -338,8 +358,8 @@ def test_thin_images_cost_about_what_square_ones_do_per_pixel(
     # The model's work is the pixels it is handed. Before strips, a 41-row image padded to
     # 192-row fixed tiles computed 4.7 times its pixels (and 21 times for 9 columns); fitted tiles
     # cut it into 186 small tiles of 41 x 192, paying the overlap and a model call for each.
-    square = _computed_pixels(2048, 2048, 192, 8, fit) / 2048**2
-    thin = _computed_pixels(height, width, 192, 8, fit) / (height * width)
+    square = model_pixels(2048, 2048, 192, 8, fit=fit) / 2048**2
+    thin = model_pixels(height, width, 192, 8, fit=fit) / (height * width)
     assert thin <= 1.3 * square
     assert len(plan_tiles(height, width, 192, 8, fit=fit)) <= 45
 

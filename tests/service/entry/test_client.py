@@ -14,13 +14,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
+from service.api.app import create_app
 from service.entry import client
+from service.host import ARENA_ENVIRONMENT, MALLOC_ARENAS
+from tests.service.arena_probe import arenas_after
 from tests.service.entry.conftest import KEY
-from tests.service.helpers import png_bytes
+from tests.service.helpers import encode, noise_image, png_bytes
+from tests.service.imaging.test_evidence import scene
+from tests.web.live import LiveServer, tiny_settings
 
 ROOT = Path(__file__).resolve().parents[3]
+GPS = {1: "N", 2: (48.0, 51.0, 24.0)}
 
 pytestmark = pytest.mark.usefixtures("bounded")
 
@@ -92,7 +98,7 @@ def test_folder_with_a_bad_file_keeps_going_and_fails_at_the_end(
     assert sorted(p.name for p in out.rglob("*")) == ["a_x4.png", "b_x4.png", "sub"]
     err = capsys.readouterr().err
     assert "bad.png: 415: the upload is not an image" in err
-    assert "upscale: 2 upscaled, 0 skipped (existing), 1 failed:" in err
+    assert "upscale: 2 upscaled (tiny 2), 0 skipped (existing), 1 failed:" in err
 
     # Existing outputs are skipped, unless --overwrite.
     before = (out / "a_x4.png").stat().st_mtime_ns
@@ -225,7 +231,7 @@ def test_local_folder_with_a_bad_file(
     err = capsys.readouterr().err
     assert "bad.png: the upload is not an image" in err
     assert "big.png: " in err and "pixels" in err  # the service's own limit
-    assert "1 upscaled, 0 skipped (existing), 2 failed" in err
+    assert "1 upscaled (tiny 1), 0 skipped (existing), 2 failed" in err
     status, out = run("-", "--local", "--model", str(local_env), stdin=png_bytes(3, 2))
     assert status == 0 and size_of(out) == (12, 8)
 
@@ -239,7 +245,7 @@ def test_local_without_a_model_says_how_to_name_one(
     status, _ = run("photo.png", "--local")
     assert status == 2
     err = capsys.readouterr().err
-    assert "no model at models/edsr_x4.onnx" in err and "--model FILE.onnx" in err
+    assert "no models folder at models" in err and "--model FILE.onnx" in err
 
 
 def test_local_mode_never_imports_fastapi(local_env: Path, tmp_path: Path) -> None:
@@ -260,3 +266,92 @@ def test_local_mode_never_imports_fastapi(local_env: Path, tmp_path: Path) -> No
     )
     assert done.returncode == 0, done.stderr.decode()
     assert size_of(tmp_path / "photo_x4.png") == (20, 20)
+
+
+def test_local_mode_bounds_its_malloc_arenas(local_env: Path, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(png_bytes(5, 5))
+    setup = (
+        "from service.entry.client import main\n"
+        f"assert main([{str(photo)!r}, '--local', '--model', {str(local_env)!r}]) == 0"
+    )
+    env = {key: value for key, value in os.environ.items() if key != ARENA_ENVIRONMENT}
+    assert arenas_after(setup, env) <= MALLOC_ARENAS
+
+
+def test_each_image_sent_is_announced_with_the_services_estimate(
+    service_url: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(png_bytes(8, 6))
+    status, _ = run(str(photo), "--url", service_url, "--progress", "--overwrite")
+    assert status == 0
+    err = capsys.readouterr().err
+    assert f"upscale: {photo}: 8x6, about 1 s of model time" in err
+    run(str(photo), "--url", service_url, "--no-progress", "--overwrite")
+    assert "model time" not in capsys.readouterr().err, "told only to a person watching"
+
+
+def _geotagged(tmp_path: Path) -> Path:
+    exif = Image.Exif()
+    exif[ExifTags.IFD.GPSInfo] = GPS
+    photo = tmp_path / "geo.jpg"
+    photo.write_bytes(encode(Image.fromarray(noise_image(6, 8)), "JPEG", exif=exif.tobytes()))
+    return photo
+
+
+def test_metadata_keep_keeps_the_photos_exif(service_url: str, tmp_path: Path) -> None:
+    photo = _geotagged(tmp_path)
+    assert run(str(photo), "--url", service_url)[0] == 0
+    assert not Image.open(tmp_path / "geo_x4.png").getexif()
+    assert run(str(photo), "--url", service_url, "--metadata", "keep", "--overwrite")[0] == 0
+    kept = Image.open(tmp_path / "geo_x4.png").getexif()
+    assert kept.get_ifd(ExifTags.IFD.GPSInfo) == GPS
+
+
+def test_local_metadata_keep_keeps_the_photos_exif(local_env: Path, tmp_path: Path) -> None:
+    photo = _geotagged(tmp_path)
+    assert run(str(photo), "--local", "--model", str(local_env), "--metadata", "keep")[0] == 0
+    kept = Image.open(tmp_path / "geo_x4.png").getexif()
+    assert kept.get_ifd(ExifTags.IFD.GPSInfo) == GPS
+
+
+# ---- which model ran: `auto`, over HTTP and with --local -------------------------------------
+
+
+def _auto_inputs(folder: Path) -> Path:
+    """A clean PNG and the same picture as a JPEG of quality 50 (64x64: the test limits)."""
+    lr = Image.fromarray(scene(256)).resize((64, 64), Image.Resampling.BICUBIC)
+    folder.mkdir()
+    lr.save(folder / "clean.png")
+    lr.save(folder / "web.jpg", quality=50)
+    return folder
+
+
+def test_the_summary_says_which_model_auto_chose_and_why(
+    models_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    settings = tiny_settings(None, models_dir=models_folder, default_model="sharp")
+    inputs = _auto_inputs(tmp_path / "in")
+    with LiveServer(create_app(settings)) as live:
+        status, _ = run(str(inputs), "--url", live.url, "--job-threshold", "100")
+    assert status == 0
+    err = capsys.readouterr().err
+    # `soft` is the folder's robust model, `sharp` its clean one.
+    assert "upscale: 2 upscaled (" in err and "soft 1: JPEG 1" in err and "sharp 1: clean 1" in err
+
+
+def test_local_chooses_from_the_models_folder_as_the_service_does(
+    local_env: Path,
+    models_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    monkeypatch.setenv("UPSCALER_MODELS_DIR", str(models_folder))
+    monkeypatch.setenv("UPSCALER_DEFAULT_MODEL", "sharp")
+    monkeypatch.delenv("UPSCALER_MODEL_PATH", raising=False)
+    inputs = _auto_inputs(tmp_path / "in")
+    assert run(str(inputs), "--local")[0] == 0
+    err = capsys.readouterr().err
+    assert "soft 1: JPEG 1" in err and "sharp 1: clean 1" in err

@@ -9,6 +9,7 @@ and settings. Skipped where the `ray` extra is not installed.
 from __future__ import annotations
 
 import io
+import re
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx
 import pytest
@@ -27,6 +29,8 @@ from service.api.app import create_app
 from service.config import Settings
 from service.core.lifecycle import Phase, Readiness
 from service.core.registry import serves_single_file
+from service.host import ARENA_ENVIRONMENT, MALLOC_ARENAS
+from tests.service.arena_probe import PROBE
 from tests.service.helpers import SCALE, build_model, encode, noise_image, wait_until_ready
 
 serve = pytest.importorskip("ray.serve", reason="needs the ray extra: pip install '.[ray]'")
@@ -86,7 +90,8 @@ def _config(user_config: dict[str, Any]) -> Any:
     del config["http_options"]  # the proxy runs already, on a free port
     application = config["applications"][0]
     application["route_prefix"] = f"/{APP_NAME}"
-    application["runtime_env"]["env_vars"] = REPLICA_ENV
+    # The file's settings (its MALLOC_ARENA_MAX among them), with this test's on top.
+    application["runtime_env"]["env_vars"].update(REPLICA_ENV)
     deployment = application["deployments"][0]
     deployment.update(
         num_replicas=2,
@@ -186,6 +191,8 @@ def test_settings_for_picks_the_models_and_keeps_the_rest(tmp_path: Path) -> Non
     assert (folder.models_dir, folder.default_model) == (tmp_path, "a")
     assert not serves_single_file(folder), "a models_dir config serves the folder"
     assert folder.tile_size == 16 and folder.providers == ["CPUExecutionProvider"]
+    some = serve_module.settings_for({"models_dir": str(tmp_path), "models": ["a"]}, base)
+    assert some.models == ["a"] and not serves_single_file(some)
     one = serve_module.settings_for({"model_path": str(tmp_path / "x.onnx")}, base)
     assert serves_single_file(one) and one.model_path == tmp_path / "x.onnx"
     assert serve_module.settings_for({}, base) is base
@@ -213,6 +220,19 @@ def _await(coroutine: Any) -> Any:
     import asyncio
 
     return asyncio.run(coroutine)
+
+
+def test_a_replica_refuses_jobs_clearly_even_with_a_jobs_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A store per replica would answer GET /jobs/ID wrongly on the others: no jobs at all.
+    monkeypatch.setenv("UPSCALER_JOBS_DIR", str(tmp_path / "jobs"))
+    with TestClient(serve_module.build_app()) as client:
+        for method, path in (("POST", "/jobs"), ("GET", "/jobs/any"), ("PUT", "/jobs/any")):
+            answer = client.request(method, path, content=b"x")
+            assert answer.status_code == 404
+            assert answer.json() == {"detail": serve_module.RAY_JOBS_DETAIL}
+    assert not (tmp_path / "jobs").exists()
 
 
 # --- through Ray Serve's HTTP proxy -----------------------------------------------------------
@@ -277,7 +297,13 @@ def test_the_config_files_are_valid_serve_configs() -> None:
         admitted = int(env["UPSCALER_MAX_CONCURRENCY"]) + int(env["UPSCALER_MAX_QUEUE"])
         assert deployment.max_ongoing_requests == admitted, name
         assert set(deployment.user_config) <= set(serve_module.USER_CONFIG_KEYS)
-        assert {key.removeprefix("UPSCALER_").lower() for key in env} <= set(Settings.model_fields)
+        settings = {key.removeprefix("UPSCALER_").lower() for key in env if "UPSCALER_" in key}
+        assert settings <= set(Settings.model_fields)
+        # The decorator's own runtime_env gives way to the file's options: the file sets it.
+        assert env[ARENA_ENVIRONMENT] == str(MALLOC_ARENAS), name
+    # `serve run service.entry.serve:app`, with no file, gets it from the decorator.
+    options = serve_module.Upscaler.ray_actor_options
+    assert options["runtime_env"]["env_vars"] == {ARENA_ENVIRONMENT: str(MALLOC_ARENAS)}
 
 
 def test_probes_and_metrics_answer_per_replica(http: httpx.Client) -> None:
@@ -353,6 +379,42 @@ def test_a_config_whose_model_cannot_load_is_refused_and_the_model_keeps_serving
     assert http.post("/upscale", **request).status_code == 200
     ready = http.get("/readyz").json()
     assert [model["name"] for model in ready["models"]] == ["other"]
+
+
+def test_replicas_run_with_two_malloc_arenas() -> None:
+    # The probe runs inside each replica's process (Ray's `__ray_call__`), whose own threads
+    # would otherwise hold 8 arenas a core before any code of the service runs.
+    def probe(_replica: Any, code: str) -> int:
+        namespace: dict[str, Any] = {}
+        exec(code, namespace)
+        return namespace["arenas"]
+
+    replicas = [ray.get_actor(name, namespace="serve") for name in _replica_ids()]
+    assert len(replicas) == 2
+    counts = ray.get([replica.__ray_call__.remote(probe, PROBE) for replica in replicas])
+    assert all(count <= MALLOC_ARENAS for count in counts), counts
+
+
+def test_the_page_works_under_the_route_prefix(http: httpx.Client, proxy: str) -> None:
+    # The app answers at /upscaler/: the page's URLs are relative to it, so they stay there.
+    page = http.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assets = re.findall(r'(?:href|src)="([^"]*static/[^"]+)"', page.text)
+    assert len(assets) == 2  # the style sheet and the script
+    for asset in assets:
+        url = urljoin(f"{proxy}/", asset)
+        assert url.startswith(f"{proxy}/static/"), url
+        assert httpx.get(url, timeout=REQUEST_TIMEOUT).status_code == 200, url
+    bare = httpx.get(proxy, follow_redirects=False, timeout=REQUEST_TIMEOUT)
+    assert bare.status_code == 307 and bare.headers["location"] == f"{proxy}/"
+
+
+def test_upscales_are_counted_under_the_route_prefix(http: httpx.Client) -> None:
+    # Each replica counts its own: after a few upscales, some replica's count shows.
+    for seed in range(4):
+        assert http.post("/upscale", **_upload(seed)).status_code == 200
+    counted = re.compile(r'^upscaler_requests_total\{model="[^"]+",status="200"\} [1-9]', re.M)
+    _wait_until(lambda: bool(counted.search(http.get("/metrics").text)), "a counted upscale")
 
 
 def _replica_ids() -> set[str]:

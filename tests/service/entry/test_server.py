@@ -1,4 +1,5 @@
-"""Graceful drain against the real server process: SIGTERM while an upscale runs."""
+"""The real server process: graceful drain (SIGTERM while an upscale runs), and the malloc
+arena bound of both of its entry points."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from service.host import ARENA_ENVIRONMENT, MALLOC_ARENAS
+from tests.service.arena_probe import arenas_after
 from tests.service.helpers import build_model, png_bytes
 from tests.service.reload_helpers import wait_for
 
@@ -95,3 +98,27 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(tmp_path: Path) 
             server.kill()
         output = server.communicate(timeout=10)[0]
     assert '"status": 200' in output and '"path": "/upscale"' in output, output[-3000:]
+
+
+def _environment_without_a_bound() -> dict[str, str]:
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if key != ARENA_ENVIRONMENT and not key.startswith("UPSCALER_")
+    }
+
+
+def test_python_m_service_bounds_its_malloc_arenas() -> None:
+    # `--help` runs the entry point's start and exits before serving.
+    setup = (
+        "import runpy, sys\n"
+        "sys.argv = ['service', '--help']\n"
+        "try:\n    runpy.run_module('service', run_name='__main__')\n"
+        "except SystemExit:\n    pass"
+    )
+    assert arenas_after(setup, _environment_without_a_bound()) <= MALLOC_ARENAS
+
+
+def test_uvicorn_service_main_app_bounds_its_malloc_arenas() -> None:
+    setup = "import service.main\nservice.main.app  # what uvicorn reads"
+    assert arenas_after(setup, _environment_without_a_bound()) <= MALLOC_ARENAS

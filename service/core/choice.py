@@ -1,0 +1,201 @@
+"""Which model runs a request: the one it names, or with `auto` the one its input calls for.
+
+When the service has a model trained on clean downscales (card degradation `bicubic`) and one
+trained on real-world degradations (any other preset, e.g. `realistic`), `auto` decodes the
+upload once, measures what it shows of its history (`service.imaging.evidence`: JPEG quality,
+noise, aliasing), and runs the robust model on anything degraded, the clean model on clean
+input. It is the default of requests that name no model whenever both kinds are served.
+
+The thresholds were chosen on training images (never the benchmark sets) so that a degraded
+input rarely reaches the clean model, which loses up to 3 dB there, while a clean input may
+reach the robust model at a cost of a few tenths of a dB; the measurement per category, the
+confusion table and the cost are in the model card (models/README.md, *Choosing the model*).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from service.core.pipeline import Pipeline, Quality, UpscaleResult
+from service.core.registry import DEFAULT_DEGRADATION, ModelRegistry, ServedModel
+from service.core.tiling import TileProgress
+from service.imaging.encode import OutputFormat
+from service.imaging.evidence import Evidence
+
+#: The `model` value that chooses from the input.
+AUTO = "auto"
+
+#: A JPEG of this quality or lower is degraded input (phones save at 85-95, the web at 75-85).
+JPEG_DEGRADED_AT_OR_BELOW = 90
+#: Estimated noise (0-255 scale) at or above which the input counts as noisy.
+NOISE_DEGRADED_AT = 3.0
+#: Aliasing score at or above which the input was resized without antialiasing.
+ALIASING_DEGRADED_AT = 0.86
+
+
+def degradations(evidence: Evidence) -> tuple[str, ...]:
+    """What the evidence says the input went through: `jpeg`, `noise`, `aliasing`; () for clean
+    input."""
+    found = []
+    quality = evidence.jpeg_quality
+    if quality is not None and quality <= JPEG_DEGRADED_AT_OR_BELOW:
+        found.append("jpeg")
+    if evidence.noise is not None and evidence.noise >= NOISE_DEGRADED_AT:
+        found.append("noise")
+    if evidence.aliasing is not None and evidence.aliasing >= ALIASING_DEGRADED_AT:
+        found.append("aliasing")
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The model that ran, and with `auto` the evidence and what it found.
+
+    Attributes:
+        model: The model that ran.
+        evidence: What the input showed (None when the request named its model).
+        found: The degradations found (empty: clean input, or no `auto`).
+        seconds: Time spent measuring the evidence.
+    """
+
+    model: ServedModel
+    evidence: Evidence | None = None
+    found: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    def describe(self) -> str | None:
+        """`jpeg-quality=72; noise=3.1; aliasing=-1.84; found=jpeg` (`found=none` for clean
+        input), for the `X-Upscaler-Evidence` header; None without `auto`."""
+        if self.evidence is None:
+            return None
+        return f"{self.evidence.describe()}; found={','.join(self.found) or 'none'}"
+
+
+class Selection(Protocol):
+    """What a request asked to run: one model (`Fixed`) or the choice from the input (`Auto`)."""
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """A pipeline for the checks made before the upload queues (scale, limits, format)."""
+        ...
+
+    def estimate_seconds(self, width: int, height: int, quality: Quality) -> float:
+        """Estimated model time of the upscale (`ServedModel.estimate_seconds`), for admission."""
+        ...
+
+    def run(
+        self,
+        data: bytes,
+        output_format: OutputFormat,
+        quality: Quality,
+        cancel: threading.Event | None = None,
+        progress: TileProgress | None = None,
+        *,
+        keep_metadata: bool = False,
+    ) -> tuple[Choice, UpscaleResult]:
+        """Upscales the upload (blocking; a worker thread) and says which model ran; its EXIF
+        and XMP go into the output with `keep_metadata`."""
+        ...
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """The model the request named (or the default)."""
+
+    model: ServedModel
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.model.pipeline
+
+    def estimate_seconds(self, width: int, height: int, quality: Quality) -> float:
+        return self.model.estimate_seconds(width, height, quality)
+
+    def run(
+        self,
+        data: bytes,
+        output_format: OutputFormat,
+        quality: Quality,
+        cancel: threading.Event | None = None,
+        progress: TileProgress | None = None,
+        *,
+        keep_metadata: bool = False,
+    ) -> tuple[Choice, UpscaleResult]:
+        run = self.model.pipeline
+        result = run(data, output_format, quality, cancel, progress, keep_metadata=keep_metadata)
+        return Choice(self.model), result
+
+
+@dataclass(frozen=True)
+class Auto:
+    """The clean model for clean input, the robust one for anything degraded."""
+
+    clean: ServedModel
+    robust: ServedModel
+
+    @classmethod
+    def of(cls, registry: ModelRegistry) -> Auto | None:
+        """The pair to choose from, when the registry serves both kinds at one scale: the clean
+        model is the default when it was trained on clean downscales (else the first such by
+        name), the robust one the first by name trained on another degradation."""
+        models = list(registry)
+        clean = [m for m in models if m.card.degradation == DEFAULT_DEGRADATION]
+        robust = [m for m in models if m.card.degradation != DEFAULT_DEGRADATION]
+        if not clean or not robust:
+            return None
+        first_clean = registry.default if registry.default in clean else clean[0]
+        if first_clean.engine.info.scale != robust[0].engine.info.scale:
+            return None
+        return cls(first_clean, robust[0])
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.clean.pipeline
+
+    def estimate_seconds(self, width: int, height: int, quality: Quality) -> float:
+        # Which model runs is known only once the image is decoded: the slower one's estimate.
+        models = (self.clean, self.robust)
+        return max(model.estimate_seconds(width, height, quality) for model in models)
+
+    def choose(self, evidence: Evidence) -> tuple[ServedModel, tuple[str, ...]]:
+        """The model for input showing `evidence`, and the degradations found."""
+        found = degradations(evidence)
+        return (self.robust if found else self.clean), found
+
+    def run(
+        self,
+        data: bytes,
+        output_format: OutputFormat,
+        quality: Quality,
+        cancel: threading.Event | None = None,
+        progress: TileProgress | None = None,
+        *,
+        keep_metadata: bool = False,
+    ) -> tuple[Choice, UpscaleResult]:
+        started = time.perf_counter()
+        decoded = self.clean.pipeline.decode_request(data, keep_metadata=keep_metadata)
+        decoded_at = time.perf_counter()
+        evidence = Evidence.measure(decoded.rgb, decoded.info.jpeg_luma_table)
+        model, found = self.choose(evidence)
+        choice = Choice(model, evidence, found, time.perf_counter() - decoded_at)
+        result = model.pipeline.upscale_decoded(
+            decoded, output_format, quality, cancel, progress, decode_seconds=decoded_at - started
+        )
+        return choice, result
+
+
+def select(registry: ModelRegistry, name: str | None) -> Selection:
+    """What a request's `model` value asks for: a model by name; `auto` (the choice from the
+    input when both kinds are served, else the default); nothing: `auto` when both kinds are
+    served, else the default.
+
+    Raises:
+        UnknownModelError: For a name no loaded model has.
+    """
+    if not name or name == AUTO:
+        auto = Auto.of(registry)
+        return auto if auto is not None else Fixed(registry.default)
+    return Fixed(registry.get(name))

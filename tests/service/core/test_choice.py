@@ -1,0 +1,141 @@
+"""`model=auto`: the clean model for clean input, the robust one for degraded input."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.api.app import create_app
+from service.config import Settings
+from service.core.choice import (
+    ALIASING_DEGRADED_AT,
+    JPEG_DEGRADED_AT_OR_BELOW,
+    NOISE_DEGRADED_AT,
+    Auto,
+    Fixed,
+    degradations,
+    select,
+)
+from service.imaging.evidence import Evidence
+from tests.service.helpers import lifecycle_of, wait_until_ready
+from tests.service.imaging.test_evidence import scene
+
+SettingsFactory = Callable[..., Settings]
+CLEAN = Evidence(jpeg_quality=None, noise=0.5, aliasing=-2.5)
+
+
+@pytest.mark.parametrize(
+    ("evidence", "found"),
+    [
+        (CLEAN, ()),
+        (Evidence(JPEG_DEGRADED_AT_OR_BELOW + 1, 0.5, -2.5), ()),  # a near-lossless JPEG
+        (Evidence(JPEG_DEGRADED_AT_OR_BELOW, 0.5, -2.5), ("jpeg",)),
+        (Evidence(None, NOISE_DEGRADED_AT, -2.5), ("noise",)),
+        (Evidence(None, 0.5, ALIASING_DEGRADED_AT), ("aliasing",)),
+        (Evidence(40, 8.0, 1.2), ("jpeg", "noise", "aliasing")),
+        (Evidence(None, None, None), ()),  # too small to tell: the clean model
+    ],
+)
+def test_degradations_are_read_from_the_evidence(evidence: Evidence, found: tuple) -> None:
+    assert degradations(evidence) == found
+
+
+@pytest.fixture
+def folder_app(make_folder_settings: SettingsFactory) -> Any:
+    """The test folder's models: `sharp` trained on clean downscales, `soft` on `realistic`."""
+    with TestClient(create_app(make_folder_settings())) as client:
+        wait_until_ready(client)
+        yield client
+
+
+def test_auto_pairs_the_clean_and_the_robust_model(folder_app: TestClient) -> None:
+    models = lifecycle_of(folder_app.app).models
+    auto = Auto.of(models)
+    assert auto is not None and (auto.clean.name, auto.robust.name) == ("sharp", "soft")
+    assert select(models, None) == auto and select(models, "auto") == auto
+    assert select(models, "soft") == Fixed(models.get("soft"))
+
+
+def test_without_a_robust_model_auto_is_the_default(
+    make_settings: SettingsFactory,
+) -> None:
+    with TestClient(create_app(make_settings())) as client:
+        wait_until_ready(client)
+        models = lifecycle_of(client.app).models
+        assert Auto.of(models) is None
+        assert select(models, "auto") == Fixed(models.default)
+        assert client.get("/models").json()["auto"] is None
+
+
+def _upscale(client: TestClient, body: bytes, **params: str) -> Any:
+    return client.post("/upscale", params=params, content=body, headers={"Content-Type": "image/*"})
+
+
+def _file(image: np.ndarray, format: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format, **options)
+    return buffer.getvalue()
+
+
+def _lr(resample: Image.Resampling = Image.Resampling.BICUBIC) -> np.ndarray:
+    """A 64x64 input (the test settings' largest), antialiased unless `resample` says not."""
+    return np.asarray(Image.fromarray(scene(256)).resize((64, 64), resample))
+
+
+def test_a_clean_image_goes_to_the_clean_model(folder_app: TestClient) -> None:
+    response = _upscale(folder_app, _file(_lr(), "PNG"))
+    assert response.status_code == 200
+    assert response.headers["X-Upscaler-Model"] == "sharp"
+    evidence = response.headers["X-Upscaler-Evidence"]
+    assert evidence.startswith("jpeg-quality=none; noise=") and evidence.endswith("found=none")
+    assert "choose;dur=" in response.headers["Server-Timing"]
+
+
+@pytest.mark.parametrize(
+    ("degrade", "found"),
+    [
+        (lambda lr: _file(lr, "JPEG", quality=50), "found=jpeg"),
+        (
+            lambda lr: _file(_lr(Image.Resampling.NEAREST), "PNG"),
+            "found=aliasing",
+        ),
+        (
+            lambda lr: _file(
+                np.clip(lr + np.random.default_rng(0).normal(0, 12, lr.shape), 0, 255).astype(
+                    np.uint8
+                ),
+                "PNG",
+            ),
+            "noise",
+        ),
+    ],
+    ids=["jpeg", "aliasing", "noise"],
+)
+def test_a_degraded_image_goes_to_the_robust_model(
+    folder_app: TestClient, degrade: Callable[[np.ndarray], bytes], found: str
+) -> None:
+    response = _upscale(folder_app, degrade(_lr()))
+    assert response.status_code == 200
+    assert response.headers["X-Upscaler-Model"] == "soft"
+    assert found in response.headers["X-Upscaler-Evidence"]
+
+
+def test_a_named_model_runs_without_evidence(folder_app: TestClient) -> None:
+    response = _upscale(folder_app, _file(_lr(), "JPEG", quality=50), model="sharp")
+    assert response.headers["X-Upscaler-Model"] == "sharp"
+    assert "X-Upscaler-Evidence" not in response.headers
+
+
+def test_models_says_auto_is_the_default_and_what_it_chooses_from(
+    folder_app: TestClient,
+) -> None:
+    body = folder_app.get("/models").json()
+    assert body["default"] == "auto"
+    assert (body["auto"]["clean"], body["auto"]["robust"]) == ("sharp", "soft")
+    assert "clean images" in body["auto"]["description"]

@@ -1,0 +1,90 @@
+"""What an upload shows of its history: JPEG quality, noise and aliasing."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from service.imaging.decode import decode_image
+from service.imaging.evidence import (
+    Evidence,
+    aliasing_score,
+    edge_sharpness,
+    jpeg_quality,
+    luma,
+    noise_sigma,
+    spectral_corner,
+)
+
+
+def scene(side: int = 512) -> np.ndarray:
+    """Smooth shading with sharp-edged discs: a picture whose detail a resize can alias."""
+    rows, cols = np.mgrid[0:side, 0:side] / side
+    shade = 120 + 60 * np.sin(2 * np.pi * (cols * 1.3 + rows * 0.7)) + 40 * np.cos(4 * np.pi * rows)
+    image = Image.fromarray(np.stack([shade, shade * 0.8 + 30, 255 - shade], -1).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    rng = np.random.default_rng(2)
+    for _ in range(12):
+        x, y = rng.integers(0, side, 2)
+        radius = rng.integers(side // 20, side // 6)
+        colour = tuple(int(v) for v in rng.integers(0, 255, 3))
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
+    return np.asarray(image)
+
+
+def _jpeg(image: np.ndarray, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("quality", [30, 75, 95])
+def test_a_jpegs_quality_is_read_from_its_quantisation_table(quality: int) -> None:
+    decoded = decode_image(_jpeg(scene(64), quality), max_pixels=1 << 20)
+    assert jpeg_quality(decoded.info.jpeg_luma_table) == quality
+
+
+def test_other_files_have_no_jpeg_quality(photo) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(photo(16, 16)).save(buffer, "PNG")
+    decoded = decode_image(buffer.getvalue(), max_pixels=1 << 20)
+    assert decoded.info.jpeg_luma_table is None and jpeg_quality(None) is None
+
+
+def test_noise_is_measured_on_the_flat_parts_of_the_picture() -> None:
+    clean = scene(128).astype(np.float64)
+    noisy = clean + np.random.default_rng(0).normal(0, 10, clean.shape)
+    assert noise_sigma(luma(clean)) < 1.0
+    # Grey-level noise of sigma 10 per channel is sigma ~6 on the luma (0.299² + 0.587² + ...).
+    assert noise_sigma(luma(np.clip(noisy, 0, 255))) == pytest.approx(6.5, abs=1.0)
+
+
+def test_a_resize_without_antialiasing_shows_as_aliasing() -> None:
+    hr = Image.fromarray(scene())
+    smooth = luma(np.asarray(hr.resize((128, 128), Image.Resampling.BICUBIC)))
+    aliased = luma(np.asarray(hr.resize((128, 128), Image.Resampling.NEAREST)))
+    # Edges over two pixels or more, against a jump within one.
+    assert edge_sharpness(smooth) < 0.8 and edge_sharpness(aliased) >= 1.0
+    # The spectrum's corner: nearly empty after the antialiasing filter.
+    assert spectral_corner(smooth) < -1.5 < -1.0 < spectral_corner(aliased)
+    assert aliasing_score(smooth) < 0.75 and aliasing_score(aliased) > 1.0
+
+
+def test_a_picture_without_edges_gives_no_aliasing_score() -> None:
+    flat = luma(np.full((64, 64, 3), 128, np.uint8))
+    assert edge_sharpness(flat) is None and aliasing_score(flat) is None
+
+
+def test_images_too_small_to_tell_give_no_measure() -> None:
+    evidence = Evidence.measure(np.zeros((2, 2, 3), np.uint8), None)
+    assert (evidence.jpeg_quality, evidence.noise, evidence.aliasing) == (None, None, None)
+    assert Evidence.measure(np.zeros((8, 8, 3), np.uint8), None).aliasing is None
+
+
+def test_the_evidence_reads_as_one_header_value() -> None:
+    evidence = Evidence(jpeg_quality=72, noise=3.14, aliasing=-1.844)
+    assert evidence.describe() == "jpeg-quality=72; noise=3.1; aliasing=-1.84"
+    assert Evidence(None, None, None).describe() == "jpeg-quality=none; noise=none; aliasing=none"
