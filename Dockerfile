@@ -87,8 +87,13 @@ RUN python -c "import pathlib, sys, sysconfig; root = pathlib.Path(sysconfig.get
             || { echo "gpu extra installed, but no site-packages/nvidia/*/lib found" >&2; exit 1; } ;; \
     esac
 COPY models/ /app/models/
+# Jobs (POST /jobs) keep their inputs, results and records in /app/jobs, owned by the service's
+# user; compose mounts a volume there so that they outlive the container. Relative to WORKDIR,
+# so that the image check (scripts/check_service_image.py) keeps them in its own folder.
+RUN mkdir /app/jobs && chown 10001:10001 /app/jobs
 ENV UPSCALER_MODELS_DIR=/app/models \
-    UPSCALER_DEFAULT_MODEL=edsr_x4
+    UPSCALER_DEFAULT_MODEL=edsr_x4 \
+    UPSCALER_JOBS_DIR=jobs
 # No MALLOC_ARENA_MAX here: `python -m service` bounds its glibc malloc arenas to two itself
 # (service.host.limit_malloc_arenas; docs/operations.md, memory), however it is started.
 USER 10001:10001

@@ -27,7 +27,7 @@ MODEL ?=
 # The retrained model is exported with its half-precision copy, as the shipped one is; set
 # EXPORT_ARGS= (empty) to skip it.
 EXPORT_ARGS ?= --fp16
-# `make serve SERVE_EXTRAS=gpu` adds NVIDIA's CUDA 13 / cuDNN 9 wheels (see README, GPU notes).
+# `make serve SERVE_EXTRAS=gpu` adds NVIDIA's CUDA 13 / cuDNN 9 wheels (docs/operations.md, GPU hosts).
 SERVE_EXTRAS ?=
 PIP_INSTALL := $(PY) -m pip install$(if $(CI), --progress-bar off,)
 

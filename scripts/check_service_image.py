@@ -3,7 +3,8 @@
 Installs what the Dockerfile's service-build stage installs (its COPY sources, `pip install`,
 `pip check`; CPU unless --extras gpu) into a fresh venv, proves TensorFlow and Keras absent, runs
 the service stage's CMD on a loopback port with models/edsr_x4.onnx until its HEALTHCHECK passes,
-and upscales one PNG. tests/delivery/test_dockerfile.py keeps the rest of the Dockerfile in step.
+and upscales one PNG by POST /upscale and as a job (the image keeps jobs in /app/jobs).
+tests/delivery/test_dockerfile.py keeps the rest of the Dockerfile in step.
 """
 
 from __future__ import annotations
@@ -100,22 +101,39 @@ def install(dockerfile: str, tmp: Path, extras: str, env: dict[str, str]) -> Non
 
 
 def serve_and_upscale(cmd: list[str], probe: list[str], env: dict[str, str], tmp: Path) -> None:
-    """Runs the image's CMD until its HEALTHCHECK passes, then POSTs a 12x8 PNG to /upscale."""
+    """Runs the image's CMD until its HEALTHCHECK passes, then upscales a 12x8 PNG through
+    POST /upscale and as a job (PUT /jobs/ID, then its result)."""
     port = cmd[cmd.index("--port") + 1]
     cmd = [shutil.which(cmd[0], path=env["PATH"]) or cmd[0], *cmd[1:]]
 
     def healthy() -> bool:
         return subprocess.run(probe, env=env, capture_output=True, timeout=30).returncode == 0
 
-    with service_process(cmd, healthy, env=env, cwd=tmp, timeout_s=READY_S):
-        with httpx.Client(trust_env=False, timeout=UPSCALE_S) as client:
-            files = {"file": ("check.png", png(12, 8), "image/png")}
-            reply = client.post(f"http://127.0.0.1:{port}/upscale", files=files)
-        if reply.status_code != 200 or reply.headers["content-type"] != "image/png":
-            raise RuntimeError(f"/upscale: {reply.status_code} {reply.content[:300]!r}")
-        with Image.open(io.BytesIO(reply.content)) as image:
-            if (image.format, image.size) != ("PNG", (48, 32)):
-                raise RuntimeError(f"/upscale: 12x8 gave a {image.format} of {image.size}")
+    base = f"http://127.0.0.1:{port}"
+    with (
+        service_process(cmd, healthy, env=env, cwd=tmp, timeout_s=READY_S),
+        httpx.Client(base_url=base, trust_env=False, timeout=UPSCALE_S) as client,
+    ):
+        files = {"file": ("check.png", png(12, 8), "image/png")}
+        expect_png_48x32("/upscale", client.post("/upscale", files=files))
+        submitted = client.put("/jobs/image-check", content=png(12, 8))
+        if submitted.status_code != 202:
+            raise RuntimeError(f"PUT /jobs: {submitted.status_code} {submitted.text[:300]}")
+        deadline = time.monotonic() + UPSCALE_S
+        while client.get("/jobs/image-check").json()["status"] in ("queued", "running"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the job did not finish within {UPSCALE_S} s")
+            time.sleep(0.2)
+        expect_png_48x32("the job's result", client.get("/jobs/image-check/result"))
+
+
+def expect_png_48x32(what: str, reply: httpx.Response) -> None:
+    """Raises unless `reply` is a 200 with the 48x32 PNG of a 12x8 input."""
+    if reply.status_code != 200 or reply.headers["content-type"] != "image/png":
+        raise RuntimeError(f"{what}: {reply.status_code} {reply.content[:300]!r}")
+    with Image.open(io.BytesIO(reply.content)) as image:
+        if (image.format, image.size) != ("PNG", (48, 32)):
+            raise RuntimeError(f"{what}: 12x8 gave a {image.format} of {image.size}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"check: OK in {time.monotonic() - started:.0f} s: 12x8 PNG -> 48x32 PNG", flush=True)
+    done = f"{time.monotonic() - started:.0f} s: 12x8 PNG -> 48x32 PNG, by /upscale and as a job"
+    print(f"check: OK in {done}", flush=True)
     return 0
 
 

@@ -94,7 +94,7 @@ def pickup(settings: Settings, image: bytes, queued: int) -> dict[str, Any]:
     store = JobStore(jobs_dir, retention_seconds=3600, max_bytes=10**12)
     name = Path(settings.model_path).stem
     for index in range(queued):
-        store.submit(NewJob("", f"q{index:04d}", image, name, "standard", "image/png", 1, 1))
+        store.submit(NewJob("", f"q{index:04d}", image, name, "standard", "image/png", 1, 1, 4))
     store.close()
     opens = []
     for _ in range(5):

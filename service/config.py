@@ -286,8 +286,9 @@ class Settings(BaseSettings):
     jobs_max_bytes: int = Field(
         default=2 * 1024 * MIB,
         ge=1,
-        description="Size cap of JOBS_DIR's inputs and results: while they hold more, new jobs "
-        "get 507 with Retry-After (a result may overshoot the cap by its own size).",
+        description="Size cap of JOBS_DIR: the results kept, and each unfinished job's input "
+        "and room for its result (an upper bound, replaced by its size once written); a job "
+        "that would pass it gets 507 with Retry-After.",
     )
     webhook_secret: SecretStr | None = Field(
         default=None,

@@ -219,6 +219,19 @@ CATEGORIES: dict[str, Recipe] = {
 }
 
 
+#: What each category is, in the words of the model card and `GET /models`.
+CATEGORY_LABELS: dict[str, str] = {
+    "clean": "Pillow antialiased bicubic (clean)",
+    "cv2-bicubic": "OpenCV cubic, no antialiasing",
+    "cv2-bilinear": "OpenCV linear, no antialiasing",
+    "nearest": "nearest (one pixel of each 4x4)",
+    **{f"jpeg-{q}": f"clean, then JPEG q {q}" for q in (30, 50, 75)},
+    **{f"noise-{n}": f"clean + Gaussian noise sigma {n}" for n in (5, 10, 15)},
+    **{f"blur-{b}": f"HR blur sigma {b}, clean resize" for b in (1, 2)},
+    "camera": "camera: blur sigma 1, area resize, noise sigma 5, JPEG 75",
+}
+
+
 def category_file(name: str, hr: np.ndarray, scale: int, rng: np.random.Generator) -> bytes:
     """The category's LR image as the file a user would upload: a JPEG at the category's
     quality for the JPEG and camera categories (decoding to exactly `CATEGORIES[name]`'s

@@ -87,6 +87,16 @@ def create_app(
     )
     app.state.context = _context(settings, lifecycle, jobs_unavailable)
     install_error_handlers(app)
+    _add_middleware(app, settings, lifecycle)
+    app.include_router(router)
+    app.include_router(jobs.router)
+    app.include_router(web.router)
+    return app
+
+
+def _add_middleware(app: FastAPI, settings: Settings, lifecycle: ModelLifecycle) -> None:
+    """CORS when `UPSCALER_CORS_ORIGINS` is set, then the metrics (the request context and the
+    in-flight count wrap everything: `UpscalerApp.build_middleware_stack`)."""
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -102,10 +112,6 @@ def create_app(
         paths=[UPSCALE_PATH],
         model_key=MODEL_STATE_KEY,
     )
-    app.include_router(router)
-    app.include_router(jobs.router)
-    app.include_router(web.router)
-    return app
 
 
 def _context(
@@ -114,7 +120,7 @@ def _context(
     fetcher = UrlFetcher(settings.url_allow_networks, settings.url_timeout_seconds)
     if jobs_unavailable is None and settings.jobs_dir is None:
         jobs_unavailable = "this service keeps no jobs: UPSCALER_JOBS_DIR is not set"
-    service = None if jobs_unavailable else JobService(settings, lifecycle, fetcher)
+    service = None if jobs_unavailable else JobService(settings, lifecycle)
     api_keys = ApiKeys.from_settings(settings)
     return AppContext(settings, lifecycle, api_keys, fetcher, service, jobs_unavailable or "")
 
@@ -148,9 +154,10 @@ async def _lifespan(app: FastAPI, models_at_startup: bool) -> AsyncIterator[None
     lifecycle = context.lifecycle
     if models_at_startup:
         await lifecycle.start()
-    if context.jobs is not None:
-        await context.jobs.start()
     try:
+        # Inside the try: jobs that cannot start (their folder in use, say) stop what started.
+        if context.jobs is not None:
+            await context.jobs.start()
         yield
     finally:
         if context.jobs is not None:

@@ -123,16 +123,21 @@ def _check(request: Request, scheme: str | None, key: str | None) -> None:
 def require_api_key(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
-) -> None:
+) -> str:
     """Lets the request through when keys are off or it carries an accepted key.
+
+    Returns:
+        The accepted key ("" when keys are off), from this one reading of the header: what
+        depends on the caller's identity (whose jobs it sees) uses it, never a parse of its own.
 
     Raises:
         HTTPException: 401 `{"detail": ...}` with `WWW-Authenticate: Bearer` otherwise.
     """
     if credentials is None:
         _check(request, None, None)
-    else:
-        _check(request, credentials.scheme, credentials.credentials)
+        return ""
+    _check(request, credentials.scheme, credentials.credentials)
+    return credentials.credentials if context_of(request).api_keys.enabled else ""
 
 
 def has_access(request: Request) -> bool:

@@ -26,7 +26,8 @@ class AppContext:
         settings: The settings the app was built with (limits, keys, page).
         lifecycle: The models, from load to drop, and readiness.
         api_keys: The accepted API keys (none: authentication off).
-        fetcher: Fetches `image_url` inputs and delivers webhooks (`service.core.urlfetch`).
+        fetcher: Fetches `image_url` inputs (`service.core.urlfetch`; webhooks go through
+            connections of their own, `JobService`'s).
         jobs: The asynchronous jobs, or None when this app keeps none (`jobs_off` says why).
         jobs_off: Why there are no jobs, for the job routes' 404.
     """

@@ -83,15 +83,15 @@ def job_service(request: Request) -> JobService:
 Jobs = Annotated[JobService, Depends(job_service)]
 
 
-def owner_of(request: Request) -> str:
+def owner_of(key: Annotated[str, Depends(require_api_key)]) -> str:
     """Whose jobs the request may see: a digest of its API key's digest ("" without keys).
 
-    `require_api_key` has already accepted the key; the digest of a digest keeps the job
-    database from holding the keys file's own values.
+    The key is the one `require_api_key` accepted (the same dependency, run once per request),
+    so the owner cannot drift from the check. The digest of a digest keeps the job database
+    from holding the keys file's own values.
     """
-    if not context_of(request).api_keys.enabled:
+    if not key:
         return ""
-    key = request.headers.get("authorization", "").partition(" ")[2].strip()
     inner = hashlib.sha256(key.encode()).digest()
     return hashlib.sha256(b"upscaler-job-owner\0" + inner).hexdigest()
 
@@ -219,8 +219,9 @@ _SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "address range, or an unknown `webhook_events_filter` event."
     ),
     507: _error(
-        "The jobs folder holds UPSCALER_JOBS_MAX_BYTES: retry after Retry-After seconds, "
-        "when the oldest result expires (or DELETE finished jobs)."
+        "The job (its input, and room for its result) would take the jobs folder past "
+        "UPSCALER_JOBS_MAX_BYTES: retry after Retry-After seconds, when the oldest result "
+        "expires (or DELETE finished jobs)."
     ),
 }
 
@@ -236,6 +237,7 @@ def _inspect(
 async def _submit(
     request: Request,
     jobs: JobService,
+    owner: str,
     job_id: str | None,
     selection: Selection,
     formats: tuple[OutputFormat, ...],
@@ -247,7 +249,7 @@ async def _submit(
     pipeline = selection.pipeline
     output_format, info = await run_in_threadpool(_inspect, pipeline, data, formats, quality)
     new = NewJob(
-        owner=owner_of(request),
+        owner=owner,
         id=job_id,
         data=data,
         # `auto` is decided when the job runs, from the input, like /upscale's.
@@ -256,6 +258,7 @@ async def _submit(
         media_type=output_format.media_type,
         input_width=info.width,
         input_height=info.height,
+        output_scale=pipeline.scale,
         webhook=None if webhook is None else webhook.url,
         webhook_events=() if webhook is None else webhook.events,
         keep_metadata=keep_metadata,
@@ -280,6 +283,7 @@ async def _submit(
 async def submit_job(
     request: Request,
     jobs: Jobs,
+    owner: Owner,
     selection: RequestedModel,
     formats: AcceptedFormats,
     quality: RequestedQuality,
@@ -289,7 +293,7 @@ async def submit_job(
 ) -> JSONResponse:
     """Stores the image and queues the job; the ID is generated."""
     return await _submit(
-        request, jobs, None, selection, formats, quality, keep_metadata, webhook, data
+        request, jobs, owner, None, selection, formats, quality, keep_metadata, webhook, data
     )
 
 
@@ -311,6 +315,7 @@ async def submit_job(
 async def put_job(
     request: Request,
     jobs: Jobs,
+    owner: Owner,
     job_id: Annotated[str, Depends(requested_job_id)],
     selection: RequestedModel,
     formats: AcceptedFormats,
@@ -321,7 +326,7 @@ async def put_job(
 ) -> JSONResponse:
     """Stores and queues the job under the client's ID, or returns the one it has."""
     return await _submit(
-        request, jobs, job_id, selection, formats, quality, keep_metadata, webhook, data
+        request, jobs, owner, job_id, selection, formats, quality, keep_metadata, webhook, data
     )
 
 

@@ -85,7 +85,9 @@ def _image_url(body: bytes) -> str:
     shape = f'the JSON body must be {{"{URL_FIELD}": "https://..."}}'
     try:
         document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
+        # ValueError: not JSON, not UTF-8, or an integer past Python's 4300-digit limit;
+        # RecursionError: thousands of nested brackets.
         raise InvalidParameterError(f"{shape}; it is not valid JSON") from None
     if not isinstance(document, dict) or set(document) != {URL_FIELD}:
         raise InvalidParameterError(shape)

@@ -33,12 +33,14 @@ JPEG_DEGRADED_AT_OR_BELOW = 90
 #: Estimated noise (0-255 scale) at or above which the input counts as noisy.
 NOISE_DEGRADED_AT = 3.0
 #: Aliasing score at or above which the input was resized without antialiasing.
-ALIASING_DEGRADED_AT = 0.86
+ALIASING_DEGRADED_AT = 0.80
+#: Edge sharpness at or below which the input counts as blurred (the robust model saw blur).
+BLUR_AT_OR_BELOW = 0.55
 
 
 def degradations(evidence: Evidence) -> tuple[str, ...]:
-    """What the evidence says the input went through: `jpeg`, `noise`, `aliasing`; () for clean
-    input."""
+    """What the evidence says the input went through: `jpeg`, `noise`, `aliasing`, `blur`; ()
+    for clean input."""
     found = []
     quality = evidence.jpeg_quality
     if quality is not None and quality <= JPEG_DEGRADED_AT_OR_BELOW:
@@ -47,6 +49,8 @@ def degradations(evidence: Evidence) -> tuple[str, ...]:
         found.append("noise")
     if evidence.aliasing is not None and evidence.aliasing >= ALIASING_DEGRADED_AT:
         found.append("aliasing")
+    if evidence.sharpness is not None and evidence.sharpness <= BLUR_AT_OR_BELOW:
+        found.append("blur")
     return tuple(found)
 
 
@@ -67,8 +71,8 @@ class Choice:
     seconds: float = 0.0
 
     def describe(self) -> str | None:
-        """`jpeg-quality=72; noise=3.1; aliasing=-1.84; found=jpeg` (`found=none` for clean
-        input), for the `X-Upscaler-Evidence` header; None without `auto`."""
+        """`jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71; found=jpeg` (`found=none`
+        for clean input), for the `X-Upscaler-Evidence` header; None without `auto`."""
         if self.evidence is None:
             return None
         return f"{self.evidence.describe()}; found={','.join(self.found) or 'none'}"

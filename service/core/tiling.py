@@ -305,6 +305,21 @@ def _stitch(output: np.ndarray, span: TileSpan, tile: np.ndarray, scale: int) ->
     ] = _to_uint8(kept)
 
 
+def _cut_batch(
+    padded: np.ndarray, group: Sequence[TileSpan], batch_size: int, shape: tuple[int, int]
+) -> np.ndarray:
+    """The model's input for `group`: a fresh batch per call, so a model that keeps its input
+    never sees it overwritten; the unused slots of a short last batch are zero tiles, so every
+    call gets the one shape."""
+    rows, cols = shape
+    batch = np.zeros((batch_size, rows, cols, 3), dtype=np.float32)
+    for index, span in enumerate(group):
+        batch[index] = padded[
+            span.rows.start : span.rows.start + rows, span.cols.start : span.cols.start + cols
+        ]
+    return batch
+
+
 def upscale_tiled(
     image: np.ndarray,
     run_tiles: Callable[[np.ndarray], np.ndarray],
@@ -356,14 +371,7 @@ def upscale_tiled(
         if interrupt is not None:
             interrupt()
         group = spans[first : first + batch_size]
-        # A fresh batch per call, so a model that keeps its input never sees it overwritten; the
-        # unused slots of a short last batch are zero tiles, so every call gets the one shape.
-        batch = np.zeros((batch_size, tile_rows, tile_cols, 3), dtype=np.float32)
-        for index, span in enumerate(group):
-            batch[index] = padded[
-                span.rows.start : span.rows.start + tile_rows,
-                span.cols.start : span.cols.start + tile_cols,
-            ]
+        batch = _cut_batch(padded, group, batch_size, (tile_rows, tile_cols))
         upscaled = np.asarray(run_tiles(batch))
         if upscaled.shape != expected_shape:
             raise ValueError(

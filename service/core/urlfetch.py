@@ -11,21 +11,28 @@ checked, never resolving twice. Redirects are followed by hand (at most `MAX_RED
 hop's scheme checked), and each hop's connection goes through the same backend.
 
 Refused: unspecified (0.0.0.0, ::), loopback, link-local (the cloud metadata address),
-multicast, private, reserved, and anything else that is not globally routable (shared
-100.64/10, documentation ranges...), IPv4 and IPv6, and the IPv4 address inside IPv4-mapped,
-6to4, Teredo and NAT64 addresses. Only http and https; no credentials in the URL; no proxy
-from the environment (the address checked must be the one connected to). Timeouts: 5 s to
-connect, `UPSCALER_URL_TIMEOUT_SECONDS` in all. The byte limit is counted while the body
-streams, unencoded (`Accept-Encoding: identity`, so that no gzip bomb inflates in memory),
-before anything is decoded. Refusals name the rule, never the content fetched.
+IPv6 site-local (fec0::/10), multicast, private, reserved, and anything else that is not
+globally routable (shared 100.64/10, documentation ranges...), IPv4 and IPv6, and the IPv4
+address inside IPv4-mapped, 6to4, Teredo and NAT64 addresses. Only http and https; no
+credentials in the URL; no proxy from the environment (the address checked must be the one
+connected to); no cookies kept (one client serves every fetch: a cookie one server set must not
+travel with another client's fetch). Timeouts: 5 s to connect (the name's lookup included),
+`UPSCALER_URL_TIMEOUT_SECONDS` in all: every lookup, connect, read and write of a fetch ends by
+its deadline, whichever hop it is on. The byte limit is counted while the body streams,
+unencoded (`Accept-Encoding: identity`, so that no gzip bomb inflates in memory), before
+anything is decoded. Refusals name the rule, never the content fetched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.cookiejar
 import ipaddress
 import socket
+import ssl
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,6 +55,9 @@ _RULES: tuple[tuple[str, Callable[[IPAddress], bool]], ...] = (
     ("unspecified", lambda ip: ip.is_unspecified),
     ("loopback", lambda ip: ip.is_loopback),
     ("link-local (the cloud metadata range)", lambda ip: ip.is_link_local),
+    # fec0::/10, deprecated but still routed inside some networks; Python 3.11's `is_global`
+    # lets it through, and IPv4 addresses have no such attribute.
+    ("site-local", lambda ip: getattr(ip, "is_site_local", False)),
     ("multicast", lambda ip: ip.is_multicast),
     ("reserved", lambda ip: ip.is_reserved),
     ("private", lambda ip: ip.is_private),
@@ -99,8 +109,61 @@ def system_resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+#: The deadline (`time.monotonic()`) of the fetch or delivery the current thread is making
+#: (`UrlFetcher._deadline`); its connections' lookups, connects, reads and writes end by it.
+_deadline = threading.local()
+
+
+def _bounded(timeout: float | None, error: type[Exception]) -> float | None:
+    """`timeout`, cut to what is left before this thread's deadline (as it is without one).
+
+    httpx's timeouts hold per read: a stall that begins just before the deadline would
+    otherwise run a whole read timeout past it, nearly doubling the total.
+
+    Raises:
+        error: Once the deadline has passed.
+    """
+    deadline: float | None = getattr(_deadline, "at", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise error("the deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write ends by the deadline of the request using it
+    (pooled connections serve several requests, so the deadline is looked up at each call)."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _bounded(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
 class _GuardedBackend(httpcore.NetworkBackend):
-    """httpcore's synchronous backend, connecting only to addresses `refusal` lets through."""
+    """httpcore's synchronous backend, connecting only to addresses `refusal` lets through,
+    within the deadline of the request (`_DeadlineStream`)."""
 
     def __init__(self, resolve: Resolver, allowed: Sequence[IPNetwork]) -> None:
         self._resolve = resolve
@@ -115,10 +178,12 @@ class _GuardedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
+        timeout = _bounded(timeout, httpcore.ConnectTimeout)
         try:
             addresses = [ipaddress.ip_address(host.strip("[]"))]
         except ValueError:
-            addresses = [ipaddress.ip_address(found) for found in self._resolve(host, port)]
+            found = self._lookup(host, port, timeout)
+            addresses = [ipaddress.ip_address(address) for address in found]
         for address in addresses:
             # Every address of the name is checked, not just the first: a name that also
             # resolves into a refused range is refused whole, whichever address would be used.
@@ -133,13 +198,40 @@ class _GuardedBackend(httpcore.NetworkBackend):
         error: httpcore.ConnectError | None = None
         for address in addresses:
             try:
-                return self._inner.connect_tcp(
-                    str(address), port, timeout, local_address, socket_options
+                stream = self._inner.connect_tcp(
+                    str(address),
+                    port,
+                    _bounded(timeout, httpcore.ConnectTimeout),
+                    local_address,
+                    socket_options,
                 )
             except httpcore.ConnectError as exc:
                 error = exc
+            else:
+                return _DeadlineStream(stream)
         assert error is not None
         raise error
+
+    def _lookup(self, host: str, port: int, timeout: float | None) -> Sequence[str]:
+        """The resolver's answer, given up after `timeout`: the system resolver has no timeout
+        of its own to pass, and an unanswering DNS server holds it for many seconds. It runs in
+        a daemon thread, which finishes on its own when the lookup does."""
+        answer: list[Sequence[str] | BaseException] = []
+
+        def look_up() -> None:
+            try:
+                answer.append(self._resolve(host, port))
+            except BaseException as exc:  # handed to the caller below
+                answer.append(exc)
+
+        thread = threading.Thread(target=look_up, name="urlfetch-lookup", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if not answer:
+            raise httpcore.ConnectTimeout(f"looking up {host!r} took over {timeout:g} s")
+        if isinstance(answer[0], BaseException):
+            raise answer[0]
+        return answer[0]
 
     def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
         raise UrlRefusedError("no Unix sockets")
@@ -149,13 +241,28 @@ class _GuardedBackend(httpcore.NetworkBackend):
 
 
 class _GuardedTransport(httpx.HTTPTransport):
-    def __init__(self, backend: _GuardedBackend) -> None:
-        super().__init__(retries=0)
-        # httpx builds its connection pool without a way to pass a network backend; the pool
-        # is rebuilt with the guarded one (same defaults: certifi's TLS context, HTTP/1.1).
+    """httpx's transport over a pool of guarded connections.
+
+    httpx offers no way to give its pool a network backend, so the pool is built here, and
+    `HTTPTransport.__init__` is not called: it would build a pool (and an SSL context) only for
+    it to be dropped. `_pool` is the one attribute the transport's methods use.
+    """
+
+    def __init__(self, backend: _GuardedBackend, max_connections: int) -> None:
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(), network_backend=backend, max_connections=10
+            ssl_context=httpx.create_ssl_context(),
+            network_backend=backend,
+            max_connections=max_connections,
         )
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """Refuses to keep any cookie: one client fetches for every API client (and delivers every
+    webhook), so a kept cookie would travel with another client's requests, and a jar that
+    only grows is a leak."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
 
 
 def check_url(url: str) -> httpx.URL:
@@ -164,10 +271,14 @@ def check_url(url: str) -> httpx.URL:
     Raises:
         UrlRefusedError: Naming the rule it breaks (the caller says which URL it was).
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname  # a bracketed host that is no IPv6 address raises here
+    except ValueError:  # `http://[::1`, `http://[x]/`
+        raise UrlRefusedError("not a valid URL") from None
     if parts.scheme not in ("http", "https"):
         raise UrlRefusedError("only http and https URLs are fetched")
-    if not parts.hostname:
+    if not hostname:
         raise UrlRefusedError("the URL has no host")
     if parts.username is not None or parts.password is not None:
         raise UrlRefusedError("credentials in the URL are not sent")
@@ -177,6 +288,11 @@ def check_url(url: str) -> httpx.URL:
         raise UrlRefusedError(f"not a valid URL ({exc})") from exc
 
 
+def _error_text(exc: Exception) -> str:
+    # Some httpx errors carry no message (a bare ReadTimeout): their name says what happened.
+    return str(exc) or type(exc).__name__
+
+
 class UrlFetcher:
     """Fetches images and delivers webhooks over connections the address rules allow.
 
@@ -184,6 +300,7 @@ class UrlFetcher:
         allowed: Networks reachable although in a refused range.
         timeout_seconds: Longest time for one fetch (redirects included) or one delivery.
         resolve: Host name resolver (tests map names to addresses; the system's by default).
+        max_connections: Connections open at once (more requests wait for one).
     """
 
     def __init__(
@@ -191,20 +308,32 @@ class UrlFetcher:
         allowed: Sequence[IPNetwork],
         timeout_seconds: float,
         resolve: Resolver | None = None,
+        max_connections: int = 10,
     ) -> None:
         self.timeout_seconds = timeout_seconds
         backend = _GuardedBackend(resolve or system_resolve, list(allowed))
         # trust_env=False: an HTTP(S)_PROXY from the environment would make the proxy's
         # address the one checked, and the target's unchecked.
         self._client = httpx.Client(
-            transport=_GuardedTransport(backend),
+            transport=_GuardedTransport(backend, max_connections),
             trust_env=False,
             follow_redirects=False,
             headers={"User-Agent": "edsr-upscaler"},
+            cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
         )
 
     def close(self) -> None:
         self._client.close()
+
+    @contextlib.contextmanager
+    def _deadline(self) -> Iterator[float]:
+        """Sets this thread's deadline for the fetch or delivery inside (`_bounded`)."""
+        deadline = time.monotonic() + self.timeout_seconds
+        _deadline.at = deadline
+        try:
+            yield deadline
+        finally:
+            _deadline.at = None
 
     def _timeout(self, deadline: float) -> httpx.Timeout:
         remaining = deadline - time.monotonic()
@@ -220,18 +349,18 @@ class UrlFetcher:
             UrlFetchError: Unreachable, an answer other than 200, or too slow.
             ImageUrlTooLargeError: More than `limit` bytes (declared or streamed).
         """
-        deadline = time.monotonic() + self.timeout_seconds
-        try:
-            return self._follow(check_url(url), limit, deadline)
-        except UrlRefusedError as exc:
-            raise UrlRefusedError(f"image_url refused: {exc}") from None
-        except httpx.TimeoutException:
-            raise UrlFetchError(
-                f"image_url: no complete answer within {self.timeout_seconds:g} s "
-                "(UPSCALER_URL_TIMEOUT_SECONDS)"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise UrlFetchError(f"image_url could not be fetched: {exc}") from None
+        with self._deadline() as deadline:
+            try:
+                return self._follow(check_url(url), limit, deadline)
+            except UrlRefusedError as exc:
+                raise UrlRefusedError(f"image_url refused: {exc}") from None
+            except httpx.TimeoutException:
+                raise UrlFetchError(
+                    f"image_url: no complete answer within {self.timeout_seconds:g} s "
+                    "(UPSCALER_URL_TIMEOUT_SECONDS)"
+                ) from None
+            except httpx.HTTPError as exc:
+                raise UrlFetchError(f"image_url could not be fetched: {_error_text(exc)}") from None
 
     def _follow(self, target: httpx.URL, limit: int, deadline: float) -> bytes:
         headers = {"Accept": "image/*", "Accept-Encoding": "identity"}
@@ -243,7 +372,7 @@ class UrlFetcher:
                     continue
                 if answer.status_code != 200:
                     raise UrlFetchError(f"image_url answered HTTP {answer.status_code}")
-                return _read_limited(answer, limit, deadline)
+                return _read_limited(answer, limit)
         raise UrlRefusedError(f"more than {MAX_REDIRECTS} redirects")
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
@@ -253,21 +382,21 @@ class UrlFetcher:
             UrlRefusedError: A rule refuses the URL or its address.
             UrlFetchError: Unreachable or too slow.
         """
-        deadline = time.monotonic() + self.timeout_seconds
-        try:
-            target = check_url(url)
-            timeout = self._timeout(deadline)
-            with self._client.stream(
-                "POST", target, content=body, headers=dict(headers), timeout=timeout
-            ) as answer:
-                return answer.status_code
-        except UrlRefusedError as exc:
-            raise UrlRefusedError(f"webhook refused: {exc}") from None
-        except httpx.HTTPError as exc:
-            raise UrlFetchError(f"webhook not delivered: {exc or type(exc).__name__}") from None
+        with self._deadline() as deadline:
+            try:
+                target = check_url(url)
+                timeout = self._timeout(deadline)
+                with self._client.stream(
+                    "POST", target, content=body, headers=dict(headers), timeout=timeout
+                ) as answer:
+                    return answer.status_code
+            except UrlRefusedError as exc:
+                raise UrlRefusedError(f"webhook refused: {exc}") from None
+            except httpx.HTTPError as exc:
+                raise UrlFetchError(f"webhook not delivered: {_error_text(exc)}") from None
 
 
-def _read_limited(answer: httpx.Response, limit: int, deadline: float) -> bytes:
+def _read_limited(answer: httpx.Response, limit: int) -> bytes:
     encoding = answer.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise UrlFetchError(
@@ -277,11 +406,10 @@ def _read_limited(answer: httpx.Response, limit: int, deadline: float) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise ImageUrlTooLargeError(limit)
     body = bytearray()
-    for chunk in answer.iter_raw():  # as received: a fixed size would wait for it to fill
+    # As received (a fixed size would wait for it to fill); a body trickling in slowly ends at
+    # the deadline, which every read of the connection keeps (`_DeadlineStream`).
+    for chunk in answer.iter_raw():
         body += chunk
         if len(body) > limit:
             raise ImageUrlTooLargeError(limit)
-        if time.monotonic() > deadline:
-            # Each read has its own timeout, so a body trickling in slowly ends here.
-            raise httpx.ReadTimeout("deadline passed")
     return bytes(body)

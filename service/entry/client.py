@@ -182,7 +182,25 @@ def plan_jobs(
         source = job.source.resolve()  # type: ignore[union-attr]
         return source in targets or (out_root is not None and source.is_relative_to(out_root))
 
-    return [job for job in jobs if not is_result(job)], problems
+    kept, clashes = _one_input_per_output([job for job in jobs if not is_result(job)])
+    return kept, problems + clashes
+
+
+def _one_input_per_output(jobs: list[Job]) -> tuple[list[Job], list[tuple[str, str]]]:
+    """The jobs whose output no earlier job writes, and a problem for each other one (`x.png`
+    and `x.jpg` both make `x_x4.png`: the second would otherwise be skipped as existing)."""
+    first: dict[Path, Job] = {}
+    kept, clashes = [], []
+    for job in jobs:
+        key = job.target.resolve() if job.target is not None else None
+        if key is not None and key in first:
+            message = f"its output {job.target} is also {first[key].label}'s; upscale it alone"
+            clashes.append((job.label, f"{message} with -o FILE"))
+            continue
+        if key is not None:
+            first[key] = job
+        kept.append(job)
+    return kept, clashes
 
 
 # ---- the two ways to upscale: over HTTP, or in this process --------------------------------
@@ -513,19 +531,30 @@ def _tell(message: str) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, checked (a usage error exits with status 2)."""
     parser = argparse.ArgumentParser(
         prog="upscale",
         description="Upscale images x4 with the EDSR service (or in-process with --local).",
         epilog="Exit status: 0 all upscaled or skipped, 1 any image failed, 2 usage error.",
     )
+    _add_image_arguments(parser)
+    _add_service_arguments(parser)
+    _add_job_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.retries < 0 or args.timeout <= 0:
+        parser.error("--jobs must be at least 1, --retries at least 0, --timeout positive")
+    if args.job_threshold < 0:
+        parser.error("--job-threshold must not be negative (0: every image goes as a job)")
+    if args.resume and args.local:
+        parser.error("--resume picks up jobs on a service; --local keeps none")
+    return args
+
+
+def _add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to upscale, how, and where the results go."""
     parser.add_argument("inputs", nargs="+", metavar="IN", help="image file, folder, or - (stdin)")
     parser.add_argument(
         "-o", "--output", metavar="OUT", help="output folder (or file for one input; - for stdout)"
-    )
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("UPSCALER_URL", DEFAULT_URL),
-        help="the service (default: $UPSCALER_URL or %(default)s)",
     )
     parser.add_argument(
         "--model",
@@ -544,6 +573,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="images at once (1)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars on stderr (default: when it is a terminal)",
+    )
+
+
+def _add_service_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which service, or none (--local), and how patiently to talk to it."""
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("UPSCALER_URL", DEFAULT_URL),
+        help="the service (default: $UPSCALER_URL or %(default)s)",
+    )
     parser.add_argument("--local", action="store_true", help="upscale in this process, no server")
     parser.add_argument(
         "--retries", type=int, default=5, metavar="N", help="retries on 503/connection errors (5)"
@@ -551,12 +595,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds to wait for one answer (600)"
     )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bars on stderr (default: when it is a terminal)",
-    )
+
+
+def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which images go as jobs, and picking up an interrupted run's."""
     parser.add_argument(
         "--job-threshold",
         type=float,
@@ -572,10 +614,42 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="pick up the jobs an interrupted run of this command left on the service",
     )
-    args = parser.parse_args(argv)
-    if args.jobs < 1 or args.retries < 0 or args.timeout <= 0:
-        parser.error("--jobs must be at least 1, --retries at least 0, --timeout positive")
-    return args
+
+
+def _upscaler(args: argparse.Namespace) -> HttpUpscaler | LocalUpscaler | JobsUpscaler:
+    """What the command line asks to upscale with: this process (--local), or the service,
+    large images as jobs.
+
+    Raises:
+        UsageError: When --local cannot load its model.
+    """
+    # Here, not at the top: the jobs client builds on this module's HttpUpscaler.
+    from service.entry.jobs_client import JobsUpscaler
+
+    keep = args.metadata == "keep"
+    if args.local:
+        return LocalUpscaler(
+            fmt=args.fmt, quality=args.quality, model=args.model, keep_metadata=keep
+        )
+    http = HttpUpscaler(
+        args.url,
+        fmt=args.fmt,
+        quality=args.quality,
+        model=args.model,
+        retries=args.retries,
+        timeout=args.timeout,
+        # From the environment only: a key on the command line lands in shell history.
+        api_key=os.environ.get("UPSCALER_API_KEY", ""),
+        keep_metadata=keep,
+        # A person watching the bars is told how long each image will take.
+        tell=_tell if _shows_progress(args.progress) else None,
+    )
+    return JobsUpscaler(
+        http,
+        threshold_pixels=round(args.job_threshold * 1e6),
+        resume=args.resume,
+        show_progress=args.progress,
+    )
 
 
 def main(
@@ -585,8 +659,7 @@ def main(
     stdout: BinaryIO | None = None,
 ) -> int:
     """Runs the command line; returns the exit status."""
-    # Here, not at the top: the jobs client builds on this module's HttpUpscaler.
-    from service.entry.jobs_client import JobsUpscaler, interrupted_hint
+    from service.entry.jobs_client import interrupted_hint  # (not at the top: see `_upscaler`)
 
     args = parse_args(argv)
     if args.local:
@@ -594,32 +667,7 @@ def main(
         limit_malloc_arenas()
     try:
         jobs, problems = plan_jobs(args.inputs, args.output, args.fmt)
-        upscaler: HttpUpscaler | LocalUpscaler | JobsUpscaler
-        keep = args.metadata == "keep"
-        if args.local:
-            upscaler = LocalUpscaler(
-                fmt=args.fmt, quality=args.quality, model=args.model, keep_metadata=keep
-            )
-        else:
-            upscaler = HttpUpscaler(
-                args.url,
-                fmt=args.fmt,
-                quality=args.quality,
-                model=args.model,
-                retries=args.retries,
-                timeout=args.timeout,
-                # From the environment only: a key on the command line lands in shell history.
-                api_key=os.environ.get("UPSCALER_API_KEY", ""),
-                keep_metadata=keep,
-                # A person watching the bars is told how long each image will take.
-                tell=_tell if _shows_progress(args.progress) else None,
-            )
-            upscaler = JobsUpscaler(
-                upscaler,
-                threshold_pixels=round(args.job_threshold * 1e6),
-                resume=args.resume,
-                show_progress=args.progress,
-            )
+        upscaler = _upscaler(args)
     except UsageError as exc:
         print(f"upscale: {exc}", file=sys.stderr)
         return 2
@@ -640,6 +688,11 @@ def main(
         return 130
     finally:
         upscaler.close()
+    return _summary(runner, problems)
+
+
+def _summary(runner: Runner, problems: list[tuple[str, str]]) -> int:
+    """Prints what the run did and returns the exit status (1 when any image failed)."""
     failed = runner.failed + problems
     summary = f"upscale: {len(runner.done)} upscaled{_by_model(runner.models)}, "
     summary += f"{len(runner.skipped)} skipped (existing)"
@@ -651,7 +704,13 @@ def main(
 
 
 #: What `auto` found, in the summary's words.
-_FOUND_WORDS = {"none": "clean", "jpeg": "JPEG", "noise": "noise", "aliasing": "aliasing"}
+_FOUND_WORDS = {
+    "none": "clean",
+    "jpeg": "JPEG",
+    "noise": "noise",
+    "aliasing": "aliasing",
+    "blur": "blur",
+}
 
 
 def _by_model(models: Mapping[str, Counter[str]]) -> str:

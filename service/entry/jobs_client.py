@@ -6,7 +6,9 @@ interrupted (Ctrl-C, a lost connection, a laptop put to sleep) finds its jobs ag
 command with `--resume` reuses each job the service still has (running, or done and waiting
 to be downloaded) instead of uploading and computing it again. Without `--resume`, a job that
 an earlier run left is started over (the service's model may have changed since). Within one
-run, a lost connection is retried and the job's events followed again, never resubmitted.
+run, a lost connection is retried and the job's events followed again, never resubmitted: a
+PUT whose answer was lost is sent again, and the service's 200 (it has the job) is then this
+run's own job, not an earlier run's; and identical images (one job ID) share one job.
 
 Smaller images (under `--job-threshold` megapixels) go to `POST /upscale` as before, and so
 does everything when the service keeps no jobs (its 404 says so).
@@ -20,6 +22,7 @@ import json
 import mimetypes
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import httpx
@@ -84,16 +87,45 @@ class JobsUpscaler:
         self.jobs_off = False
         #: Jobs of this run not yet downloaded (what Ctrl-C leaves on the service).
         self.unfinished: set[str] = set()
+        #: Jobs this run has put on the service: a 200 for one of them is never an earlier
+        #: run's job to start over.
+        self._ours: set[str] = set()
+        #: The result of each job in hand, for identical images (the same job ID) that come
+        #: while it runs: they wait for it instead of deleting and resubmitting it.
+        self._in_hand: dict[str, Future[Upscaled]] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
         self.http.close()
 
     def upscale(self, data: bytes, name: str, progress: Progress) -> Upscaled:
+        """Large images as jobs, one job per distinct image and options; the others directly."""
         pixels = image_pixels(data)
         if self.jobs_off or pixels is None or pixels < self.threshold_pixels:
             return self.http.upscale(data, name, progress)
         job_id = job_id_for(data, self.http.params, self.http.fmt)
+        with self._lock:
+            shared = self._in_hand.get(job_id)
+            if shared is None:
+                self._in_hand[job_id] = mine = Future()
+        if shared is not None:
+            upscaled = shared.result()  # (or its error)
+            progress(len(data))
+            return upscaled
+        try:
+            upscaled = self._job(job_id, data, name, progress)
+        except BaseException as exc:
+            mine.set_exception(exc)
+            raise
+        else:
+            mine.set_result(upscaled)
+        finally:
+            with self._lock:
+                del self._in_hand[job_id]
+        return upscaled
+
+    def _job(self, job_id: str, data: bytes, name: str, progress: Progress) -> Upscaled:
+        """One image as a job (or by `POST /upscale` when the service keeps none)."""
         with self._lock:
             self.unfinished.add(job_id)
         if not self._submit(job_id, data, name):
@@ -110,7 +142,13 @@ class JobsUpscaler:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         """One request, retried on connection errors (doubling back-off) and 503s."""
+        return self._send(method, path, **kwargs)[0]
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> tuple[Any, bool]:
+        """`_request`, and whether a connection error made it send again (the request that
+        failed may have reached the service all the same: only its answer was lost)."""
         http = self.http
+        resent = False
         for attempt in range(http.retries + 1):
             try:
                 response = http.client.request(method, f"{http.url}{path}", **kwargs)
@@ -118,12 +156,13 @@ class JobsUpscaler:
                 if attempt == http.retries:
                     message = f"cannot reach the service at {http.url}: {exc}"
                     raise UpscaleFailedError(message) from exc
+                resent = True
                 http.sleep(min(FIRST_BACKOFF_SECONDS * 2**attempt, MAX_BACKOFF_SECONDS))
                 continue
             if response.status_code == 503 and attempt < http.retries:
                 http.sleep(_retry_after(response.headers.get("retry-after")))
                 continue
-            return response
+            return response, resent
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _submit(self, job_id: str, data: bytes, name: str) -> bool:
@@ -134,22 +173,27 @@ class JobsUpscaler:
             "Content-Type": media_type if media_type.startswith("image/") else "image/png",
         }
 
-        def put() -> Any:
+        def put() -> tuple[Any, bool]:
             params = self.http.params
-            return self._request(
+            return self._send(
                 "PUT", f"/jobs/{job_id}", content=data, params=params, headers=headers
             )
 
-        response = put()
-        if response.status_code == 200 and not self.resume:
+        response, resent = put()
+        with self._lock:
+            ours = job_id in self._ours
+        if response.status_code == 200 and not (self.resume or resent or ours):
             # An earlier run left this job: start it over (the model may have changed since).
+            # Not when it may be this run's own: a PUT sent again after its answer was lost.
             self._request("DELETE", f"/jobs/{job_id}")
-            response = put()
+            response, _ = put()
         if response.status_code == 404 and _detail(response).startswith(_NO_JOBS):
             self.jobs_off = True
             return False
         if response.status_code not in (200, 202):
             raise UpscaleFailedError(f"{response.status_code}: {_detail(response)}")
+        with self._lock:
+            self._ours.add(job_id)
         return True
 
     def _follow(self, job_id: str, name: str) -> Upscaled:

@@ -151,6 +151,10 @@ def aliasing_score(y: np.ndarray) -> float | None:
     edges, corner = edge_sharpness(y), spectral_corner(y)
     if edges is None or corner is None:
         return None
+    return _aliasing(edges, corner)
+
+
+def _aliasing(edges: float, corner: float) -> float:
     return edges + _CORNER_WEIGHT * (corner - _CORNER_CENTRE)
 
 
@@ -161,13 +165,16 @@ class Evidence:
     Attributes:
         jpeg_quality: The estimated JPEG quality, None for files that are not JPEG.
         noise: Estimated noise standard deviation on the luma (0-255 scale).
+        sharpness: How sharp its strongest edges are (`edge_sharpness`): low for a blurred
+            picture.
         aliasing: The aliasing score (`aliasing_score`).
 
-    A measure is None where the image is too small to tell.
+    A measure is None where the image is too small (or too flat) to tell.
     """
 
     jpeg_quality: int | None
     noise: float | None
+    sharpness: float | None
     aliasing: float | None
 
     @classmethod
@@ -178,11 +185,19 @@ class Evidence:
         height, width = rgb.shape[:2]
         top, left = max(0, (height - _MAX_SIDE) // 2), max(0, (width - _MAX_SIDE) // 2)
         y = luma(rgb[top : top + _MAX_SIDE, left : left + _MAX_SIDE])
-        return cls(jpeg_quality(jpeg_luma_table), noise_sigma(y), aliasing_score(y))
+        edges, corner = edge_sharpness(y), spectral_corner(y)
+        aliasing = None if edges is None or corner is None else _aliasing(edges, corner)
+        return cls(jpeg_quality(jpeg_luma_table), noise_sigma(y), edges, aliasing)
 
     def describe(self) -> str:
-        """`jpeg-quality=72; noise=3.1; aliasing=-1.84` (`none` where not measured)."""
+        """`jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71` (`none` where not
+        measured)."""
+
+        def text(value: float | None, digits: int) -> str:
+            return "none" if value is None else f"{value:.{digits}f}"
+
         quality = "none" if self.jpeg_quality is None else str(self.jpeg_quality)
-        noise = "none" if self.noise is None else f"{self.noise:.1f}"
-        aliasing = "none" if self.aliasing is None else f"{self.aliasing:.2f}"
-        return f"jpeg-quality={quality}; noise={noise}; aliasing={aliasing}"
+        return (
+            f"jpeg-quality={quality}; noise={text(self.noise, 1)}; "
+            f"sharpness={text(self.sharpness, 2)}; aliasing={text(self.aliasing, 2)}"
+        )

@@ -82,7 +82,10 @@ def test_service_image_bakes_in_the_model_the_check_serves(check):
     assert settings == {
         "UPSCALER_MODELS_DIR": str(ROOT / "models"),
         "UPSCALER_DEFAULT_MODEL": "edsr_x4",
+        # Relative to WORKDIR /app (a folder the service's user owns; compose mounts a volume).
+        "UPSCALER_JOBS_DIR": "jobs",
     }
+    assert "mkdir /app/jobs && chown 10001:10001 /app/jobs" in _instructions("service", "RUN")[-1]
 
 
 def test_service_venv_gets_only_the_service_dependencies():

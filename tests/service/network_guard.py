@@ -23,6 +23,7 @@ TEST_HOSTS: dict[str, list[str]] = {
     "private6.test": ["fd00::5"],
     "metadata.test": ["169.254.169.254"],
     "linklocal6.test": ["fe80::1"],
+    "sitelocal6.test": ["fec0::1"],
     "unspecified.test": ["0.0.0.0"],
     "unspecified6.test": ["::"],
     "multicast.test": ["224.0.0.251"],

@@ -7,7 +7,8 @@ decodes it; the confusion table of `auto`'s choices; and its cost against a 256Â
 Usage (from the repository root):
     python -m training.research.auto_choice --clean models/edsr_x4.onnx \
         --robust models/edsr_x4_real.onnx --out models/runs/auto_choice.json \
-        --data ../shared/data/bench/Set5 ../shared/data/bench/Set14 ../shared/data/bench/BSD100
+        --data ../shared/data/bench/Set5 ../shared/data/bench/Set14 ../shared/data/bench/BSD100 \
+        [--per-image rows.json]
 
 The models run on the service's own engine (`UPSCALER_ENGINE`'s choice, OpenVINO on a CPU) and
 tiler; PSNR is the protocol's (Y channel, `scale` pixels shaved).
@@ -143,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--robust", type=Path, required=True)
     parser.add_argument("--data", type=Path, nargs="+", required=True)
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    parser.add_argument("--per-image", type=Path, help="write every image's scores here (JSON)")
     args = parser.parse_args(argv)
     clean, clean_pipeline = load(args.clean)
     robust, _ = load(args.robust)
@@ -160,7 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown(results))
     print(f"cost: {results['cost']}")
     if args.out:
-        args.out.write_text(json.dumps({**results, "per_image": per_image}, indent=1) + "\n")
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    if args.per_image:
+        args.per_image.write_text(json.dumps(per_image) + "\n")
     return 0
 
 

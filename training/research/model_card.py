@@ -28,7 +28,14 @@ import numpy as np
 
 from service.core.ensemble import self_ensemble
 from training import data
-from training.evaluate import Upscaler, evaluate_folder, load_upscaler
+from training.degradations import CATEGORIES, CATEGORY_LABELS
+from training.evaluate import (
+    Upscaler,
+    evaluate_categories,
+    evaluate_folder,
+    format_category_table,
+    load_upscaler,
+)
 
 # Published x4 figures (PSNR, SSIM) on Set5 / Set14 / BSD100, standard protocol.
 PUBLISHED = {
@@ -254,6 +261,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--previous",
         help="the card JSON of the model this one replaces: its figures are kept beside the new",
     )
+    parser.add_argument(
+        "--degradations",
+        action="store_true",
+        help="also score every degradation category (evaluate --degradations), as LR kinds of "
+        "their own: the robust model's card",
+    )
+    parser.add_argument("--description", help="the card's one line for people choosing a model")
     parser.add_argument("--picture", help="before/after PNG to write")
     parser.add_argument(
         "--picture-image", help="HR image for the picture (default: first of the first set)"
@@ -285,6 +299,19 @@ def _training(run_dirs: list[Path]) -> dict:
     return {**stages[-1], "stages": stages}
 
 
+def _add_categories(evaluation: dict, model: Upscaler, bench: list[Path]) -> None:
+    """Each degradation category as an LR kind of the card (`GET /models` lists them), and
+    prints the gain table (model minus bicubic per category and set)."""
+    scored = evaluate_categories(model, bench, CATEGORIES)
+    for row in scored["categories"]:
+        kind = evaluation["results"].setdefault(row["category"], {"bicubic": {}, THIS_MODEL: {}})
+        kind["bicubic"][row["set"]] = {"psnr": round(row["bicubic_psnr"], 3)}
+        kind[THIS_MODEL][row["set"]] = {"psnr": round(row["psnr"], 3)}
+    evaluation["lr_kinds"].update(CATEGORY_LABELS)
+    print("\n### By degradation category\n")
+    print(format_category_table(scored))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     model = load_upscaler(args.model)
@@ -307,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         "published": PUBLISHED,
         "cpu": platform.processor() or platform.machine(),
     }
+    if args.description:
+        card["description"] = args.description
+    if args.degradations:
+        _add_categories(card["evaluation"], model, bench)
     previous_rows = _previous_rows(previous) if previous else None
     if previous:
         card["previous_model"] = {

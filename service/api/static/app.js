@@ -419,7 +419,7 @@ function send(item) {
   xhr.send(item.file);
 }
 
-// X-Upscaler-Evidence ("jpeg-quality=72; noise=3.1; aliasing=-1.84; found=jpeg,noise"), sent
+// X-Upscaler-Evidence ("jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71; found=jpeg,noise"), sent
 // when the service chose the model, in words; "" without it.
 function explainChoice(evidence) {
   if (!evidence) return "";
@@ -428,6 +428,7 @@ function explainChoice(evidence) {
     jpeg: `JPEG compression (quality ${fields["jpeg-quality"]})`,
     noise: `noise (σ ≈ ${fields.noise})`,
     aliasing: "resized without smoothing",
+    blur: "a blurred picture",
   };
   const found = (fields.found || "none").split(",").filter((name) => words[name]);
   return found.length ? found.map((name) => words[name]).join(", ") : "a clean image";

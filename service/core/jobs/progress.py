@@ -5,7 +5,9 @@ the worker thread; the event loop reads it. Counting needs no lock (one writer, 
 only ever see a count a little behind). The preview is rendered on request from the output
 array the tiler is filling and a mask of the tiles finished: a PNG of at most `PREVIEW_SIDE`
 pixels a side whose finished tiles are opaque and the rest transparent, so that the page lays
-it over its own (blurry) copy of the input and the picture sharpens tile by tile.
+it over its own (blurry) copy of the input and the picture sharpens tile by tile. Once the
+first pass is done its preview is rendered one last time and kept, and the output array let
+go: with `quality=max` the full-size output of pass 0 must not live on through 7 more passes.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class JobProgress:
         self.done_in_pass = 0
         self._output: np.ndarray | None = None
         self._mask: np.ndarray | None = None
+        #: The preview of the first pass once it has ended (its output is then let go).
+        self._final: bytes | None = None
 
     @property
     def tiles_done(self) -> int:
@@ -68,11 +72,19 @@ class JobProgress:
                         span.rows.keep_start : span.rows.keep_end,
                         span.cols.keep_start : span.cols.keep_end,
                     ] = True
+                if self.done_in_pass >= self.tiles_per_pass:
+                    self._final = self._render()
+                    self._output = self._mask = None
         self.on_change()
 
     def preview_png(self) -> bytes | None:
         """The finished tiles, subsampled to at most `PREVIEW_SIDE` a side, as an RGBA PNG
         (transparent where no tile has finished); None before the first pass starts."""
+        # Rendered first: the worker thread sets `_final` before it lets the output go.
+        preview = self._render()
+        return preview if preview is not None else self._final
+
+    def _render(self) -> bytes | None:
         output, mask = self._output, self._mask
         if output is None or mask is None:
             return None

@@ -1,20 +1,25 @@
 """`JobService`: the one owner of the jobs, from submit to expiry, on the app's event loop.
 
-- **Workers** (one per `UPSCALER_MAX_CONCURRENCY` slot) wait until the models are ready, take a
-  slot of the same admission gate and thread limiter as `POST /upscale` (jobs and direct
-  upscales share the cores, never oversubscribe them), claim the oldest queued job and run the
-  model's pipeline in a worker thread, with a cancel event the tiler checks before each model
-  call and a `JobProgress` it reports each stitched tile to.
-- **Cancel** marks the record at once; the running pipeline stops before its next tile and the
-  worker takes the next job. **Stop** (the app's shutdown) puts running jobs back in the queue,
-  uncounted, so a graceful restart loses nothing; a crash is handled by `JobStore` at start.
+- **The dispatcher** waits until the models are ready, then for a slot of the same admission
+  gate as `POST /upscale` (jobs and direct upscales share the cores, never oversubscribe them),
+  with the next job's estimate: only that one job waits in the gate's queue, however many slots
+  are idle, so direct upscales see one place taken and the wait it really adds. With the slot
+  it starts a **runner**, which claims the oldest queued job and runs the model's pipeline in a
+  worker thread of the same thread limiter, with a cancel event the tiler checks before each
+  model call and a `JobProgress` it reports each stitched tile to.
+- **Cancel** marks the record at once; the running pipeline stops before its next tile and its
+  slot goes to the next job. **Stop** (the app's shutdown, however it comes: SIGTERM, Ctrl-C)
+  first stops claiming, then cancels each running job before its next tile and waits for its
+  thread, which puts the job back in the queue uncounted; the store closes once no thread uses
+  it. So a graceful restart loses nothing; a crash is handled by `JobStore` at start.
 - **Changes** (status, tiles) wake the event streams through one asyncio event, replaced at
   each change: a watcher re-reads its job and sends it if it changed, so bursts coalesce.
 - **Expiry** runs every few seconds (`JobStore.expire`); a result past its time is refused at
   once even before that (`result_file`).
 - **Webhooks**: `start` once, `completed` retried with exponential backoff on 429, 5xx and
   network errors; each outcome recorded on the job; deliveries cut short by a stop are made
-  again at the next start.
+  again at the next start. They have their own connections and at most `WEBHOOK_CONCURRENCY`
+  at once, so that slow receivers never hold up fetches of `image_url`.
 """
 
 from __future__ import annotations
@@ -57,6 +62,12 @@ logger = logging.getLogger(__name__)
 READY_POLL_SECONDS = 0.5
 #: Longest pause between two expiry sweeps.
 EXPIRY_SWEEP_SECONDS = 30.0
+#: Webhook deliveries made at once: each holds a thread and a connection for up to
+#: UPSCALER_URL_TIMEOUT_SECONDS.
+WEBHOOK_CONCURRENCY = 4
+#: Deliveries waiting (for a turn, or to retry) at most; past it, an event is recorded as not
+#: sent instead of held, so that slow receivers cannot grow the service without bound.
+MAX_WAITING_DELIVERIES = 256
 
 
 def _iso(seconds: float | None) -> str | None:
@@ -122,9 +133,9 @@ class JobService:
     """The jobs of one app (see the module docstring).
 
     Args:
-        settings: JOBS_DIR, retention, size cap and the webhook settings.
+        settings: JOBS_DIR, retention, size cap, and the webhook and URL settings (webhooks
+            are delivered under the address rules of image_url).
         lifecycle: The models (readiness, gates, pipelines).
-        fetcher: Delivers webhooks under the same address rules as image_url.
         clock: Wall-clock time (tests move it forward).
     """
 
@@ -132,21 +143,31 @@ class JobService:
         self,
         settings: Settings,
         lifecycle: ModelLifecycle,
-        fetcher: UrlFetcher,
         clock: Callable[[], float] = time.time,
     ) -> None:
         assert settings.jobs_dir is not None
         self.settings = settings
         self.lifecycle = lifecycle
-        self.fetcher = fetcher
         self.clock = clock
         self._store: JobStore | None = None
         self._running: dict[str, _Running] = {}
         self._change = asyncio.Event()
         self._notify_scheduled = False
         self._wakeup = _Wakeup()
+        #: Set first thing by `stop`: no job is claimed, and no webhook sent, after it.
+        self._closing = False
+        #: The dispatcher, the sweep and the deliveries: they hold no job, `stop` cancels them.
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The runners: each may have a job's thread running, so `stop` waits for them instead.
+        self._runners: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._webhooks = UrlFetcher(
+            settings.url_allow_networks,
+            settings.url_timeout_seconds,
+            max_connections=WEBHOOK_CONCURRENCY,
+        )
+        self._webhook_turns: anyio.CapacityLimiter | None = None
+        self._deliveries = 0
         secret = settings.webhook_secret
         self._webhook_key = (
             None if secret is None else webhooks.secret_key(secret.get_secret_value())
@@ -164,7 +185,7 @@ class JobService:
     # --- start and stop -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Opens the store (recovering what a crash left) and starts the workers, the expiry
+        """Opens the store (recovering what a crash left) and starts the dispatcher, the expiry
         sweep and the deliveries a stop cut short.
 
         Raises:
@@ -185,35 +206,35 @@ class JobService:
             )
         except (OSError, sqlite3.Error) as exc:
             raise SettingsError(f"UPSCALER_JOBS_DIR {folder} cannot be used: {exc}") from exc
-        for _ in range(settings.max_concurrency):
-            self._spawn(self._work())
+        self._webhook_turns = anyio.CapacityLimiter(WEBHOOK_CONCURRENCY)
+        self._spawn(self._dispatch())
         self._spawn(self._sweep())
-        for record in await anyio.to_thread.run_sync(self.store.undelivered):
-            self._spawn(self._deliver(record, "completed"))
+        await self._resume_deliveries()
         self._wakeup.notify()
 
     async def stop(self) -> None:
-        """Puts running jobs back in the queue, stops every task and closes the store."""
+        """Stops claiming jobs, puts the running ones back in the queue (each stops before its
+        next tile, uncounted), waits for their threads, then closes the store."""
+        self._closing = True
         for running in self._running.values():
             running.stopping = True
             running.cancel.set()
-        # The workers requeue their jobs as the pipelines stop (at the next tile).
-        deadline = time.monotonic() + 10
-        while self._running and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        for task in list(self._tasks):
+        # A thread cannot be cancelled: a runner's is waited for (the tile in flight, or the
+        # encode it is in). The other tasks hold no job; a thread of theirs still running (a
+        # POST, a store write) ends on its own, and the store's close waits for a write.
+        for task in self._tasks:
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self._tasks, *self._runners, return_exceptions=True)
+        self._webhooks.close()
         if self._store is not None:
             self._store.close()
             self._store = None
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Any, tasks: set[asyncio.Task[None]] | None = None) -> None:
+        group = self._tasks if tasks is None else tasks
         task = asyncio.create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        group.add(task)
+        task.add_done_callback(group.discard)
 
     # --- changes and what clients see -------------------------------------------------------
 
@@ -318,9 +339,7 @@ class JobService:
         """
         before = self.store.get(owner, job_id)
         record = await anyio.to_thread.run_sync(self.store.cancel, owner, job_id)
-        running = self._running.get(record.key)
-        if running is not None:
-            running.cancel.set()
+        self._interrupt(record.key)
         if not before.status.terminal:
             self._changed()
             self._announce(record)
@@ -333,10 +352,16 @@ class JobService:
             JobNotFoundError: If the owner has no such job.
         """
         record = await anyio.to_thread.run_sync(self.store.delete, owner, job_id)
-        running = self._running.get(record.key)
+        self._interrupt(record.key)
+        self._changed()
+
+    def _interrupt(self, key: str) -> None:
+        """Stops the job's pipeline before its next tile, if it runs. The record has changed
+        already: a runner that registers the job after this reads it again before it starts
+        (`_run`), so a cancel between the claim and that registration is not lost."""
+        running = self._running.get(key)
         if running is not None:
             running.cancel.set()
-        self._changed()
 
     def preview(self, owner: str, job_id: str) -> bytes | None:
         """The running job's finished tiles as a PNG (`JobProgress.preview_png`), or None.
@@ -368,35 +393,70 @@ class JobService:
                 return self.lifecycle.serving
             await asyncio.sleep(READY_POLL_SECONDS)
 
-    async def _work(self) -> None:
+    async def _dispatch(self) -> None:
+        """Hands queued jobs to the gate's slots, one at a time (see the module docstring)."""
         while True:
             await self._wakeup.event.wait()
             serving = await self._ready()
             try:
-                generation = self._wakeup.generation
-                # The next job's estimate goes into the gate, so that direct upscales see
-                # their wait behind it (`AdmissionGate.estimated_wait`).
-                seconds = _estimate(serving, self.store.peek_next())
-                async with serving.gate.slot(seconds):
-                    record = await anyio.to_thread.run_sync(self.store.claim_next)
-                    if record is None:
-                        self._wakeup.clear_if(generation)
-                        continue
-                    await self._run(serving, record)
+                await self._hand_over(serving)
             except OverloadedError:
                 # Direct upscales fill the slots and their queue: the job waits its turn.
                 await asyncio.sleep(READY_POLL_SECONDS)
             except Exception:
-                # The store failing (a disk error): this worker must outlive it.
-                logger.exception("jobs: the worker met an error; it goes on")
+                # The store failing (a disk error): the dispatcher must outlive it.
+                logger.exception("jobs: the dispatcher met an error; it goes on")
                 await asyncio.sleep(READY_POLL_SECONDS)
+
+    async def _hand_over(self, serving: Serving) -> None:
+        """Waits for a slot with the next job's estimate (so that direct upscales see their
+        wait behind it, `AdmissionGate.estimated_wait`), then starts a runner with the slot.
+
+        Raises:
+            OverloadedError: The gate's queue is full.
+        """
+        generation = self._wakeup.generation
+        upcoming = self.store.peek_next()
+        if upcoming is None:
+            self._wakeup.clear_if(generation)
+            return
+        slot = contextlib.AsyncExitStack()  # entered here, left by the runner
+        await slot.enter_async_context(serving.gate.slot(_estimate(serving, upcoming)))
+        claimed = asyncio.Event()
+        self._spawn(self._take(serving, slot, claimed), self._runners)
+        await claimed.wait()  # so that the next look at the queue does not see this job
+
+    async def _take(
+        self, serving: Serving, slot: contextlib.AsyncExitStack, claimed: asyncio.Event
+    ) -> None:
+        """A runner: claims the oldest queued job and runs it in the slot it was given."""
+        async with slot:
+            record: JobRecord | None = None
+            try:
+                if not self._closing:
+                    record = await anyio.to_thread.run_sync(self.store.claim_next)
+            except Exception:
+                logger.exception("jobs: a job could not be claimed")
+            finally:
+                claimed.set()
+            if record is not None:
+                await self._run(serving, record)
 
     async def _run(self, serving: Serving, record: JobRecord) -> None:
         running = _Running()
         self._running[record.key] = running
-        self._changed()
-        self._announce(record)
         try:
+            # A cancel or DELETE that came between the claim's commit and the line above found
+            # nothing to interrupt; the record says so.
+            current = self.store.by_key(record.key)
+            if current is None or current.status is not JobStatus.RUNNING:
+                return
+            if self._closing:  # a stop since the claim: back to the queue, not started
+                running.stopping = True
+                running.cancel.set()
+            else:
+                self._changed()
+                self._announce(record)
             with self.lifecycle.metrics.inflight.track_inprogress():
                 await anyio.to_thread.run_sync(
                     self._execute, serving, record, running, limiter=serving.limiter
@@ -404,7 +464,7 @@ class JobService:
         finally:
             del self._running[record.key]
             self._changed()
-        ended = await anyio.to_thread.run_sync(self.store.by_key, record.key)
+        ended = self.store.by_key(record.key)
         # A cancel announced its own end; a deleted job has none to announce.
         if ended is not None and ended.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
             self._announce(ended)
@@ -414,6 +474,8 @@ class JobService:
         store = self.store
         quality = Quality(record.quality)
         try:
+            if running.cancel.is_set():
+                raise ClientDisconnectedError("interrupted before it started")
             selection = select(serving.models, record.model)
             passes = 8 if quality is Quality.MAX else 1
             progress = JobProgress(selection.pipeline.scale, passes, self._changed_from_thread)
@@ -429,15 +491,15 @@ class JobService:
                 keep_metadata=record.keep_metadata,
             )
         except ClientDisconnectedError:  # the cancel event: a client, or the service stopping
-            if running.stopping:
-                store.requeue(record.key)
-            else:
-                store.settle(record.key, JobStatus.CANCELED, "canceled by the client")
+            self._interrupted(record, running)
             return
         except UpscalerError as exc:  # the input, or a model no longer served
             store.settle(record.key, JobStatus.FAILED, exc.detail)
             return
         except Exception:
+            if running.cancel.is_set():  # deleted meanwhile: its input went with it
+                self._interrupted(record, running)
+                return
             logger.exception("job %s failed", record.id)
             store.settle(record.key, JobStatus.FAILED, "internal error while upscaling")
             return
@@ -452,6 +514,14 @@ class JobService:
             detail = f"the result could not be stored ({exc.strerror or exc})"
             store.settle(record.key, JobStatus.FAILED, detail)
 
+    def _interrupted(self, record: JobRecord, running: _Running) -> None:
+        """Ends a job whose cancel event stopped it: back in the queue, uncounted, when the
+        service stops; otherwise canceled (already so, or deleted: then this changes nothing)."""
+        if running.stopping:
+            self.store.requeue(record.key)
+        else:
+            self.store.settle(record.key, JobStatus.CANCELED, "canceled by the client")
+
     async def _sweep(self) -> None:
         interval = min(EXPIRY_SWEEP_SECONDS, max(self.store.retention_seconds / 4, 0.2))
         while True:
@@ -463,13 +533,32 @@ class JobService:
 
     # --- webhooks ---------------------------------------------------------------------------
 
+    async def _resume_deliveries(self) -> None:
+        """Makes again the `completed` deliveries a stop cut short; records them as failed when
+        the service no longer has the secret to sign them."""
+        for record in await anyio.to_thread.run_sync(self.store.undelivered):
+            if self.webhooks_enabled:
+                self._announce(record)
+                continue
+            tried = record.webhook_state.get("completed", {}).get("attempts", 0)
+            detail = "not delivered: UPSCALER_WEBHOOK_SECRET is no longer set to sign it"
+            await self._record_delivery(record, "completed", "failed", tried, None, detail)
+
     def _announce(self, record: JobRecord) -> None:
-        """Sends the webhook event this record's status calls for, if the job asked for it."""
+        """Sends the webhook event this record's status calls for, if the job asked for it.
+        Not while stopping: a `completed` left unsent is made at the next start."""
         event = "completed" if record.status.terminal else "start"
-        if record.status is JobStatus.QUEUED:
+        if record.status is JobStatus.QUEUED or self._closing:
             return
-        if record.webhook and event in record.webhook_events and self.webhooks_enabled:
-            self._spawn(self._deliver(record, event))
+        if not (record.webhook and event in record.webhook_events and self.webhooks_enabled):
+            return
+        if self._deliveries >= MAX_WAITING_DELIVERIES:
+            logger.warning("jobs: webhook of job %s not sent: too many waiting", record.id)
+            detail = f"not sent: {MAX_WAITING_DELIVERIES} deliveries were waiting already"
+            self._spawn(self._record_delivery(record, event, "failed", 0, None, detail))
+            return
+        self._deliveries += 1
+        self._spawn(self._deliver(record, event))
 
     async def _deliver(self, record: JobRecord, event: str) -> None:
         """Delivers one event, retrying `completed` with exponential backoff; records each
@@ -479,23 +568,28 @@ class JobService:
         attempts = settings.webhook_max_attempts if event == "completed" else 1
         message_id = f"msg_{record.key}_{event}"
         body = webhooks.message(event, self.describe(record), self.clock())
-        for attempt in range(1, attempts + 1):
-            timestamp = int(self.clock())
-            headers = webhooks.signed_headers(self._webhook_key, message_id, timestamp, body)
-            status, detail = await self._post(record.webhook, body, headers)
-            delivered = status is not None and 200 <= status < 300
-            retry = not delivered and attempt < attempts and webhooks.worth_retrying(status)
-            outcome = "delivered" if delivered else ("retrying" if retry else "failed")
-            await self._record_delivery(record, event, outcome, attempt, status, detail)
-            if not retry:
-                return
-            await asyncio.sleep(settings.webhook_retry_seconds * 2 ** (attempt - 1))
+        try:
+            for attempt in range(1, attempts + 1):
+                timestamp = int(self.clock())
+                headers = webhooks.signed_headers(self._webhook_key, message_id, timestamp, body)
+                status, detail = await self._post(record.webhook, body, headers)
+                delivered = status is not None and 200 <= status < 300
+                retry = not delivered and attempt < attempts and webhooks.worth_retrying(status)
+                outcome = "delivered" if delivered else ("retrying" if retry else "failed")
+                await self._record_delivery(record, event, outcome, attempt, status, detail)
+                if not retry:
+                    return
+                await asyncio.sleep(settings.webhook_retry_seconds * 2 ** (attempt - 1))
+        finally:
+            self._deliveries -= 1
 
     async def _post(
         self, url: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int | None, str | None]:
         try:
-            status = await anyio.to_thread.run_sync(self.fetcher.post, url, body, headers)
+            status = await anyio.to_thread.run_sync(
+                self._webhooks.post, url, body, headers, limiter=self._webhook_turns
+            )
         except (UrlFetchError, UrlRefusedError) as exc:
             return None, exc.detail
         return status, None

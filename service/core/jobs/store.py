@@ -3,6 +3,7 @@
 Layout of UPSCALER_JOBS_DIR:
 
     jobs.sqlite3            the records (WAL journal, synchronous=FULL: a commit is on disk)
+    lock                    held (flock) by the one process using the folder
     files/KEY/input         the uploaded (or fetched) image, while the job is queued or running
     files/KEY/result        the encoded result, from success until it expires
 
@@ -11,8 +12,9 @@ key's digest), so two keys may use the same ID and neither learns of the other's
 
 Crash safety, in the order things are written:
 
-- submit: the input is written (temporary file, fsync, rename, fsync of the folder) before
-  its record is committed; a crash between leaves a folder without record, removed at start.
+- submit: the job's folder is created and `files/` fsynced, the input is written (temporary
+  file, fsync, rename, fsync of the folder) before its record is committed; a crash between
+  leaves a folder without record, removed at start.
 - success: the result is written the same way while the record still says `running`, then
   the record is committed `succeeded`; a crash between leaves a `running` record, which runs
   again at start and writes the result anew. No reader ever sees half a result.
@@ -20,8 +22,18 @@ Crash safety, in the order things are written:
   unless they had already been started `MAX_STARTS` times (the job itself may be what kills
   the process), in which case they fail with a detail that says so.
 
-The store is synchronous and thread-safe (one connection behind a lock); `JobService` calls
-it from worker threads for writes and from the event loop for short reads.
+The store is synchronous and thread-safe: writes go through one connection behind a lock,
+held across each commit's fsync; reads through a second connection with its own lock, so that
+they never wait for a write (WAL lets a reader see the last commit while a writer works).
+`JobService` calls it from worker threads for writes and from the event loop for reads.
+
+One process at a time: the store holds an exclusive `flock` on `lock` while open, since a second
+process's recovery would requeue the first one's running jobs and delete its uncommitted
+folders.
+
+Size cap: an unfinished job counts its input and an upper bound of its result
+(`NewJob.result_bound`), replaced by the result's real size when it succeeds, so results
+written later cannot push the folder past `max_bytes`.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -50,12 +63,16 @@ from service.exceptions import (
     JobStoreFullError,
     ResultExpiredError,
     ResultNotReadyError,
+    SettingsError,
 )
 from service.host import atomic_path
+from service.imaging.decode import max_icc_profile_bytes
+from service.imaging.metadata import MAX_EXIF_BYTES, MAX_XMP_BYTES
 
 logger = logging.getLogger(__name__)
 
 DB_NAME = "jobs.sqlite3"
+LOCK_NAME = "lock"
 FILES = "files"
 INPUT = "input"
 RESULT = "result"
@@ -63,7 +80,14 @@ RESULT = "result"
 MAX_STARTS = 2
 #: How long a job's record outlives its expired result (410 until then, 404 after).
 FORGET_AFTER_SECONDS = 24 * 3600.0
-SCHEMA_VERSION = 1
+#: `PRAGMA user_version` of the database: 1 had no `reserved_bytes` (added on open), 2 now.
+SCHEMA_VERSION = 2
+#: Most bytes an encoded result takes per output pixel: 8-bit RGBA stored uncompressed (PNG at
+#: level 0, lossless WebP on noise) is 4, plus PNG's filter byte per row and deflate's block
+#: headers; JPEG (4:2:0 chroma, as Pillow writes it) stays near 2 even at quality 100 on noise.
+RESULT_BYTES_PER_PIXEL = {"image/png": 4.1, "image/webp": 4.1, "image/jpeg": 2.5}
+#: Room beside the pixels and the metadata for a result's own headers and chunks.
+RESULT_HEADER_BYTES = 4096
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -81,6 +105,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     input_width INTEGER NOT NULL,
     input_height INTEGER NOT NULL,
     result_bytes INTEGER NOT NULL DEFAULT 0,
+    reserved_bytes INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
     started REAL,
@@ -113,10 +138,11 @@ class JobStatus(enum.StrEnum):
 
 
 _UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
-#: Bytes on disk: inputs of unfinished jobs (later ones are deleted) and results kept.
+#: Bytes the folder holds or may soon hold: the inputs of unfinished jobs (deleted once a job
+#: ends) with the room reserved for their results, and the results kept.
 _USED_BYTES = (
-    "SELECT COALESCE(SUM(CASE WHEN status IN (?, ?) THEN input_bytes ELSE 0 END), 0)"
-    " + COALESCE(SUM(result_bytes), 0) FROM jobs"
+    "SELECT COALESCE(SUM(CASE WHEN status IN (?, ?) THEN input_bytes + reserved_bytes ELSE 0 "
+    "END), 0) + COALESCE(SUM(result_bytes), 0) FROM jobs"
 )
 
 
@@ -132,6 +158,7 @@ class NewJob:
         quality: `standard` or `max`.
         media_type: The output format, chosen from the submit's Accept header.
         input_width, input_height: The image's size (from its header).
+        output_scale: The model's factor (output pixels per input pixel, per side).
         keep_metadata: `metadata=keep`: the output carries the input's EXIF and XMP.
         webhook: URL to tell of the job's events, or None.
         webhook_events: Which events (`start`, `completed`).
@@ -145,9 +172,24 @@ class NewJob:
     media_type: str
     input_width: int
     input_height: int
+    output_scale: int
     webhook: str | None = None
     webhook_events: tuple[str, ...] = ()
     keep_metadata: bool = False
+
+    @property
+    def result_bound(self) -> int:
+        """Most bytes the encoded result can take: its room in the size cap until it exists.
+
+        Besides the pixels, the input's ICC profile (as large as the decoder lets one inflate:
+        a compressed one in a small input can take more room in the result) and, with
+        `metadata=keep`, its EXIF and XMP at their largest.
+        """
+        pixels = self.input_width * self.input_height * self.output_scale**2
+        extra = max_icc_profile_bytes() + RESULT_HEADER_BYTES
+        if self.keep_metadata:
+            extra += MAX_EXIF_BYTES + MAX_XMP_BYTES
+        return math.ceil(pixels * RESULT_BYTES_PER_PIXEL[self.media_type]) + extra
 
     @property
     def fingerprint(self) -> str:
@@ -176,6 +218,7 @@ class JobRecord:
     input_width: int
     input_height: int
     result_bytes: int
+    reserved_bytes: int
     attempts: int
     created: float
     started: float | None
@@ -216,6 +259,36 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: no implicit transactions (the writer's are explicit, and each of
+    # the reader's SELECTs sees the last commit).
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def _lock_folder(folder: Path) -> int:
+    """Takes the folder for this process (an exclusive `flock` on its `lock` file, released
+    when the descriptor is closed, or the process dies) and returns the descriptor.
+
+    Raises:
+        SettingsError: Another process holds it.
+    """
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SettingsError(
+            f"UPSCALER_JOBS_DIR {folder} is in use by another process (it holds "
+            f"{folder / LOCK_NAME}); each service process needs a jobs folder of its own"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def durable_write(path: Path, data: bytes) -> None:
     """Writes `data` to `path` atomically (`atomic_path`) and durably (fsync of the file
     before the rename, and of its folder after)."""
@@ -236,6 +309,8 @@ class JobStore:
         clock: Wall-clock time in Unix seconds (tests move it forward).
 
     Raises:
+        SettingsError: If another process uses the folder, or a newer service wrote its
+            database.
         OSError, sqlite3.Error: If the folder or the database cannot be opened.
     """
 
@@ -254,23 +329,49 @@ class JobStore:
         self._files = folder / FILES
         self._files.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        # isolation_level=None: transactions are explicit (`_transaction`), so each change
-        # is one commit and nothing is left open between calls.
-        self._db = sqlite3.connect(
-            folder / DB_NAME, check_same_thread=False, isolation_level=None, timeout=30
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self.recovered = self._recover()
+        self._read_lock = threading.Lock()
+        with contextlib.ExitStack() as undo:  # what is open so far, if opening fails
+            self._lock_fd = _lock_folder(folder)
+            undo.callback(os.close, self._lock_fd)  # (closing it releases the flock)
+            self._db = _connect(folder / DB_NAME)
+            undo.callback(self._db.close)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._open_schema()
+            self._reader = _connect(folder / DB_NAME)
+            undo.callback(self._reader.close)
+            self._reader.execute("PRAGMA query_only=1")
+            self.recovered = self._recover()
+            undo.pop_all()
 
     def close(self) -> None:
+        """Closes the database (after any write in progress) and lets the folder go."""
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._db.close()
+        os.close(self._lock_fd)
 
     # --- internals --------------------------------------------------------------------------
+
+    def _open_schema(self) -> None:
+        """Creates the table, or brings an older one up to `SCHEMA_VERSION`.
+
+        Raises:
+            SettingsError: The database comes from a newer version of the service.
+        """
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SettingsError(
+                f"{self.folder / DB_NAME} has schema version {version}, newer than this "
+                f"service's {SCHEMA_VERSION}: a newer version of the service wrote it; run that "
+                "one, or give this one another UPSCALER_JOBS_DIR"
+            )
+        self._db.executescript(_SCHEMA)  # IF NOT EXISTS: creates a new database only
+        with self._transaction() as db:
+            if version == 1:  # before results reserved their room in the size cap
+                db.execute("ALTER TABLE jobs ADD COLUMN reserved_bytes INTEGER NOT NULL DEFAULT 0")
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -284,8 +385,8 @@ class JobStore:
             self._db.execute("COMMIT")
 
     def _one(self, sql: str, *args: Any) -> JobRecord | None:
-        with self._lock:
-            row = self._db.execute(sql, args).fetchone()
+        with self._read_lock:
+            row = self._reader.execute(sql, args).fetchone()
         return None if row is None else JobRecord.from_row(row)
 
     def job_folder(self, key: str) -> Path:
@@ -339,12 +440,6 @@ class JobStore:
 
     # --- submit ------------------------------------------------------------------------------
 
-    def used_bytes(self) -> int:
-        """Bytes of the inputs of unfinished jobs and of the results kept."""
-        with self._lock:
-            row = self._db.execute(_USED_BYTES, _UNFINISHED).fetchone()
-        return int(row[0])
-
     def _full_error(self, db: sqlite3.Connection, needed: int) -> JobStoreFullError:
         # Retry-After: when the oldest result kept expires and frees its bytes.
         oldest = db.execute(
@@ -354,8 +449,9 @@ class JobStore:
         seconds = max(1, math.ceil(wait - self.clock() if oldest is not None else wait))
         return JobStoreFullError(
             f"the jobs folder is full ({self.max_bytes} bytes, UPSCALER_JOBS_MAX_BYTES; this "
-            f"input needs {needed}); results expire after {self.retention_seconds:g} s, or "
-            "DELETE /jobs/ID frees a finished job's now",
+            f"job needs {needed}: its input, and room for its result until it exists); results "
+            f"expire after {self.retention_seconds:g} s, or DELETE /jobs/ID frees a finished "
+            "job's now",
             seconds,
         )
 
@@ -375,6 +471,7 @@ class JobStore:
         folder = self.job_folder(key)
         try:
             folder.mkdir()
+            _fsync_dir(self._files)  # the folder's own entry, before anything relies on it
             durable_write(folder / INPUT, new.data)
             record, created = self._insert(key, new)
         except OSError as exc:
@@ -406,12 +503,14 @@ class JobStore:
                     )
                 return JobRecord.from_row(row), False
             used = db.execute(_USED_BYTES, _UNFINISHED).fetchone()[0]
-            if used + len(new.data) > self.max_bytes:
-                raise self._full_error(db, len(new.data))
+            reserved = new.result_bound
+            if used + len(new.data) + reserved > self.max_bytes:
+                raise self._full_error(db, len(new.data) + reserved)
             db.execute(
                 "INSERT INTO jobs (key, owner, id, status, fingerprint, model, quality, "
-                "media_type, keep_metadata, input_bytes, input_width, input_height, created, "
-                "webhook, webhook_events) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "media_type, keep_metadata, input_bytes, reserved_bytes, input_width, "
+                "input_height, created, webhook, webhook_events) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key,
                     new.owner,
@@ -423,6 +522,7 @@ class JobStore:
                     new.media_type,
                     int(new.keep_metadata),
                     len(new.data),
+                    reserved,
                     new.input_width,
                     new.input_height,
                     self.clock(),
@@ -453,19 +553,12 @@ class JobStore:
         """1 for the next job to run, 2 for the one after...; None unless queued."""
         if record.status is not JobStatus.QUEUED:
             return None
-        with self._lock:
-            ahead = self._db.execute(
+        with self._read_lock:
+            ahead = self._reader.execute(
                 "SELECT COUNT(*) FROM jobs WHERE status=? AND seq<?",
                 (JobStatus.QUEUED, record.seq),
             ).fetchone()[0]
         return int(ahead) + 1
-
-    def count_queued(self) -> int:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT COUNT(*) FROM jobs WHERE status=?", (JobStatus.QUEUED,)
-            ).fetchone()
-        return int(row[0])
 
     def read_input(self, record: JobRecord) -> bytes:
         return (self.job_folder(record.key) / INPUT).read_bytes()
@@ -625,8 +718,8 @@ class JobStore:
 
     def undelivered(self) -> list[JobRecord]:
         """Ended jobs whose terminal webhook is still to be delivered (the process stopped)."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 "SELECT * FROM jobs WHERE webhook IS NOT NULL AND status IN (?, ?, ?) "
                 "AND COALESCE(json_extract(webhook_state, '$.completed.status'), 'retrying') "
                 "= 'retrying' AND webhook_events LIKE '%completed%' ORDER BY seq",

@@ -14,6 +14,7 @@ import pytest
 from PIL import ExifTags, Image
 
 from service.api.app import create_app
+from service.core.jobs.store import NewJob
 from tests.service.api.jobs_helpers import (
     TERMINAL,
     events,
@@ -221,17 +222,38 @@ def test_results_expire_after_the_retention_time(models: Path, tmp_path: Path) -
         assert not any((tmp_path / "jobs" / "files").iterdir())
 
 
+def _room_for(image: bytes, side: int) -> int:
+    """What a PNG job of a `side` x `side` image holds of the size cap until it has ended."""
+    new = NewJob("", None, image, "fast", "standard", "image/png", side, side, 4)
+    return len(image) + new.result_bound
+
+
 def test_a_full_jobs_folder_refuses_new_jobs_with_507(models: Path, tmp_path: Path) -> None:
     image = png_bytes(24, 24)
-    with jobs_server(models, tmp_path / "jobs", jobs_max_bytes=4 * len(image)) as (live, _):
+    cap = _room_for(image, 24) + len(image)
+    with jobs_server(models, tmp_path / "jobs", jobs_max_bytes=cap) as (live, _):
         job = submit(live, image).json()
         finished = wait_job(live, job["id"], lambda j: j["status"] == "succeeded")
-        assert finished["result"]["bytes"] > 4 * len(image)  # the result alone fills it
+        assert finished["result"]["bytes"] > 10 * len(image)  # the result fills much of it
         refused = submit(live, image)
         assert refused.status_code == 507 and "UPSCALER_JOBS_MAX_BYTES" in refused.json()["detail"]
         assert int(refused.headers["retry-after"]) >= 1
         httpx.delete(f"{live.url}/jobs/{job['id']}")
         assert submit(live, image).status_code == 202
+
+
+def test_the_size_cap_keeps_room_for_the_results_of_unfinished_jobs(
+    models: Path, tmp_path: Path
+) -> None:
+    """Two small inputs fit, but not room for two results: the second job waits its turn."""
+    first, second = png_bytes(24, 24, seed=1), png_bytes(24, 24, seed=2)
+    cap = _room_for(first, 24) + len(second)
+    with jobs_server(models, tmp_path / "jobs", jobs_max_bytes=cap) as (live, _):
+        job = submit(live, first, params={"model": "slow"}).json()
+        refused = submit(live, second)
+        assert refused.status_code == 507 and "room for its result" in refused.json()["detail"]
+        httpx.post(f"{live.url}/jobs/{job['id']}/cancel")
+        assert submit(live, second).status_code == 202  # its room is free once it ended
 
 
 def test_a_key_sees_only_its_own_jobs(models: Path, tmp_path: Path) -> None:

@@ -82,10 +82,18 @@ def test_refusals_are_4xx_naming_the_rule(service: tuple[LiveServer, str]) -> No
         ({"image_url": f"{images}/big.png"}, 413, "exceeds the limit of 32768 bytes"),
         ({"image_url": f"{images}/missing.png"}, 422, "answered HTTP 404"),
         ({"url": "x"}, 422, '{"image_url": "https://..."}'),
+        ({"image_url": "http://[::1"}, 422, "not a valid URL"),
+        ({"image_url": "http://[x]/"}, 422, "not a valid URL"),
+        (b"[" * 5000, 422, "not valid JSON"),  # nested past the recursion limit
+        (b"9" * 5000, 422, "not valid JSON"),  # past the 4300 digits of an int
     ]
     for body, status, detail in cases:
         for path in ("/upscale", "/jobs"):
-            answer = _post(f"{live.url}{path}", body)
+            if isinstance(body, bytes):
+                headers = {"Content-Type": "application/json"}
+                answer = httpx.post(f"{live.url}{path}", content=body, headers=headers)
+            else:
+                answer = _post(f"{live.url}{path}", body)
             assert answer.status_code == status, (path, body, answer.text)
             assert detail in answer.json()["detail"]
 

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ from typing import Any
 import pytest
 
 from service.api.app import create_app
+from service.core.jobs.service import WEBHOOK_CONCURRENCY
 from tests.service.api.jobs_helpers import TERMINAL, job_models, submit, wait_job
 from tests.service.helpers import png_bytes
-from tests.service.network_guard import local_http, send
+from tests.service.network_guard import local_http, loopback_only, send  # noqa: F401 (fixture)
 from tests.web.live import LiveServer, time_limit, tiny_settings
 
 SECRET = "whsec_" + base64.b64encode(b"sixteen byte key").decode()
@@ -50,7 +52,8 @@ class Receiver:
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[LiveServer]:
+def service(tmp_path: Path, loopback_only: list[str]) -> Iterator[LiveServer]:  # noqa: F811
+    """The service delivering webhooks (127.0.0.0/8 allowed); nothing but 127.0.0.1 is reached."""
     settings = tiny_settings(
         None,
         models_dir=job_models(tmp_path / "models"),
@@ -135,6 +138,8 @@ def test_bad_webhooks_are_refused_at_submit(service: LiveServer, tmp_path: Path)
     cases = [
         ({"webhook": "http://169.254.169.254/hook"}, "link-local"),
         ({"webhook": "ftp://example.test/hook"}, "only http and https"),
+        ({"webhook": "http://[::1"}, "not a valid URL"),
+        ({"webhook": "http://[x]/"}, "not a valid URL"),
         ({"webhook": "https://example.test/h", "webhook_events_filter": "output"}, "unknown"),
         ({"webhook_events_filter": "completed"}, "needs a webhook URL"),
     ]
@@ -150,3 +155,36 @@ def test_bad_webhooks_are_refused_at_submit(service: LiveServer, tmp_path: Path)
     with LiveServer(create_app(unsigned)) as live:
         answer = submit(live, png_bytes(), params={"webhook": "https://example.test/h"})
     assert answer.status_code == 422 and "UPSCALER_WEBHOOK_SECRET" in answer.json()["detail"]
+
+
+def test_at_most_four_deliveries_are_made_at_once(service: LiveServer) -> None:
+    """Slow receivers hold at most `WEBHOOK_CONCURRENCY` threads and connections; the other
+    deliveries wait their turn and are made once those end."""
+    release = threading.Event()
+    lock = threading.Lock()
+    open_now = [0, 0]  # deliveries being answered now, and the most at once
+
+    def slow_receiver(handler: Any) -> None:
+        handler.rfile.read(int(handler.headers["Content-Length"]))
+        with lock:
+            open_now[0] += 1
+            open_now[1] = max(open_now)
+        release.wait(20)
+        with lock:
+            open_now[0] -= 1
+        send(handler, 200)
+
+    with local_http({"/hook": slow_receiver}) as url:
+        params = {"webhook": f"{url}/hook", "webhook_events_filter": "completed"}
+        jobs = [submit(service, png_bytes(seed=seed), params=params).json() for seed in range(6)]
+        for job in jobs:
+            wait_job(service, job["id"], lambda j: j["status"] in TERMINAL)
+        deadline = time.monotonic() + 20
+        while open_now[0] < WEBHOOK_CONCURRENCY:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.3)  # room for a fifth (wrong) one to arrive
+        assert open_now[1] == WEBHOOK_CONCURRENCY
+        release.set()
+        for job in jobs:
+            assert _deliveries(service, job["id"], "completed")["status"] == "delivered"

@@ -15,6 +15,7 @@ from service.api.app import create_app
 from service.config import Settings
 from service.core.choice import (
     ALIASING_DEGRADED_AT,
+    BLUR_AT_OR_BELOW,
     JPEG_DEGRADED_AT_OR_BELOW,
     NOISE_DEGRADED_AT,
     Auto,
@@ -27,19 +28,20 @@ from tests.service.helpers import lifecycle_of, wait_until_ready
 from tests.service.imaging.test_evidence import scene
 
 SettingsFactory = Callable[..., Settings]
-CLEAN = Evidence(jpeg_quality=None, noise=0.5, aliasing=-2.5)
+CLEAN = Evidence(jpeg_quality=None, noise=0.5, sharpness=0.7, aliasing=0.6)
 
 
 @pytest.mark.parametrize(
     ("evidence", "found"),
     [
         (CLEAN, ()),
-        (Evidence(JPEG_DEGRADED_AT_OR_BELOW + 1, 0.5, -2.5), ()),  # a near-lossless JPEG
-        (Evidence(JPEG_DEGRADED_AT_OR_BELOW, 0.5, -2.5), ("jpeg",)),
-        (Evidence(None, NOISE_DEGRADED_AT, -2.5), ("noise",)),
-        (Evidence(None, 0.5, ALIASING_DEGRADED_AT), ("aliasing",)),
-        (Evidence(40, 8.0, 1.2), ("jpeg", "noise", "aliasing")),
-        (Evidence(None, None, None), ()),  # too small to tell: the clean model
+        (Evidence(JPEG_DEGRADED_AT_OR_BELOW + 1, 0.5, 0.7, 0.6), ()),  # a near-lossless JPEG
+        (Evidence(JPEG_DEGRADED_AT_OR_BELOW, 0.5, 0.7, 0.6), ("jpeg",)),
+        (Evidence(None, NOISE_DEGRADED_AT, 0.7, 0.6), ("noise",)),
+        (Evidence(None, 0.5, 0.9, ALIASING_DEGRADED_AT), ("aliasing",)),
+        (Evidence(None, 0.5, BLUR_AT_OR_BELOW, 0.5), ("blur",)),
+        (Evidence(40, 8.0, 0.5, 1.2), ("jpeg", "noise", "aliasing", "blur")),
+        (Evidence(None, None, None, None), ()),  # too small to tell: the clean model
     ],
 )
 def test_degradations_are_read_from_the_evidence(evidence: Evidence, found: tuple) -> None:

@@ -1,17 +1,23 @@
-"""The job store on its own: recovery after crashes, expiry, the size cap, and the tiler's
-progress reports that the jobs' progress and preview are built on."""
+"""The job store on its own: recovery after crashes, expiry, the size cap, one process per
+folder, reads beside writes, and the tiler's progress reports that the jobs' progress and
+preview are built on."""
 
 from __future__ import annotations
 
+import gc
+import sqlite3
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from service.core.jobs import store as store_module
 from service.core.jobs.progress import JobProgress
-from service.core.jobs.store import MAX_STARTS, JobStatus, JobStore, NewJob
-from service.core.tiling import upscale_tiled
-from service.exceptions import JobStoreFullError, ResultExpiredError
+from service.core.jobs.store import MAX_STARTS, SCHEMA_VERSION, JobStatus, JobStore, NewJob
+from service.core.tiling import AxisSpan, TileSpan, upscale_tiled
+from service.exceptions import JobStoreFullError, ResultExpiredError, SettingsError
 
 
 class Clock:
@@ -22,12 +28,12 @@ class Clock:
         return self.now
 
 
-def _store(folder: Path, clock: Clock | None = None, max_bytes: int = 10**6) -> JobStore:
+def _store(folder: Path, clock: Clock | None = None, max_bytes: int = 10**8) -> JobStore:
     return JobStore(folder, retention_seconds=60, max_bytes=max_bytes, clock=clock or Clock())
 
 
-def _new(data: bytes = b"image", job_id: str | None = None) -> NewJob:
-    return NewJob("", job_id, data, "m", "standard", "image/png", 2, 2)
+def _new(data: bytes = b"image", job_id: str | None = None, side: int = 2) -> NewJob:
+    return NewJob("", job_id, data, "m", "standard", "image/png", side, side, 4)
 
 
 def test_a_job_cut_short_runs_again_and_fails_after_the_second_crash(tmp_path: Path) -> None:
@@ -96,15 +102,73 @@ def test_results_expire_then_jobs_are_forgotten(tmp_path: Path) -> None:
 
 def test_the_size_cap_counts_inputs_and_results(tmp_path: Path) -> None:
     clock = Clock()
-    store = _store(tmp_path, clock, max_bytes=10)
-    record, _ = store.submit(_new(b"12345"))
+    first, second = _new(b"12345"), _new(b"1234")
+    store = _store(tmp_path, clock, max_bytes=first.result_bound + len(first.data))
+    record, _ = store.submit(first)
     store.claim_next()
-    store.succeed(record.key, b"1234567", {})
+    store.succeed(record.key, b"x" * first.result_bound, {})  # a result as large as can be
     clock.now += 20
     with pytest.raises(JobStoreFullError) as refused:
-        store.submit(_new(b"1234"))
+        store.submit(second)
     assert refused.value.retry_after_seconds == 40  # when the result expires
+    assert "room for its result" in refused.value.detail
     assert len(list((tmp_path / "files").iterdir())) == 1  # the refused input is gone
+
+
+def test_the_size_cap_reserves_room_for_results_not_yet_written(tmp_path: Path) -> None:
+    # A 256x256 input makes a 1024x1024 result: up to 4.1 MB for a tiny input file.
+    job = _new(b"small input", side=256)
+    assert job.result_bound > 4 * 1024 * 1024
+    store = _store(tmp_path, max_bytes=job.result_bound + len(job.data) + 100)
+    record, _ = store.submit(job)
+    with pytest.raises(JobStoreFullError):
+        store.submit(_new(b"another", side=256))  # room for both inputs, not both results
+    store.claim_next()
+    assert store.succeed(record.key, b"a small result", {})  # its real size replaces the room
+    assert store.submit(_new(b"another", side=256))[1]
+
+
+def test_a_second_store_on_the_same_folder_is_refused(tmp_path: Path) -> None:
+    first = _store(tmp_path)
+    with pytest.raises(SettingsError, match="in use by another process"):
+        _store(tmp_path)
+    first.close()
+    _store(tmp_path).close()  # free once the first is closed
+
+
+def test_reads_do_not_wait_for_a_write_in_progress(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    record, _ = store.submit(_new())
+    # (The pool outside: a read that waited would time out, end the write, then finish.)
+    with ThreadPoolExecutor(1) as pool, store._transaction() as db:  # the writer mid-commit
+        db.execute("UPDATE jobs SET detail='not committed yet'")
+        seen = pool.submit(store.get, "", record.id).result(timeout=10)
+    assert seen.detail is None  # the last commit's view
+
+
+def test_a_new_job_folder_is_made_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[Path] = []
+    monkeypatch.setattr(store_module, "_fsync_dir", synced.append)
+    record, _ = _store(tmp_path).submit(_new())
+    assert synced[0] == tmp_path / "files" and tmp_path / "files" / record.key in synced
+
+
+def test_an_older_database_is_brought_up_to_date_and_a_newer_one_refused(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    record, _ = store.submit(_new())
+    store.close()
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:  # as version 1 wrote it
+        db.execute("ALTER TABLE jobs DROP COLUMN reserved_bytes")
+        db.execute("PRAGMA user_version=1")
+    store = _store(tmp_path)
+    assert store.get("", record.id).reserved_bytes == 0
+    store.close()
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    for _ in range(2):  # the refused open let the folder go: the second meets the same refusal
+        with pytest.raises(SettingsError, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
+            _store(tmp_path)
 
 
 def test_a_canceled_job_keeps_no_result(tmp_path: Path) -> None:
@@ -127,3 +191,25 @@ def test_the_tiler_reports_every_tile_and_the_preview_covers_them() -> None:
     upscale_tiled(image, model, scale=2, tile_size=12, overlap=2, progress=progress)
     assert changes[0] == 0 and changes[-1] == progress.tiles_total == len(changes) - 1 > 1
     assert progress.preview_png() is not None
+
+
+def test_the_progress_lets_the_first_pass_output_go_when_the_pass_ends() -> None:
+    """With quality=max, pass 0's full output must not live on through the other 7 passes."""
+    progress = JobProgress(2, 8, lambda: None)
+    output = np.zeros((8, 8, 3), dtype=np.uint8)
+    alive = weakref.ref(output)
+    progress(output, [], 1)  # pass 0 begins
+    whole = _whole(4)
+    progress(output, [whole], 1)  # ... and ends with its one tile
+    del output
+    gc.collect()
+    assert alive() is None
+    preview = progress.preview_png()  # the finished pass is still shown
+    progress(np.zeros((8, 8, 3), dtype=np.uint8), [], 1)  # pass 1 begins
+    assert progress.preview_png() == preview and progress.tiles_done == 1
+
+
+def _whole(side: int) -> TileSpan:
+    """One tile covering a `side` x `side` input whole."""
+    axis = AxisSpan(0, 0, side)
+    return TileSpan(axis, axis)

@@ -8,10 +8,14 @@ up, anything else. The allowed cases fetch from a local server, allowed by the a
 from __future__ import annotations
 
 import ipaddress
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpcore
+import httpx
 import pytest
 
 from service.core.urlfetch import UrlFetcher
@@ -35,6 +39,7 @@ REFUSED = {
     "private6.test": "private",
     "metadata.test": "link-local (the cloud metadata range)",
     "linklocal6.test": "link-local",
+    "sitelocal6.test": "site-local",
     "unspecified.test": "unspecified",
     "unspecified6.test": "unspecified",
     "multicast.test": "multicast",
@@ -103,6 +108,8 @@ def test_literal_addresses_are_checked_too(fetcher: UrlFetcher, url: str, rule: 
         ("gopher://loopback.test/", "only http and https"),
         ("http:///x.png", "no host"),
         ("http://user:secret@loopback.test/x.png", "credentials"),
+        ("http://[::1", "not a valid URL"),
+        ("http://[x]/", "not a valid URL"),
     ],
 )
 def test_only_plain_http_urls_are_fetched(fetcher: UrlFetcher, url: str, rule: str) -> None:
@@ -199,3 +206,118 @@ def test_unresolvable_and_unreachable_hosts_are_fetch_errors(
     with pytest.raises(UrlFetchError, match="could not be fetched"):
         fetch.fetch(f"http://gone.test:{port}/x.png", 1000)
     fetch.close()
+
+
+def test_a_redirect_to_an_invalid_url_is_a_fetch_error(trusting: UrlFetcher) -> None:
+    routes = _routes({"/bad": lambda h: send(h, 302, Location="http://[x]/")})
+    routes["/worse"] = lambda h: send(h, 302, Location="http://[::1")
+    with local_http(routes) as url:
+        for path in ("/bad", "/worse"):
+            # (httpx parses the Location itself; never an escaping ValueError, a 500.)
+            with pytest.raises(UrlFetchError, match="Invalid URL in location header"):
+                trusting.fetch(f"{url}{path}", 10_000)
+
+
+def test_no_cookie_set_by_one_server_travels_with_a_later_fetch(trusting: UrlFetcher) -> None:
+    cookies: list[str | None] = []
+
+    def setter(handler: Any) -> None:
+        send(handler, 200, IMAGE, Set_Cookie="session=abc; Path=/")
+
+    def reader(handler: Any) -> None:
+        cookies.append(handler.headers.get("Cookie"))
+        send(handler, 200, IMAGE)
+
+    with local_http(_routes({"/set": setter, "/read": reader})) as url:
+        trusting.fetch(f"{url}/set", 10_000)
+        trusting.fetch(f"{url}/read", 10_000)
+        trusting.post(f"{url}/set", b"{}", {})
+        trusting.fetch(f"{url}/read", 10_000)
+    assert cookies == [None, None]
+
+
+def test_a_lookup_that_hangs_ends_at_the_timeout(
+    loopback_only: list[str],  # noqa: F811
+) -> None:
+    answer = threading.Event()
+
+    def hanging(host: str, port: int) -> list[str]:
+        answer.wait(10)  # an unanswering DNS server; released once the test is done
+        return ["127.0.0.1"]
+
+    requests: list[str] = []
+    fetch = UrlFetcher(LOOPBACK, 0.5, resolve=hanging)
+    try:
+        with local_http({"/image.png": lambda h: requests.append(h.path)}) as url:
+            port = url.rsplit(":", 1)[1]
+            with pytest.raises(UrlFetchError, match=r"no complete answer within 0\.5 s"):
+                fetch.fetch(f"http://slow-dns.test:{port}/image.png", 10_000)
+    finally:
+        answer.set()
+        fetch.close()
+    assert requests == []  # given up while looking the name up, not after
+
+
+def test_no_read_may_run_past_the_deadline_of_the_fetch(
+    trusting: UrlFetcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body that trickles in until just before the deadline, then stalls: the stalled read
+    gets only what is left of the total, not a whole read timeout of its own (the timeouts
+    the fetch gives its socket are recorded, so nothing here depends on how fast it runs)."""
+    release = threading.Event()
+    ends: list[float] = []
+    settimeout = socket.socket.settimeout
+    fetching = threading.get_ident()
+
+    def record(sock: socket.socket, value: float | None) -> None:
+        if threading.get_ident() == fetching and value is not None:
+            ends.append(time.monotonic() + value)
+        settimeout(sock, value)
+
+    def trickle_then_stall(handler: Any) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100")
+        handler.end_headers()
+        for _ in range(6):  # until 1.2 s of the 1.5 s have passed
+            handler.wfile.write(b"x")
+            handler.wfile.flush()
+            time.sleep(0.2)
+        release.wait(10)
+
+    monkeypatch.setattr(socket.socket, "settimeout", record)
+    with local_http(_routes({"/stall": trickle_then_stall})) as url:
+        started = time.monotonic()
+        try:
+            with pytest.raises(UrlFetchError, match="no complete answer"):
+                trusting.fetch(f"{url}/stall", 10_000)
+        finally:
+            release.set()
+    assert len(ends) > 3 and max(ends) <= started + trusting.timeout_seconds + 0.05
+
+
+def test_a_delivery_error_without_a_message_is_named(
+    trusting: UrlFetcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def silent(*args: Any, **kwargs: Any) -> Any:
+        raise httpx.ReadTimeout("")
+
+    monkeypatch.setattr(httpx.Client, "stream", silent)
+    with pytest.raises(UrlFetchError) as failed:
+        trusting.post("http://127.0.0.1:9/hook", b"{}", {})
+    assert failed.value.detail == "webhook not delivered: ReadTimeout"
+
+
+def test_a_fetcher_builds_one_connection_pool(
+    loopback_only: list[str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[object] = []
+
+    class Counted(httpcore.ConnectionPool):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            built.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(httpcore, "ConnectionPool", Counted)
+    UrlFetcher(LOOPBACK, 1.0, resolve=test_resolver).close()
+    assert len(built) == 1

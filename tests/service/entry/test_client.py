@@ -355,3 +355,16 @@ def test_local_chooses_from_the_models_folder_as_the_service_does(
     assert run(str(inputs), "--local")[0] == 0
     err = capsys.readouterr().err
     assert "soft 1: JPEG 1" in err and "sharp 1: clean 1" in err
+
+
+def test_two_inputs_with_one_output_name_are_not_silently_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "in").mkdir()
+    for name in ("x.png", "x.jpg", "y.png"):
+        (tmp_path / "in" / name).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    jobs, problems = client.plan_jobs(["in"], "out", "png")
+    assert sorted(job.label for job in jobs) == ["in/x.jpg", "in/y.png"]
+    ((label, message),) = problems
+    assert label == "in/x.png" and "x_x4.png" in message and "in/x.jpg" in message

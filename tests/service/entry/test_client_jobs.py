@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.entry.client import main
-from service.entry.jobs_client import job_id_for
+from service.entry.client import HttpUpscaler, main
+from service.entry.jobs_client import JobsUpscaler, job_id_for
 from tests.service.api.jobs_helpers import job_models, jobs_server, wait_job
 from tests.service.helpers import png_bytes
 from tests.web.live import LiveServer, time_limit
@@ -74,7 +74,9 @@ def test_resume_picks_up_the_job_an_interrupted_run_left(
     server: tuple[LiveServer, Any], tmp_path: Path
 ) -> None:
     live, slow = server
-    image = png_bytes(64, 64, seed=3)  # 25 tiles of the slow model: about 5 s
+    # Many tiles of the slow model (about 13 s), so that the job is far from done when the
+    # interrupt lands, however loaded the machine.
+    image = png_bytes(96, 96, seed=3)
     source, target = tmp_path / "photo.png", tmp_path / "photo_x4.png"
     source.write_bytes(image)
     command = [sys.executable, "-m", "service.entry.client", str(source), "--url", live.url]
@@ -84,7 +86,11 @@ def test_resume_picks_up_the_job_an_interrupted_run_left(
         [*command, *options], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True, env=os.environ
     )
     job_id = job_id_for(image, {"model": "slow"}, "png")
-    wait_job(live, job_id, lambda j: (j.get("progress") or {}).get("tiles_done", 0) >= 2)
+    job = wait_job(
+        live,
+        job_id,
+        lambda j: j.get("status") == "running" and j["progress"]["tiles_done"] >= 2,
+    )
     run.send_signal(signal.SIGINT)
     assert run.wait(timeout=30) == 130
     assert "--resume picks them up" in run.communicate()[1]
@@ -92,5 +98,79 @@ def test_resume_picks_up_the_job_an_interrupted_run_left(
 
     assert main([str(source), "--url", live.url, *options, "--resume"]) == 0
     assert target.read_bytes() == _upscaled(live, image, model="slow")
-    # One pass over the 25 tiles for the job (and one for the check above): not started over.
-    assert slow.calls - calls == 2 * 25
+    # One pass over the tiles for the job (and one for the check above): not started over.
+    assert slow.calls - calls == 2 * job["progress"]["tiles_total"]
+
+
+def test_a_submit_whose_answer_was_lost_is_not_deleted_and_sent_again(
+    server: tuple[LiveServer, Any],
+) -> None:
+    """The PUT reaches the service, its answer is lost, the retry gets 200: that is this run's
+    own job, not one an earlier run left to start over."""
+    live, _ = server
+    image = png_bytes(40, 30, seed=5)
+    methods: list[str] = []
+
+    class LosingTransport(httpx.HTTPTransport):
+        lost = False
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            methods.append(request.method)
+            response = super().handle_request(request)
+            if request.method == "PUT" and not LosingTransport.lost:
+                LosingTransport.lost = True
+                response.close()
+                raise httpx.ReadError("the answer was lost on the way back")
+            return response
+
+    http = HttpUpscaler(
+        live.url,
+        fmt="png",
+        quality="standard",
+        model=None,
+        retries=2,
+        timeout=30,
+        sleep=lambda seconds: None,
+    )
+    http.client = httpx.Client(transport=LosingTransport(), timeout=30)
+    upscaler = JobsUpscaler(http, threshold_pixels=0, resume=False, show_progress=False)
+    try:
+        upscaled = upscaler.upscale(image, "photo.png", lambda count: None)
+    finally:
+        upscaler.close()
+    assert upscaled.content == _upscaled(live, image)
+    # The PUT and its retry; one DELETE, once the result was downloaded.
+    assert (methods.count("PUT"), methods.count("DELETE")) == (2, 1)
+
+
+def test_identical_images_share_one_job(server: tuple[LiveServer, Any], tmp_path: Path) -> None:
+    live, slow = server
+    image = png_bytes(40, 30, seed=6)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes(image)
+    options = ["--model", "slow", "--job-threshold", "0", "--jobs", "2", "--no-progress"]
+    before = slow.calls
+    assert main([str(folder), "-o", str(tmp_path / "out"), "--url", live.url, *options]) == 0
+    ran = slow.calls - before
+    expected = _upscaled(live, image, model="slow")
+    # One upscale for the check took as many model calls as the command for both images.
+    assert slow.calls - before == 2 * ran
+    for name in ("a_x4.png", "b_x4.png"):
+        assert (tmp_path / "out" / name).read_bytes() == expected
+
+
+@pytest.mark.parametrize(
+    "options, why",
+    [
+        (["--job-threshold", "-1"], "--job-threshold must not be negative"),
+        (["--local", "--resume"], "--local keeps none"),
+    ],
+)
+def test_options_that_cannot_work_are_usage_errors(
+    options: list[str], why: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as usage:
+        main([str(tmp_path / "photo.png"), *options])
+    assert usage.value.code == 2 and why in capsys.readouterr().err

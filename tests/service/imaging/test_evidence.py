@@ -81,10 +81,12 @@ def test_a_picture_without_edges_gives_no_aliasing_score() -> None:
 def test_images_too_small_to_tell_give_no_measure() -> None:
     evidence = Evidence.measure(np.zeros((2, 2, 3), np.uint8), None)
     assert (evidence.jpeg_quality, evidence.noise, evidence.aliasing) == (None, None, None)
+    assert evidence.sharpness is None
     assert Evidence.measure(np.zeros((8, 8, 3), np.uint8), None).aliasing is None
 
 
 def test_the_evidence_reads_as_one_header_value() -> None:
-    evidence = Evidence(jpeg_quality=72, noise=3.14, aliasing=-1.844)
-    assert evidence.describe() == "jpeg-quality=72; noise=3.1; aliasing=-1.84"
-    assert Evidence(None, None, None).describe() == "jpeg-quality=none; noise=none; aliasing=none"
+    evidence = Evidence(jpeg_quality=72, noise=3.14, sharpness=0.698, aliasing=0.714)
+    assert evidence.describe() == "jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71"
+    nothing = "jpeg-quality=none; noise=none; sharpness=none; aliasing=none"
+    assert Evidence(None, None, None, None).describe() == nothing

@@ -13,12 +13,12 @@ from training.research.auto_choice import main as auto_choice
 def test_it_scores_both_models_and_auto_per_category(image_folder: Path, tmp_path: Path, capsys):
     clean = build_model(tmp_path / "clean.onnx", seed=1)
     robust = build_model(tmp_path / "robust.onnx", seed=2)
-    out = tmp_path / "auto.json"
+    out, rows = tmp_path / "auto.json", tmp_path / "rows.json"
     argv = ["--clean", str(clean), "--robust", str(robust), "--data", str(image_folder)]
-    assert auto_choice([*argv, "--out", str(out)]) == 0
+    assert auto_choice([*argv, "--out", str(out), "--per-image", str(rows)]) == 0
     results = json.loads(out.read_text())
     table = results["sets"][image_folder.name]
-    images = len({row["image"] for row in results["per_image"]})
+    images = len({row["image"] for row in json.loads(rows.read_text())})
     assert set(table) == set(CATEGORIES) and images > 0
     for row in table.values():
         assert row["chose_clean"] + row["chose_robust"] == images

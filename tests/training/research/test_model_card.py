@@ -136,3 +136,21 @@ def test_bicubic_anchor_on_set5_matches_the_published_protocol(tmp_path):
     build_edsr(filters=4, blocks=1).save(tmp_path / "t.keras")
     row = evaluate_folder(load_upscaler(tmp_path / "t.keras"), SHARED_SET5, scale=4)
     assert row["bicubic_psnr"] == pytest.approx(28.43, abs=0.01)
+
+
+def test_with_degradations_each_category_is_a_kind_of_the_card(image_folder, tmp_path, capsys):
+    from tests.service.helpers import build_model
+
+    model = build_model(tmp_path / "robust.onnx")
+    out = tmp_path / "card.json"
+    argv = ["--model", str(model), "--bench", str(image_folder), "--out", str(out)]
+    assert model_card([*argv, "--degradations", "--description", "For real uploads."]) == 0
+    card = json.loads(out.read_text())
+    assert card["description"] == "For real uploads."
+    evaluation = card["evaluation"]
+    for category in ("clean", "jpeg-30", "camera"):
+        rows = evaluation["results"][category]
+        assert set(rows) == {"bicubic", "EDSR x4 (this model)"}
+        assert rows["EDSR x4 (this model)"][image_folder.name]["psnr"] > 0
+        assert evaluation["lr_kinds"][category]
+    assert "### By degradation category" in capsys.readouterr().out
