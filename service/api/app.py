@@ -117,7 +117,13 @@ def _add_middleware(app: FastAPI, settings: Settings, lifecycle: ModelLifecycle)
 def _context(
     settings: Settings, lifecycle: ModelLifecycle, jobs_unavailable: str | None
 ) -> AppContext:
-    fetcher = UrlFetcher(settings.url_allow_networks, settings.url_timeout_seconds)
+    # One connection per upload slot: fetches of image_url run under those slots (`urlinput`),
+    # so none waits for a turn at the fetcher.
+    fetcher = UrlFetcher(
+        settings.url_allow_networks,
+        settings.url_timeout_seconds,
+        max_connections=settings.max_concurrent_uploads,
+    )
     if jobs_unavailable is None and settings.jobs_dir is None:
         jobs_unavailable = "this service keeps no jobs: UPSCALER_JOBS_DIR is not set"
     service = None if jobs_unavailable else JobService(settings, lifecycle)

@@ -220,13 +220,16 @@ async def _cancel_when_disconnected(request: Request) -> AsyncIterator[threading
 
     The upscale runs in a thread that cannot be cancelled from the event loop; the tiler checks
     this event between model calls instead, so a client that gives up stops costing model time
-    within one call.
+    within one call. It is set too when the block ends otherwise: a request cancelled while its
+    thread runs (uvicorn cancels those left after the drain) has let its slot and its thread's
+    token go, and its thread must stop at its next tile, not run on to the end beside others.
     """
     cancel = threading.Event()
     watcher = asyncio.create_task(_watch_disconnect(request, cancel))
     try:
         yield cancel
     finally:
+        cancel.set()  # (the thread has ended when the block ends normally: no harm then)
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher

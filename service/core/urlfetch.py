@@ -21,6 +21,11 @@ travel with another client's fetch). Timeouts: 5 s to connect (the name's lookup
 its deadline, whichever hop it is on. The byte limit is counted while the body streams,
 unencoded (`Accept-Encoding: identity`, so that no gzip bomb inflates in memory), before
 anything is decoded. Refusals name the rule, never the content fetched.
+
+Bounded: a fetcher makes at most `max_connections` requests at once (more callers wait for a
+turn until their deadline; none ever waits inside httpcore's pool), and at most `MAX_LOOKUPS`
+name lookups, one per host and port. `close()` ends the requests and lookups in progress, so
+that no thread outlives the service's stop by a timeout.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ import socket
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,6 +55,9 @@ Resolver = Callable[[str, int], Sequence[str]]
 
 MAX_REDIRECTS = 5
 CONNECT_TIMEOUT_SECONDS = 5.0
+#: Name lookups in progress at once, per fetcher: a resolver that does not answer holds each
+#: one's thread for many seconds.
+MAX_LOOKUPS = 8
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 #: The refused kinds of address, in the order they are named, each with its test.
@@ -134,10 +144,20 @@ def _bounded(timeout: float | None, error: type[Exception]) -> float | None:
 
 class _DeadlineStream(httpcore.NetworkStream):
     """A connection whose every read and write ends by the deadline of the request using it
-    (pooled connections serve several requests, so the deadline is looked up at each call)."""
+    (pooled connections serve several requests, so the deadline is looked up at each call).
 
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
+    Its socket is known to `sockets` (the backend's) until it is closed, so that `close()` of
+    the fetcher can shut it down under a thread blocked reading it.
+    """
+
+    def __init__(self, inner: httpcore.NetworkStream, sockets: _Sockets) -> None:
         self._inner = inner
+        self._sockets = sockets
+        try:
+            sockets.add(inner.get_extra_info("socket"))
+        except BaseException:  # the fetcher was closed meanwhile
+            inner.close()
+            raise
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return self._inner.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
@@ -146,6 +166,7 @@ class _DeadlineStream(httpcore.NetworkStream):
         self._inner.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
 
     def close(self) -> None:
+        self._sockets.discard(self._inner.get_extra_info("socket"))
         self._inner.close()
 
     def start_tls(
@@ -155,10 +176,138 @@ class _DeadlineStream(httpcore.NetworkStream):
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
         timeout = _bounded(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+        tls = self._inner.start_tls(ssl_context, server_hostname, timeout)
+        return _DeadlineStream(tls, self._sockets)
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
+
+
+class _Sockets:
+    """The sockets of a backend's open connections (weakly: a connection dropped without a
+    close must not be kept), and whether the backend is closed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self.closed = False
+
+    def add(self, sock: socket.socket | None) -> None:
+        """Records an open connection's socket.
+
+        Raises:
+            UrlFetchError: The backend is closed (under the lock: a socket is either shut down
+                by `shut_down` or refused here, never missed).
+        """
+        with self._lock:
+            if self.closed:
+                raise UrlFetchError("the fetcher is closed: the service is stopping")
+            if sock is not None:
+                self._open.add(sock)
+
+    def discard(self, sock: socket.socket | None) -> None:
+        if sock is not None:
+            with self._lock:
+                self._open.discard(sock)
+
+    def shut_down(self) -> None:
+        """Shuts every open socket down: a thread blocked reading one returns at once (closing
+        it would not wake the read), and its request fails."""
+        with self._lock:
+            self.closed = True
+            sockets = list(self._open)
+        for sock in sockets:
+            # socket.socket's own shutdown, for a TLS socket too: SSLSocket's drops its TLS
+            # state first, under the thread that may be reading with it. OSError: already shut
+            # down or closed, or detached into the TLS socket (which is in the set itself).
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Lookups:
+    """The resolver's lookups, each in a daemon thread, given up by its callers after their
+    timeout (the system resolver has none to pass, and an unanswering DNS server holds it for
+    many seconds).
+
+    At most `limit` run at once, and one per (host, port): fetches of a name share its lookup.
+    Past the limit a lookup fails at once instead of starting another thread, so a resolver
+    that hangs cannot grow the threads without bound. Daemon threads rather than a
+    `ThreadPoolExecutor`, whose workers are joined at exit: a hung lookup would hold the
+    process after the service has stopped.
+    """
+
+    def __init__(self, resolve: Resolver, limit: int = MAX_LOOKUPS) -> None:
+        self._resolve = resolve
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, int], Future[Sequence[str]]] = {}
+        self._closed = False
+
+    def look_up(self, host: str, port: int, timeout: float | None) -> Sequence[str]:
+        """The addresses of `host`.
+
+        Raises:
+            httpcore.ConnectTimeout: No answer within `timeout`.
+            UrlFetchError: Too many lookups in progress, or the fetcher is closed; or the
+                resolver's own error.
+        """
+        future = self._start(host, port)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"looking up {host!r} took over {timeout:g} s") from None
+
+    def _start(self, host: str, port: int) -> Future[Sequence[str]]:
+        with self._lock:
+            if self._closed:
+                raise UrlFetchError("the fetcher is closed: the service is stopping")
+            future = self._pending.get((host, port))
+            if future is not None:
+                return future
+            if len(self._pending) >= self._limit:
+                raise UrlFetchError(
+                    f"{self._limit} host name lookups are in progress already (the DNS "
+                    "server may not be answering); retry later"
+                )
+            future = Future()
+            thread = threading.Thread(
+                target=self._run, args=(host, port, future), name="urlfetch-lookup", daemon=True
+            )
+            try:
+                thread.start()
+            except RuntimeError as exc:  # the process may start no more threads
+                raise UrlFetchError(f"host {host!r} cannot be looked up now ({exc})") from None
+            self._pending[(host, port)] = future
+        return future
+
+    def _run(self, host: str, port: int, future: Future[Sequence[str]]) -> None:
+        try:
+            answer = self._resolve(host, port)
+        except BaseException as exc:  # handed to the callers
+            _settle(future, exc)
+        else:
+            _settle(future, answer)
+        finally:
+            with self._lock:  # (taken after `_start` has recorded it)
+                if self._pending.get((host, port)) is future:
+                    del self._pending[(host, port)]
+
+    def close(self) -> None:
+        """Fails the lookups in progress (their callers return at once) and any later one."""
+        with self._lock:
+            self._closed = True
+            pending = list(self._pending.values())
+        for future in pending:
+            _settle(future, UrlFetchError("the fetcher is closed: the service is stopping"))
+
+
+def _settle(future: Future[Sequence[str]], outcome: Sequence[str] | BaseException) -> None:
+    # A lookup failed by `close` may still end later: its answer is dropped.
+    with contextlib.suppress(InvalidStateError):
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 class _GuardedBackend(httpcore.NetworkBackend):
@@ -166,9 +315,10 @@ class _GuardedBackend(httpcore.NetworkBackend):
     within the deadline of the request (`_DeadlineStream`)."""
 
     def __init__(self, resolve: Resolver, allowed: Sequence[IPNetwork]) -> None:
-        self._resolve = resolve
+        self._lookups = _Lookups(resolve)
         self._allowed = allowed
         self._inner = httpcore.SyncBackend()
+        self._sockets = _Sockets()
 
     def connect_tcp(
         self,
@@ -182,7 +332,7 @@ class _GuardedBackend(httpcore.NetworkBackend):
         try:
             addresses = [ipaddress.ip_address(host.strip("[]"))]
         except ValueError:
-            found = self._lookup(host, port, timeout)
+            found = self._lookups.look_up(host, port, timeout)
             addresses = [ipaddress.ip_address(address) for address in found]
         for address in addresses:
             # Every address of the name is checked, not just the first: a name that also
@@ -208,36 +358,20 @@ class _GuardedBackend(httpcore.NetworkBackend):
             except httpcore.ConnectError as exc:
                 error = exc
             else:
-                return _DeadlineStream(stream)
+                return _DeadlineStream(stream, self._sockets)
         assert error is not None
         raise error
-
-    def _lookup(self, host: str, port: int, timeout: float | None) -> Sequence[str]:
-        """The resolver's answer, given up after `timeout`: the system resolver has no timeout
-        of its own to pass, and an unanswering DNS server holds it for many seconds. It runs in
-        a daemon thread, which finishes on its own when the lookup does."""
-        answer: list[Sequence[str] | BaseException] = []
-
-        def look_up() -> None:
-            try:
-                answer.append(self._resolve(host, port))
-            except BaseException as exc:  # handed to the caller below
-                answer.append(exc)
-
-        thread = threading.Thread(target=look_up, name="urlfetch-lookup", daemon=True)
-        thread.start()
-        thread.join(timeout)
-        if not answer:
-            raise httpcore.ConnectTimeout(f"looking up {host!r} took over {timeout:g} s")
-        if isinstance(answer[0], BaseException):
-            raise answer[0]
-        return answer[0]
 
     def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
         raise UrlRefusedError("no Unix sockets")
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
+
+    def close(self) -> None:
+        """Ends the lookups and requests in progress, and refuses new connections."""
+        self._lookups.close()
+        self._sockets.shut_down()
 
 
 class _GuardedTransport(httpx.HTTPTransport):
@@ -300,7 +434,8 @@ class UrlFetcher:
         allowed: Networks reachable although in a refused range.
         timeout_seconds: Longest time for one fetch (redirects included) or one delivery.
         resolve: Host name resolver (tests map names to addresses; the system's by default).
-        max_connections: Connections open at once (more requests wait for one).
+        max_connections: Requests made at once (more callers wait for a turn, until their
+            deadline).
     """
 
     def __init__(
@@ -311,11 +446,14 @@ class UrlFetcher:
         max_connections: int = 10,
     ) -> None:
         self.timeout_seconds = timeout_seconds
-        backend = _GuardedBackend(resolve or system_resolve, list(allowed))
+        self.max_connections = max_connections
+        self._backend = _GuardedBackend(resolve or system_resolve, list(allowed))
+        self._turns = threading.BoundedSemaphore(max_connections)
+        self._closed = False
         # trust_env=False: an HTTP(S)_PROXY from the environment would make the proxy's
         # address the one checked, and the target's unchecked.
         self._client = httpx.Client(
-            transport=_GuardedTransport(backend, max_connections),
+            transport=_GuardedTransport(self._backend, max_connections),
             trust_env=False,
             follow_redirects=False,
             headers={"User-Agent": "edsr-upscaler"},
@@ -323,6 +461,10 @@ class UrlFetcher:
         )
 
     def close(self) -> None:
+        """Ends the fetches and deliveries in progress at once (their threads must not keep
+        the process up to a timeout after the service stopped) and refuses later ones."""
+        self._closed = True
+        self._backend.close()
         self._client.close()
 
     @contextlib.contextmanager
@@ -335,6 +477,30 @@ class UrlFetcher:
         finally:
             _deadline.at = None
 
+    @contextlib.contextmanager
+    def _turn(self, deadline: float, what: str) -> Iterator[None]:
+        """One of `max_connections` turns, waited for until `deadline`.
+
+        No request may wait inside httpcore's pool: one whose pool timeout fires just as it is
+        handed a new connection leaves that connection in the pool for good, never connected
+        nor closed (httpcore 1.0), until the pool is full of them and every fetch fails. With
+        no more requests than connections, each finds one at once.
+
+        Raises:
+            UrlFetchError: No turn before the deadline, or the fetcher is closed.
+        """
+        if not self._turns.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise UrlFetchError(
+                f"{what}: all {self.max_connections} connections stayed busy for "
+                f"{self.timeout_seconds:g} s (UPSCALER_URL_TIMEOUT_SECONDS); retry later"
+            )
+        try:
+            if self._closed:
+                raise UrlFetchError(f"{what}: the service is stopping")
+            yield
+        finally:
+            self._turns.release()
+
     def _timeout(self, deadline: float) -> httpx.Timeout:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -346,10 +512,10 @@ class UrlFetcher:
 
         Raises:
             UrlRefusedError: A rule refuses the URL, a redirect or an address.
-            UrlFetchError: Unreachable, an answer other than 200, or too slow.
+            UrlFetchError: Unreachable, an answer other than 200, too slow, or no turn.
             ImageUrlTooLargeError: More than `limit` bytes (declared or streamed).
         """
-        with self._deadline() as deadline:
+        with self._deadline() as deadline, self._turn(deadline, "image_url could not be fetched"):
             try:
                 return self._follow(check_url(url), limit, deadline)
             except UrlRefusedError as exc:
@@ -380,9 +546,9 @@ class UrlFetcher:
 
         Raises:
             UrlRefusedError: A rule refuses the URL or its address.
-            UrlFetchError: Unreachable or too slow.
+            UrlFetchError: Unreachable, too slow, or no turn.
         """
-        with self._deadline() as deadline:
+        with self._deadline() as deadline, self._turn(deadline, "webhook not delivered"):
             try:
                 target = check_url(url)
                 timeout = self._timeout(deadline)

@@ -10,8 +10,10 @@
 - **Cancel** marks the record at once; the running pipeline stops before its next tile and its
   slot goes to the next job. **Stop** (the app's shutdown, however it comes: SIGTERM, Ctrl-C)
   first stops claiming, then cancels each running job before its next tile and waits for its
-  thread, which puts the job back in the queue uncounted; the store closes once no thread uses
-  it. So a graceful restart loses nothing; a crash is handled by `JobStore` at start.
+  thread, which puts the job back in the queue uncounted (a job still waiting for a worker
+  thread, which a direct upscale may hold for minutes, goes back at once); the store closes
+  once no thread uses it. So a graceful restart loses nothing; a crash is handled by
+  `JobStore` at start.
 - **Changes** (status, tiles) wake the event streams through one asyncio event, replaced at
   each change: a watcher re-reads its job and sends it if it changed, so bursts coalesce.
 - **Expiry** runs every few seconds (`JobStore.expire`); a result past its time is refused at
@@ -19,7 +21,12 @@
 - **Webhooks**: `start` once, `completed` retried with exponential backoff on 429, 5xx and
   network errors; each outcome recorded on the job; deliveries cut short by a stop are made
   again at the next start. They have their own connections and at most `WEBHOOK_CONCURRENCY`
-  at once, so that slow receivers never hold up fetches of `image_url`.
+  at once, so that slow receivers never hold up fetches of `image_url`; at most
+  `HOST_CONCURRENCY` of them, and `MAX_WAITING_PER_HOST` waiting, for one receiver host, so that
+  a dead receiver cannot hold up the others'. A `completed` held back for want of room is left
+  `retrying`, and the expiry sweep sends it once there is room.
+- **Errors of the store** (a full disk) never leave a job `running` until the next start: the
+  runner tries once to fail it, and no task ends with an exception nobody sees.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -65,9 +73,15 @@ EXPIRY_SWEEP_SECONDS = 30.0
 #: Webhook deliveries made at once: each holds a thread and a connection for up to
 #: UPSCALER_URL_TIMEOUT_SECONDS.
 WEBHOOK_CONCURRENCY = 4
-#: Deliveries waiting (for a turn, or to retry) at most; past it, an event is recorded as not
-#: sent instead of held, so that slow receivers cannot grow the service without bound.
+#: Deliveries waiting (for a turn, or to retry) at most; past it, an event is held back (see
+#: `JobService._hold_back`), so that slow receivers cannot grow the service without bound.
 MAX_WAITING_DELIVERIES = 256
+#: The same for the deliveries to one receiver host: one dead receiver cannot take all the room.
+MAX_WAITING_PER_HOST = 64
+#: Deliveries made at once to one receiver host: the other turns stay free for other hosts.
+HOST_CONCURRENCY = 2
+#: The detail of a job whose end could not be stored (the store failed: a full disk, say).
+STORE_ERROR_DETAIL = "internal error while storing the job"
 
 
 def _iso(seconds: float | None) -> str | None:
@@ -84,6 +98,26 @@ class _Running:
     progress: JobProgress | None = None
     #: The service is stopping: the job goes back to the queue instead of being canceled.
     stopping: bool = False
+    #: Around the wait for a worker thread, which `stop` ends: a direct upscale may hold the
+    #: last one for minutes.
+    waiting: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+    def stop(self) -> None:
+        """The service stops: the job goes back to the queue, before its next tile or before
+        it gets a thread at all. Called on the event loop (the cancel scope belongs to it)."""
+        self.stopping = True
+        self.cancel.set()
+        self.waiting.cancel()
+
+
+@dataclass
+class _Receiver:
+    """The deliveries to one receiver host: how many wait or are made, and its turns."""
+
+    waiting: int = 0
+    turns: anyio.CapacityLimiter = field(
+        default_factory=lambda: anyio.CapacityLimiter(HOST_CONCURRENCY)
+    )
 
 
 class _Wakeup:
@@ -167,7 +201,12 @@ class JobService:
             max_connections=WEBHOOK_CONCURRENCY,
         )
         self._webhook_turns: anyio.CapacityLimiter | None = None
+        #: Deliveries waiting or being made: in all, per receiver host, and which ones.
         self._deliveries = 0
+        self._receivers: dict[str, _Receiver] = {}
+        self._sending: set[tuple[str, str]] = set()
+        #: `completed` events held back for want of room (job key -> receiver host).
+        self._held: dict[str, str] = {}
         secret = settings.webhook_secret
         self._webhook_key = (
             None if secret is None else webhooks.secret_key(secret.get_secret_value())
@@ -208,8 +247,8 @@ class JobService:
             raise SettingsError(f"UPSCALER_JOBS_DIR {folder} cannot be used: {exc}") from exc
         self._webhook_turns = anyio.CapacityLimiter(WEBHOOK_CONCURRENCY)
         self._spawn(self._dispatch())
-        self._spawn(self._sweep())
         await self._resume_deliveries()
+        self._spawn(self._sweep())
         self._wakeup.notify()
 
     async def stop(self) -> None:
@@ -217,11 +256,11 @@ class JobService:
         next tile, uncounted), waits for their threads, then closes the store."""
         self._closing = True
         for running in self._running.values():
-            running.stopping = True
-            running.cancel.set()
+            running.stop()
         # A thread cannot be cancelled: a runner's is waited for (the tile in flight, or the
-        # encode it is in). The other tasks hold no job; a thread of theirs still running (a
-        # POST, a store write) ends on its own, and the store's close waits for a write.
+        # encode it is in); a runner still waiting for one stops waiting. The other tasks hold
+        # no job; a store write of theirs still running ends on its own (the store's close
+        # waits for it), and a POST is ended by the close of its connections.
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._runners, return_exceptions=True)
@@ -230,11 +269,15 @@ class JobService:
             self._store.close()
             self._store = None
 
-    def _spawn(self, coroutine: Any, tasks: set[asyncio.Task[None]] | None = None) -> None:
+    def _spawn(
+        self, coroutine: Any, tasks: set[asyncio.Task[None]] | None = None
+    ) -> asyncio.Task[None]:
         group = self._tasks if tasks is None else tasks
         task = asyncio.create_task(coroutine)
         group.add(task)
         task.add_done_callback(group.discard)
+        task.add_done_callback(_log_failure)
+        return task
 
     # --- changes and what clients see -------------------------------------------------------
 
@@ -337,10 +380,11 @@ class JobService:
         Raises:
             JobNotFoundError: If the owner has no such job.
         """
-        before = self.store.get(owner, job_id)
-        record = await anyio.to_thread.run_sync(self.store.cancel, owner, job_id)
+        record, canceled = await anyio.to_thread.run_sync(self.store.cancel, owner, job_id)
         self._interrupt(record.key)
-        if not before.status.terminal:
+        # Only the call that ended it announces its end: another cancel, or the job's own end,
+        # may have come first.
+        if canceled:
             self._changed()
             self._announce(record)
         return record
@@ -404,7 +448,8 @@ class JobService:
                 # Direct upscales fill the slots and their queue: the job waits its turn.
                 await asyncio.sleep(READY_POLL_SECONDS)
             except Exception:
-                # The store failing (a disk error): the dispatcher must outlive it.
+                # The store failing (a disk error): the dispatcher must outlive it, and pause
+                # before it tries again.
                 logger.exception("jobs: the dispatcher met an error; it goes on")
                 await asyncio.sleep(READY_POLL_SECONDS)
 
@@ -414,6 +459,7 @@ class JobService:
 
         Raises:
             OverloadedError: The gate's queue is full.
+            Exception: The runner's claim failed (the store's error).
         """
         generation = self._wakeup.generation
         upcoming = self.store.peek_next()
@@ -422,25 +468,50 @@ class JobService:
             return
         slot = contextlib.AsyncExitStack()  # entered here, left by the runner
         await slot.enter_async_context(serving.gate.slot(_estimate(serving, upcoming)))
-        claimed = asyncio.Event()
+        if not self.lifecycle.readiness().ready:
+            # A drain (SIGTERM) began while this waited for the slot: it starts no job. The
+            # wake-up stays set, so the dispatcher waits for readiness again.
+            await slot.aclose()
+            return
+        claimed: asyncio.Future[JobRecord | None] = asyncio.get_running_loop().create_future()
+        # (Retrieved even when the dispatcher is cancelled first: no unretrieved exception.)
+        claimed.add_done_callback(lambda future: future.cancelled() or future.exception())
         self._spawn(self._take(serving, slot, claimed), self._runners)
-        await claimed.wait()  # so that the next look at the queue does not see this job
+        # The claim's outcome: so that the next look at the queue does not see this job, and
+        # so that a claim that failed reaches `_dispatch`, which pauses before the next try.
+        await claimed
 
     async def _take(
-        self, serving: Serving, slot: contextlib.AsyncExitStack, claimed: asyncio.Event
+        self,
+        serving: Serving,
+        slot: contextlib.AsyncExitStack,
+        claimed: asyncio.Future[JobRecord | None],
     ) -> None:
-        """A runner: claims the oldest queued job and runs it in the slot it was given."""
+        """A runner: claims the oldest queued job and runs it in the slot it was given; the
+        claim's outcome (the job, None, or the store's error) goes to the dispatcher."""
         async with slot:
             record: JobRecord | None = None
             try:
                 if not self._closing:
                     record = await anyio.to_thread.run_sync(self.store.claim_next)
-            except Exception:
-                logger.exception("jobs: a job could not be claimed")
-            finally:
-                claimed.set()
-            if record is not None:
+            except Exception as exc:
+                if not claimed.done():
+                    claimed.set_exception(exc)
+                return
+            if not claimed.done():  # (cancelled if the dispatcher was: the stop handles it)
+                claimed.set_result(record)
+            if record is None:
+                return
+            try:
                 await self._run(serving, record)
+            except Exception:
+                # The store failing while the job ends (a disk error): the job must not stay
+                # `running` until a restart counts it as a crash.
+                logger.exception("jobs: job %s met an error while it ended", record.id)
+                ended = await anyio.to_thread.run_sync(self._fail_internally, record)
+                if ended is not None:
+                    self._changed()
+                    self._announce(ended)
 
     async def _run(self, serving: Serving, record: JobRecord) -> None:
         running = _Running()
@@ -452,25 +523,44 @@ class JobService:
             if current is None or current.status is not JobStatus.RUNNING:
                 return
             if self._closing:  # a stop since the claim: back to the queue, not started
-                running.stopping = True
-                running.cancel.set()
+                running.stop()
             else:
                 self._changed()
                 self._announce(record)
             with self.lifecycle.metrics.inflight.track_inprogress():
-                await anyio.to_thread.run_sync(
-                    self._execute, serving, record, running, limiter=serving.limiter
-                )
+                await self._in_thread(serving, record, running)
         finally:
-            del self._running[record.key]
+            # A job claimed again (stopped, then requeued) has a runner of its own now.
+            if self._running.get(record.key) is running:
+                del self._running[record.key]
             self._changed()
         ended = self.store.by_key(record.key)
         # A cancel announced its own end; a deleted job has none to announce.
         if ended is not None and ended.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
             self._announce(ended)
 
+    async def _in_thread(self, serving: Serving, record: JobRecord, running: _Running) -> None:
+        """Runs the job (`_execute`) in a worker thread of the models' limiter, waiting for one
+        only until `stop` (`_Running.waiting`)."""
+        with running.waiting:
+            await anyio.to_thread.run_sync(
+                self._execute, serving, record, running, limiter=serving.limiter
+            )
+        if running.waiting.cancelled_caught:
+            # Stopped before a thread was free, so never started: `_execute` sees the cancel
+            # at once and puts the job back (a store write: a thread, but none of the models').
+            await anyio.to_thread.run_sync(self._execute, serving, record, running)
+
     def _execute(self, serving: Serving, record: JobRecord, running: _Running) -> None:
-        """Runs one job in a worker thread and stores how it ended."""
+        """Runs one job in a worker thread and stores how it ended; if storing fails, tries
+        once to fail it (`_fail_internally`)."""
+        try:
+            self._attempt(serving, record, running)
+        except Exception:
+            logger.exception("job %s: how it ended could not be stored", record.id)
+            self._fail_internally(record)
+
+    def _attempt(self, serving: Serving, record: JobRecord, running: _Running) -> None:
         store = self.store
         quality = Quality(record.quality)
         try:
@@ -480,7 +570,7 @@ class JobService:
             passes = 8 if quality is Quality.MAX else 1
             progress = JobProgress(selection.pipeline.scale, passes, self._changed_from_thread)
             running.progress = progress
-            data = store.read_input(record)
+            data = self._input(record)
             output_format = OutputFormat(record.media_type.removeprefix("image/"))
             choice, result = selection.run(
                 data,
@@ -514,6 +604,20 @@ class JobService:
             detail = f"the result could not be stored ({exc.strerror or exc})"
             store.settle(record.key, JobStatus.FAILED, detail)
 
+    def _input(self, record: JobRecord) -> bytes:
+        """The job's input.
+
+        Raises:
+            ClientDisconnectedError: A DELETE removed the job (and its folder) before its cancel
+                reached this job: the cancel it is, no failure.
+        """
+        try:
+            return self.store.read_input(record)
+        except FileNotFoundError:
+            if self.store.by_key(record.key) is not None:
+                raise
+            raise ClientDisconnectedError("deleted before it started") from None
+
     def _interrupted(self, record: JobRecord, running: _Running) -> None:
         """Ends a job whose cancel event stopped it: back in the queue, uncounted, when the
         service stops; otherwise canceled (already so, or deleted: then this changes nothing)."""
@@ -522,13 +626,34 @@ class JobService:
         else:
             self.store.settle(record.key, JobStatus.CANCELED, "canceled by the client")
 
+    def _fail_internally(self, record: JobRecord) -> JobRecord | None:
+        """Tries once to fail a job whose end could not be stored (in a thread).
+
+        Returns:
+            The failed job, or None if it had ended already, or the store failed again (it
+            then runs again at the next start).
+        """
+        try:
+            if self.store.settle(record.key, JobStatus.FAILED, STORE_ERROR_DETAIL):
+                return self.store.by_key(record.key)
+        except Exception:
+            logger.exception("job %s: it could not be marked failed either", record.id)
+        return None
+
     async def _sweep(self) -> None:
+        """Expires results, and sends the `completed` events held back, every few seconds."""
         interval = min(EXPIRY_SWEEP_SECONDS, max(self.store.retention_seconds / 4, 0.2))
         while True:
-            expired, forgotten = await anyio.to_thread.run_sync(self.store.expire)
-            if expired or forgotten:
-                logger.info("jobs: %d result(s) expired, %d job(s) forgotten", expired, forgotten)
-                self._changed()
+            try:
+                expired, forgotten = await anyio.to_thread.run_sync(self.store.expire)
+                if expired or forgotten:
+                    logger.info(
+                        "jobs: %d result(s) expired, %d job(s) forgotten", expired, forgotten
+                    )
+                    self._changed()
+                self._send_held()
+            except Exception:  # the store failing: the sweep must outlive it
+                logger.exception("jobs: the sweep met an error; it goes on")
             await asyncio.sleep(interval)
 
     # --- webhooks ---------------------------------------------------------------------------
@@ -552,15 +677,68 @@ class JobService:
             return
         if not (record.webhook and event in record.webhook_events and self.webhooks_enabled):
             return
-        if self._deliveries >= MAX_WAITING_DELIVERIES:
-            logger.warning("jobs: webhook of job %s not sent: too many waiting", record.id)
-            detail = f"not sent: {MAX_WAITING_DELIVERIES} deliveries were waiting already"
-            self._spawn(self._record_delivery(record, event, "failed", 0, None, detail))
+        if (record.key, event) in self._sending:
+            return  # being made already
+        host = _receiver_host(record.webhook)
+        full = self._no_room(host)
+        if full is not None:
+            self._hold_back(record, event, host, full)
             return
+        receiver = self._receivers.setdefault(host, _Receiver())
+        receiver.waiting += 1
         self._deliveries += 1
-        self._spawn(self._deliver(record, event))
+        self._sending.add((record.key, event))
+        task = self._spawn(self._deliver(record, event, receiver))
+        # A callback, not a `finally` in `_deliver`: it runs however the task ends, even when
+        # it fails before its first line, or is cancelled before it starts.
+        task.add_done_callback(lambda _: self._delivery_ended(record.key, event, host))
 
-    async def _deliver(self, record: JobRecord, event: str) -> None:
+    def _no_room(self, host: str) -> str | None:
+        """Why no more delivery may wait now, in all or for `host`; None if one may."""
+        if self._deliveries >= MAX_WAITING_DELIVERIES:
+            return f"{MAX_WAITING_DELIVERIES} deliveries were waiting already"
+        receiver = self._receivers.get(host)
+        if receiver is not None and receiver.waiting >= MAX_WAITING_PER_HOST:
+            return f"{MAX_WAITING_PER_HOST} deliveries to {host} were waiting already"
+        return None
+
+    def _hold_back(self, record: JobRecord, event: str, host: str, reason: str) -> None:
+        """An event with no room to wait: `completed` is left `retrying`, for the sweep to
+        send once there is room (`_send_held`); `start`, sent once and never late, is not
+        sent."""
+        logger.warning("jobs: webhook %s of job %s held back: %s", event, record.id, reason)
+        if event == "completed":
+            self._spawn(self._hold(record, host, f"waiting: {reason}; sent when there is room"))
+        else:
+            detail = f"not sent: {reason}"
+            self._spawn(self._record_delivery(record, event, "failed", 0, None, detail))
+
+    async def _hold(self, record: JobRecord, host: str, detail: str) -> None:
+        # Held once recorded: a delivery the sweep starts must not be overwritten by this.
+        await self._record_delivery(record, "completed", "retrying", 0, None, detail)
+        self._held[record.key] = host
+
+    def _send_held(self) -> None:
+        """Sends the `completed` events held back, as far as there is room now."""
+        for key, host in list(self._held.items()):
+            if self._deliveries >= MAX_WAITING_DELIVERIES:
+                return
+            if self._no_room(host) is not None:
+                continue
+            del self._held[key]
+            record = self.store.by_key(key)
+            if record is not None:  # (None: deleted meanwhile)
+                self._announce(record)
+
+    def _delivery_ended(self, key: str, event: str, host: str) -> None:
+        self._sending.discard((key, event))
+        self._deliveries -= 1
+        receiver = self._receivers[host]
+        receiver.waiting -= 1
+        if receiver.waiting == 0:
+            del self._receivers[host]
+
+    async def _deliver(self, record: JobRecord, event: str, receiver: _Receiver) -> None:
         """Delivers one event, retrying `completed` with exponential backoff; records each
         outcome on the job (`webhook.deliveries` in its view)."""
         assert self._webhook_key is not None and record.webhook is not None
@@ -568,20 +746,18 @@ class JobService:
         attempts = settings.webhook_max_attempts if event == "completed" else 1
         message_id = f"msg_{record.key}_{event}"
         body = webhooks.message(event, self.describe(record), self.clock())
-        try:
-            for attempt in range(1, attempts + 1):
-                timestamp = int(self.clock())
-                headers = webhooks.signed_headers(self._webhook_key, message_id, timestamp, body)
+        for attempt in range(1, attempts + 1):
+            timestamp = int(self.clock())
+            headers = webhooks.signed_headers(self._webhook_key, message_id, timestamp, body)
+            async with receiver.turns:
                 status, detail = await self._post(record.webhook, body, headers)
-                delivered = status is not None and 200 <= status < 300
-                retry = not delivered and attempt < attempts and webhooks.worth_retrying(status)
-                outcome = "delivered" if delivered else ("retrying" if retry else "failed")
-                await self._record_delivery(record, event, outcome, attempt, status, detail)
-                if not retry:
-                    return
-                await asyncio.sleep(settings.webhook_retry_seconds * 2 ** (attempt - 1))
-        finally:
-            self._deliveries -= 1
+            delivered = status is not None and 200 <= status < 300
+            retry = not delivered and attempt < attempts and webhooks.worth_retrying(status)
+            outcome = "delivered" if delivered else ("retrying" if retry else "failed")
+            await self._record_delivery(record, event, outcome, attempt, status, detail)
+            if not retry:
+                return
+            await asyncio.sleep(settings.webhook_retry_seconds * 2 ** (attempt - 1))
 
     async def _post(
         self, url: str, body: bytes, headers: dict[str, str]
@@ -616,6 +792,18 @@ class JobService:
         }
         await anyio.to_thread.run_sync(self.store.set_webhook_state, record.key, state)
         self._changed()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    # Every task's exception is retrieved and logged when it ends: asyncio would only report
+    # one nobody awaits when the task is garbage-collected, if ever.
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("jobs: task %s failed", task.get_name(), exc_info=task.exception())
+
+
+def _receiver_host(url: str) -> str:
+    # The host a webhook goes to (checked at submit: http(s) with a host), as the caps count.
+    return urlsplit(url).hostname or ""
 
 
 def _estimate(serving: Serving, record: JobRecord | None) -> float:

@@ -82,6 +82,9 @@ MAX_STARTS = 2
 FORGET_AFTER_SECONDS = 24 * 3600.0
 #: `PRAGMA user_version` of the database: 1 had no `reserved_bytes` (added on open), 2 now.
 SCHEMA_VERSION = 2
+#: The scale the unfinished jobs of a version 1 database are given their reservation with: they
+#: did not record their model's, and every shipped model is x4.
+LEGACY_OUTPUT_SCALE = 4
 #: Most bytes an encoded result takes per output pixel: 8-bit RGBA stored uncompressed (PNG at
 #: level 0, lossless WebP on noise) is 4, plus PNG's filter byte per row and deflate's block
 #: headers; JPEG (4:2:0 chroma, as Pillow writes it) stays near 2 even at quality 100 on noise.
@@ -146,6 +149,20 @@ _USED_BYTES = (
 )
 
 
+def result_bound(width: int, height: int, scale: int, media_type: str, keep_metadata: bool) -> int:
+    """Most bytes the encoded result of a `width` x `height` input can take.
+
+    Besides the pixels, the input's ICC profile (as large as the decoder lets one inflate: a
+    compressed one in a small input can take more room in the result) and, with
+    `metadata=keep`, its EXIF and XMP at their largest.
+    """
+    pixels = width * height * scale**2
+    extra = max_icc_profile_bytes() + RESULT_HEADER_BYTES
+    if keep_metadata:
+        extra += MAX_EXIF_BYTES + MAX_XMP_BYTES
+    return math.ceil(pixels * RESULT_BYTES_PER_PIXEL[media_type]) + extra
+
+
 @dataclass(frozen=True)
 class NewJob:
     """A job to submit: its input and what to do with it.
@@ -179,17 +196,15 @@ class NewJob:
 
     @property
     def result_bound(self) -> int:
-        """Most bytes the encoded result can take: its room in the size cap until it exists.
-
-        Besides the pixels, the input's ICC profile (as large as the decoder lets one inflate:
-        a compressed one in a small input can take more room in the result) and, with
-        `metadata=keep`, its EXIF and XMP at their largest.
-        """
-        pixels = self.input_width * self.input_height * self.output_scale**2
-        extra = max_icc_profile_bytes() + RESULT_HEADER_BYTES
-        if self.keep_metadata:
-            extra += MAX_EXIF_BYTES + MAX_XMP_BYTES
-        return math.ceil(pixels * RESULT_BYTES_PER_PIXEL[self.media_type]) + extra
+        """Most bytes the encoded result can take: its room in the size cap until it exists
+        (`result_bound`)."""
+        return result_bound(
+            self.input_width,
+            self.input_height,
+            self.output_scale,
+            self.media_type,
+            self.keep_metadata,
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -369,9 +384,39 @@ class JobStore:
             )
         self._db.executescript(_SCHEMA)  # IF NOT EXISTS: creates a new database only
         with self._transaction() as db:
-            if version == 1:  # before results reserved their room in the size cap
+            # Decided from the table, not from `user_version`: a version 1 service run on a
+            # version 2 database (a rollback) sets it back to 1 over the column it lacks.
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            if "reserved_bytes" not in columns:  # before results reserved their room
                 db.execute("ALTER TABLE jobs ADD COLUMN reserved_bytes INTEGER NOT NULL DEFAULT 0")
+                self._reserve_unfinished(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @staticmethod
+    def _reserve_unfinished(db: sqlite3.Connection) -> None:
+        """Gives the unfinished jobs of an older database the room for their results that
+        new ones reserve at submit, so that the size cap holds for them too."""
+        rows = db.execute(
+            "SELECT key, input_width, input_height, media_type, keep_metadata FROM jobs "
+            "WHERE status IN (?, ?)",
+            _UNFINISHED,
+        ).fetchall()
+        db.executemany(
+            "UPDATE jobs SET reserved_bytes=? WHERE key=?",
+            [
+                (
+                    result_bound(
+                        row["input_width"],
+                        row["input_height"],
+                        LEGACY_OUTPUT_SCALE,
+                        row["media_type"],
+                        bool(row["keep_metadata"]),
+                    ),
+                    row["key"],
+                )
+                for row in rows
+            ],
+        )
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -616,6 +661,7 @@ class JobStore:
         except FileNotFoundError:  # deleted while it ran: its folder is gone
             return False
         with self._transaction() as db:
+            row = db.execute("SELECT id, reserved_bytes FROM jobs WHERE key=?", (key,)).fetchone()
             done = db.execute(
                 "UPDATE jobs SET status=?, finished=?, result_bytes=?, facts=? "
                 "WHERE key=? AND status=?",
@@ -630,6 +676,16 @@ class JobStore:
             ).rowcount
         if done:
             self._remove_input(key)
+            if len(content) > row["reserved_bytes"]:
+                # The bound is meant to hold for every result: one over it shows it is wrong
+                # (the folder may then pass the cap by the difference).
+                logger.warning(
+                    "jobs: the result of job %s takes %d bytes, more than the %d reserved for "
+                    "it; the bound (result_bound) is wrong",
+                    row["id"],
+                    len(content),
+                    row["reserved_bytes"],
+                )
         else:
             path.unlink(missing_ok=True)
         return bool(done)
@@ -658,17 +714,22 @@ class JobStore:
                 (JobStatus.QUEUED, key, JobStatus.RUNNING),
             )
 
-    def cancel(self, owner: str, job_id: str) -> JobRecord:
+    def cancel(self, owner: str, job_id: str) -> tuple[JobRecord, bool]:
         """Cancels the owner's job if it has not ended (a running one stops at its next tile:
         `JobService` tells it); an ended job is returned as it is.
+
+        Returns:
+            The job as it is now, and whether this call ended it (False: it had ended, or
+            another cancel or its own end came first).
 
         Raises:
             JobNotFoundError: If the owner has no such job.
         """
         record = self.get(owner, job_id)
-        if not record.status.terminal:
-            self.settle(record.key, JobStatus.CANCELED, "canceled by the client")
-        return self.get(owner, job_id)
+        canceled = not record.status.terminal and self.settle(
+            record.key, JobStatus.CANCELED, "canceled by the client"
+        )
+        return self.get(owner, job_id), canceled
 
     def delete(self, owner: str, job_id: str) -> JobRecord:
         """Removes the owner's job, its record and its files.

@@ -651,6 +651,49 @@ def test_client_gone_during_the_upscale_stops_it(
     assert "POST /upscale abandoned: the client disconnected" in caplog.text
 
 
+def test_an_upscale_cancelled_while_its_thread_runs_stops_at_its_next_tile(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn cancels the requests left after the drain: the cancelled request lets its slot
+    and its thread's token go at once, so its thread must stop before its next tile rather
+    than run on to the end beside the work that takes them."""
+    from service.core.choice import Fixed
+
+    finished = threading.Event()
+    run = Fixed.run
+
+    def run_then_tell(self: Fixed, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return run(self, *args, **kwargs)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(Fixed, "run", run_then_tell)
+    app = create_app(make_settings(), engine_factory=GatedEngine)
+    engines: list[GatedEngine] = []
+
+    async def scenario() -> None:
+        async with _started(app) as lifecycle:
+            engine = lifecycle.models.default.engine
+            engines.append(engine)
+            engine.blocking = True
+            client_stays = asyncio.Event()  # never set: only the cancellation ends the request
+            request = asyncio.create_task(
+                _asgi_post(
+                    app, [png_bytes(48, 48)], {"content-type": "image/png"}, [0], gone=client_stays
+                )
+            )
+            await anyio.to_thread.run_sync(engine.entered.wait, 30)
+            request.cancel()  # as uvicorn's shutdown does, past its graceful timeout
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+            engine.release.set()
+            assert await anyio.to_thread.run_sync(finished.wait, 30)
+
+    asyncio.run(scenario())
+    assert engines[0].calls == 1  # of 16 tiles: it stopped at the first after the cancel
+
+
 # --- Metrics and documentation -------------------------------------------------------------------
 
 

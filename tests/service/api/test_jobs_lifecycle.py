@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from service.api.app import create_app
-from service.core.jobs.store import JobRecord, JobStore, NewJob
+from service.core.jobs.service import READY_POLL_SECONDS, STORE_ERROR_DETAIL
+from service.core.jobs.store import JobRecord, JobStatus, JobStore, NewJob
 from service.exceptions import SettingsError
 from tests.service.api.jobs_helpers import SLOW_DELAY, job_models, submit, wait_job
 from tests.service.helpers import png_bytes
@@ -187,3 +188,139 @@ def test_webhooks_left_undelivered_without_a_secret_are_recorded_as_failed(
         job = wait_job(live, "hooked", lambda j: "completed" in j["webhook"]["deliveries"], 10)
     outcome = job["webhook"]["deliveries"]["completed"]
     assert outcome["status"] == "failed" and "UPSCALER_WEBHOOK_SECRET" in outcome["detail"]
+
+
+def _full_disk(*args: Any) -> Any:
+    raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_a_claim_that_fails_is_tried_again_after_a_pause_not_in_a_loop(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with LiveServer(create_app(_settings(models, tmp_path / "jobs"))) as live:
+        store = live.app.state.context.jobs.store
+        claim, tries = store.claim_next, []
+
+        def full_disk() -> Any:
+            tries.append(time.monotonic())
+            _full_disk()
+
+        monkeypatch.setattr(store, "claim_next", full_disk)
+        job = submit(live, png_bytes(8, 8, seed=50)).json()
+        while not tries:
+            time.sleep(0.01)
+        time.sleep(1.0)
+        tried = len(tries)
+        monkeypatch.setattr(store, "claim_next", claim)
+        # A pause of READY_POLL_SECONDS between tries (without it: thousands a second).
+        assert tried <= 1 + 1.0 / READY_POLL_SECONDS + 1
+        assert wait_job(live, job["id"], lambda j: j["status"] == "succeeded")
+
+
+@pytest.mark.parametrize("failing", ["succeed", "by_key"])
+def test_a_store_error_while_a_job_ends_fails_it_and_the_runner_goes_on(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """`succeed` fails in the job's thread, `by_key` in the runner on the event loop (the
+    first read, before the job starts): either way the job ends failed, not `running` until
+    a restart counts it as a crash, and the next job runs."""
+    with LiveServer(create_app(_settings(models, tmp_path / "jobs"))) as live:
+        store = live.app.state.context.jobs.store
+        real = getattr(store, failing)
+        broken: list[object] = []
+
+        def fails_once(*args: Any) -> Any:
+            if not broken:
+                broken.append(args)
+                _full_disk()
+            return real(*args)
+
+        monkeypatch.setattr(store, failing, fails_once)
+        job = submit(live, png_bytes(8, 8, seed=51)).json()
+        ended = wait_job(live, job["id"], lambda j: j["status"] not in ("queued", "running"))
+        assert (ended["status"], ended["detail"]) == ("failed", STORE_ERROR_DETAIL)
+        after = submit(live, png_bytes(8, 8, seed=52)).json()
+        assert wait_job(live, after["id"], lambda j: j["status"] == "succeeded")
+
+
+def test_a_stop_does_not_wait_for_the_thread_a_direct_upscale_holds(
+    models: Path, tmp_path: Path
+) -> None:
+    """A job claimed while a direct upscale holds the last worker thread waits for it; a stop
+    then puts the job back at once instead of waiting for that upscale to end."""
+    jobs_dir = tmp_path / "jobs"
+    live = LiveServer(create_app(_settings(models, jobs_dir)))
+    holder = object()  # the direct upscale (the seam: its thread's token, held by the test)
+    with live:
+        loop = live.app.state.context.jobs._loop
+        limiter = live.app.state.context.lifecycle.serving.limiter
+        asyncio.run_coroutine_threadsafe(limiter.acquire_on_behalf_of(holder), loop).result(10)
+        job = submit(live, png_bytes(8, 8, seed=53)).json()
+        wait_job(live, job["id"], lambda j: j["status"] == "running")  # claimed, waiting
+    stopped = not live._thread.is_alive()
+    if not stopped:  # let it end
+        loop.call_soon_threadsafe(limiter.release_on_behalf_of, holder)
+        live._thread.join(30)
+    assert stopped, "the stop waited for the direct upscale's thread"
+    assert _records(jobs_dir)[job["id"]] == ("queued", 0, None)
+
+
+def test_a_dispatcher_that_gets_its_slot_during_the_drain_starts_no_job(
+    models: Path, tmp_path: Path
+) -> None:
+    with (
+        slow_model(models / "slow.onnx", SLOW_DELAY),
+        LiveServer(create_app(_settings(models, tmp_path / "jobs"))) as live,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        context = live.app.state.context
+        gate = context.lifecycle.serving.gate
+        direct = pool.submit(
+            httpx.post,
+            f"{live.url}/upscale",
+            content=png_bytes(48, 48, seed=54),
+            params={"model": "slow"},
+            headers={"Content-Type": "image/png"},
+            timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        while gate.estimated_wait() == 0:  # (none while the slot is free) the upscale holds it
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        job = submit(live, png_bytes(8, 8, seed=55)).json()
+        while gate.waiting < 1:  # the dispatcher waits for the slot with the job
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        context.lifecycle.drain.begin()  # SIGTERM
+        assert direct.result().status_code == 200
+
+        async def take_the_slot() -> None:
+            async with gate.slot():  # after the dispatcher, which queued for it first
+                pass
+
+        asyncio.run_coroutine_threadsafe(take_the_slot(), context.jobs._loop).result(30)
+        assert context.jobs.store.get("", job["id"]).status is JobStatus.QUEUED
+
+
+def test_a_delete_that_removes_the_input_before_the_job_reads_it_is_no_failure(
+    models: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with LiveServer(create_app(_settings(models, tmp_path / "jobs"))) as live:
+        store = live.app.state.context.jobs.store
+        read = store.read_input
+
+        def deleted_first(record: JobRecord) -> bytes:
+            # The DELETE commits and removes the folder before its cancel reaches the job.
+            store.delete(record.owner, record.id)
+            monkeypatch.setattr(store, "read_input", read)
+            return read(record)
+
+        monkeypatch.setattr(store, "read_input", deleted_first)
+        job = submit(live, png_bytes(8, 8, seed=56)).json()
+        after = submit(live, png_bytes(8, 8, seed=57)).json()
+        assert wait_job(live, after["id"], lambda j: j["status"] == "succeeded")
+        assert httpx.get(f"{live.url}/jobs/{job['id']}").status_code == 404
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

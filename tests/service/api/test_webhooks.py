@@ -4,23 +4,32 @@ Standard Webhooks specification says, retries of the terminal event, refusals at
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import itertools
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from service.api.app import create_app
-from service.core.jobs.service import WEBHOOK_CONCURRENCY
-from tests.service.api.jobs_helpers import TERMINAL, job_models, submit, wait_job
+from service.core.jobs import service as service_module
+from service.core.jobs import webhooks
+from service.core.jobs.service import HOST_CONCURRENCY, WEBHOOK_CONCURRENCY
+from service.core.jobs.store import JobStatus
+from tests.service.api.jobs_helpers import SLOW_DELAY, TERMINAL, job_models, submit, wait_job
 from tests.service.helpers import png_bytes
 from tests.service.network_guard import local_http, loopback_only, send  # noqa: F401 (fixture)
-from tests.web.live import LiveServer, time_limit, tiny_settings
+from tests.web.live import LiveServer, slow_model, time_limit, tiny_settings
 
 SECRET = "whsec_" + base64.b64encode(b"sixteen byte key").decode()
 
@@ -157,34 +166,205 @@ def test_bad_webhooks_are_refused_at_submit(service: LiveServer, tmp_path: Path)
     assert answer.status_code == 422 and "UPSCALER_WEBHOOK_SECRET" in answer.json()["detail"]
 
 
-def test_at_most_four_deliveries_are_made_at_once(service: LiveServer) -> None:
-    """Slow receivers hold at most `WEBHOOK_CONCURRENCY` threads and connections; the other
-    deliveries wait their turn and are made once those end."""
-    release = threading.Event()
-    lock = threading.Lock()
-    open_now = [0, 0]  # deliveries being answered now, and the most at once
+class FakeReceivers:
+    """Stands in for the service's webhook connections (`UrlFetcher.post`): nothing is sent,
+    every delivery is recorded, and one to a host whose name starts with `dead` hangs until
+    `release` is set (a receiver that never answers)."""
 
-    def slow_receiver(handler: Any) -> None:
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.open: Counter[str] = Counter()
+        self.most: Counter[str] = Counter()  # at once, per host; "*": in all
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        host = urlsplit(url).hostname or ""
+        with self.lock:
+            self.open[host] += 1
+            self.most[host] = max(self.most[host], self.open[host])
+            self.most["*"] = max(self.most["*"], self.now())
+            self.messages.append((host, json.loads(body)))
+        try:
+            if host.startswith("dead"):
+                self.release.wait(20)
+            return 200
+        finally:
+            with self.lock:
+                self.open[host] -= 1
+
+    def now(self) -> int:
+        """Deliveries being made now."""
+        return sum(self.open.values())
+
+
+@pytest.fixture
+def faked(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    loopback_only: list[str],  # noqa: F811
+) -> Iterator[tuple[LiveServer, FakeReceivers]]:
+    """The service with its webhook connections replaced by `FakeReceivers`, the slow model,
+    and a sweep every 0.5 s (a quarter of the 2 s results are kept)."""
+    models = job_models(tmp_path / "models")
+    settings = tiny_settings(
+        None,
+        models_dir=models,
+        default_model="fast",
+        jobs_dir=tmp_path / "jobs",
+        webhook_secret=SECRET,
+        webhook_retry_seconds=0.05,
+        job_retention_seconds=2,
+    )
+    fake = FakeReceivers()
+    with (
+        time_limit(60),
+        slow_model(models / "slow.onnx", SLOW_DELAY),
+        LiveServer(create_app(settings)) as live,
+    ):
+        monkeypatch.setattr(live.app.state.context.jobs._webhooks, "post", fake)
+        try:
+            yield live, fake
+        finally:
+            fake.release.set()
+
+
+def _hooked(host: str, **params: Any) -> dict[str, Any]:
+    return {"webhook": f"http://{host}/hook", "webhook_events_filter": "completed", **params}
+
+
+def _until(condition: Any) -> None:
+    deadline = time.monotonic() + 20
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never became true"
+        time.sleep(0.02)
+
+
+def test_deliveries_are_made_four_at_once_and_two_per_receiver_host(
+    faked: tuple[LiveServer, FakeReceivers],
+) -> None:
+    """Slow receivers hold at most `WEBHOOK_CONCURRENCY` threads and connections, at most
+    `HOST_CONCURRENCY` of them one host's; the other deliveries wait their turn."""
+    live, fake = faked
+    # Three for one host, then three for another: the first four to end are 3 + 1.
+    hosts = ["dead0.test", "dead1.test"]
+    jobs = [
+        submit(live, png_bytes(seed=seed), params=_hooked(hosts[seed // 3])).json()
+        for seed in range(6)
+    ]
+    for job in jobs:
+        wait_job(live, job["id"], lambda j: j["status"] in TERMINAL)
+    _until(lambda: fake.now() == WEBHOOK_CONCURRENCY)
+    time.sleep(0.3)  # room for a fifth (wrong) one to arrive
+    assert fake.most["*"] == WEBHOOK_CONCURRENCY
+    assert max(fake.most[host] for host in hosts) == HOST_CONCURRENCY
+    fake.release.set()
+    for job in jobs:
+        assert _deliveries(live, job["id"], "completed")["status"] == "delivered"
+
+
+def test_a_dead_receiver_neither_takes_all_the_room_nor_holds_up_other_receivers(
+    faked: tuple[LiveServer, FakeReceivers], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live, fake = faked
+    monkeypatch.setattr(service_module, "MAX_WAITING_PER_HOST", 3)
+    dead = [
+        submit(live, png_bytes(seed=seed), params=_hooked("dead.test")).json() for seed in range(5)
+    ]
+    # Two are being made, one waits for a turn; the last two are held back, left `retrying`.
+    for job in dead[3:]:
+        held = wait_job(
+            live, job["id"], lambda j: "completed" in (j["webhook"] or {}).get("deliveries", {})
+        )["webhook"]["deliveries"]["completed"]
+        assert held["status"] == "retrying" and "3 deliveries to dead.test" in held["detail"]
+    alive = submit(live, png_bytes(seed=9), params=_hooked("alive.test")).json()
+    assert _deliveries(live, alive["id"], "completed")["status"] == "delivered"
+    assert fake.open["dead.test"] == HOST_CONCURRENCY  # all the while
+    fake.release.set()  # the receiver comes back: the sweep sends what was held back
+    for job in dead:
+        assert _deliveries(live, job["id"], "completed")["status"] == "delivered"
+    sent = [message["data"]["id"] for host, message in fake.messages if host == "dead.test"]
+    assert sorted(sent) == sorted(job["id"] for job in dead)  # each once
+
+
+def test_a_delivery_that_fails_before_its_first_try_gives_its_place_back(
+    faked: tuple[LiveServer, FakeReceivers], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live, _ = faked
+    monkeypatch.setattr(service_module, "MAX_WAITING_DELIVERIES", 1)
+    message, broken = webhooks.message, [True, True]
+
+    def fails_twice(*args: Any) -> bytes:
+        if broken:
+            broken.pop()
+            raise RuntimeError("the job could not be described")
+        return message(*args)
+
+    monkeypatch.setattr(webhooks, "message", fails_twice)
+    for seed in (11, 12):
+        job = submit(live, png_bytes(seed=seed), params=_hooked("alive.test")).json()
+        wait_job(live, job["id"], lambda j: j["status"] in TERMINAL)
+    _until(lambda: not broken)
+    last = submit(live, png_bytes(seed=13), params=_hooked("alive.test")).json()
+    assert _deliveries(live, last["id"], "completed")["status"] == "delivered"
+
+
+def test_concurrent_cancels_announce_the_end_once(
+    faked: tuple[LiveServer, FakeReceivers], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two cancels that both read the job as running before either writes: only the one whose
+    write ended it sends `completed`."""
+    live, fake = faked
+    jobs = live.app.state.context.jobs
+    store = jobs.store
+    settle, cancels = store.settle, itertools.count()
+    both = threading.Barrier(2, timeout=20)
+
+    def settle_together(key: str, status: JobStatus, detail: str) -> bool:
+        if status is JobStatus.CANCELED and next(cancels) < 2:
+            both.wait()  # the two cancels' writes, once both have read the job
+        return settle(key, status, detail)
+
+    monkeypatch.setattr(store, "settle", settle_together)
+    params = _hooked("alive.test", model="slow")
+    job = submit(live, png_bytes(64, 64, seed=14), params=params).json()
+    wait_job(live, job["id"], lambda j: j["status"] == "running")
+    with ThreadPoolExecutor(2) as pool:
+        url = f"{live.url}/jobs/{job['id']}/cancel"
+        answers = list(pool.map(lambda _: httpx.post(url, timeout=30), range(2)))
+    assert [answer.status_code for answer in answers] == [200, 200]
+    _until(lambda: jobs._deliveries == 0)  # every delivery announced has been made
+    ends = [message for _, message in fake.messages if message["type"] == "job.completed"]
+    assert [message["data"]["status"] for message in ends] == ["canceled"]
+
+
+def test_a_stop_ends_the_deliveries_in_flight(
+    tmp_path: Path,
+    loopback_only: list[str],  # noqa: F811
+) -> None:
+    """A receiver that never answers: the stop hangs up on it at once, rather than leaving a
+    thread to wait out UPSCALER_URL_TIMEOUT_SECONDS (30 s) and hold the process."""
+    arrived, hung_up = threading.Event(), threading.Event()
+
+    def never_answers(handler: Any) -> None:
         handler.rfile.read(int(handler.headers["Content-Length"]))
-        with lock:
-            open_now[0] += 1
-            open_now[1] = max(open_now)
-        release.wait(20)
-        with lock:
-            open_now[0] -= 1
-        send(handler, 200)
+        arrived.set()
+        handler.connection.settimeout(20)
+        with contextlib.suppress(OSError):
+            if handler.connection.recv(1) == b"":  # the service closed its side
+                hung_up.set()
 
-    with local_http({"/hook": slow_receiver}) as url:
-        params = {"webhook": f"{url}/hook", "webhook_events_filter": "completed"}
-        jobs = [submit(service, png_bytes(seed=seed), params=params).json() for seed in range(6)]
-        for job in jobs:
-            wait_job(service, job["id"], lambda j: j["status"] in TERMINAL)
-        deadline = time.monotonic() + 20
-        while open_now[0] < WEBHOOK_CONCURRENCY:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        time.sleep(0.3)  # room for a fifth (wrong) one to arrive
-        assert open_now[1] == WEBHOOK_CONCURRENCY
-        release.set()
-        for job in jobs:
-            assert _deliveries(service, job["id"], "completed")["status"] == "delivered"
+    settings = tiny_settings(
+        None,
+        models_dir=job_models(tmp_path / "models"),
+        default_model="fast",
+        jobs_dir=tmp_path / "jobs",
+        webhook_secret=SECRET,
+        url_allow_networks="127.0.0.0/8",
+        url_timeout_seconds=30,
+    )
+    with time_limit(60), local_http({"/hook": never_answers}) as url:
+        with LiveServer(create_app(settings)) as live:
+            submit(live, png_bytes(), params=_hooked(url.removeprefix("http://")))
+            assert arrived.wait(20)
+        assert hung_up.wait(10)

@@ -155,13 +155,18 @@ def test_a_new_job_folder_is_made_durable(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_an_older_database_is_brought_up_to_date_and_a_newer_one_refused(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    record, _ = store.submit(_new())
+    done, _ = store.submit(_new(job_id="done"))
+    store.claim_next()
+    store.succeed(done.key, b"result", {})
+    queued, _ = store.submit(_new(b"queued", job_id="queued", side=8))
     store.close()
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:  # as version 1 wrote it
         db.execute("ALTER TABLE jobs DROP COLUMN reserved_bytes")
         db.execute("PRAGMA user_version=1")
     store = _store(tmp_path)
-    assert store.get("", record.id).reserved_bytes == 0
+    # The unfinished job gets the room its result needs (x4, the shipped models' scale).
+    assert store.get("", "queued").reserved_bytes == queued.reserved_bytes > 8 * 8 * 16 * 4
+    assert store.get("", "done").reserved_bytes == 0
     store.close()
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -171,11 +176,36 @@ def test_an_older_database_is_brought_up_to_date_and_a_newer_one_refused(tmp_pat
             _store(tmp_path)
 
 
+def test_a_database_that_a_rolled_back_service_marked_version_1_opens(tmp_path: Path) -> None:
+    """Version 1 run on a version 2 database sets `user_version` back to 1 over the column it
+    does not know: the upgrade is decided from the table, never adding the column twice."""
+    store = _store(tmp_path)
+    record, _ = store.submit(_new())
+    store.close()
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
+        db.execute("PRAGMA user_version=1")
+    store = _store(tmp_path)
+    assert store.get("", record.id).reserved_bytes == record.reserved_bytes > 0
+    store.close()
+
+
+def test_a_result_larger_than_its_reservation_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _store(tmp_path)
+    record, _ = store.submit(_new(job_id="too-big"))
+    store.claim_next()
+    assert store.succeed(record.key, b"x" * (record.reserved_bytes + 1), {})
+    assert "the result of job too-big takes" in caplog.text
+
+
 def test_a_canceled_job_keeps_no_result(tmp_path: Path) -> None:
     store = _store(tmp_path)
     record, _ = store.submit(_new())
     store.claim_next()
-    store.cancel("", record.id)
+    canceled, changed = store.cancel("", record.id)
+    assert changed and canceled.status is JobStatus.CANCELED
+    assert store.cancel("", record.id) == (canceled, False)  # a second cancel changes nothing
     assert not store.succeed(record.key, b"too late", {})
     assert not (tmp_path / "files" / record.key / "result").exists()
 

@@ -12,13 +12,15 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpcore
 import httpx
 import pytest
+from httpcore._sync.connection_pool import PoolRequest
 
-from service.core.urlfetch import UrlFetcher
+from service.core.urlfetch import MAX_LOOKUPS, UrlFetcher
 from service.exceptions import ImageUrlTooLargeError, UrlFetchError, UrlRefusedError
 from tests.service.helpers import png_bytes
 from tests.service.network_guard import (  # noqa: F401 (the fixture)
@@ -321,3 +323,131 @@ def test_a_fetcher_builds_one_connection_pool(
     monkeypatch.setattr(httpcore, "ConnectionPool", Counted)
     UrlFetcher(LOOPBACK, 1.0, resolve=test_resolver).close()
     assert len(built) == 1
+
+
+def _hanging(release: threading.Event, asked: list[str] | None = None) -> Any:
+    """A resolver that answers 127.0.0.1 only once `release` is set (an unanswering DNS
+    server), recording the names it is asked for."""
+
+    def resolve(host: str, port: int) -> list[str]:
+        if asked is not None:
+            asked.append(host)
+        release.wait(20)
+        return ["127.0.0.1"]
+
+    return resolve
+
+
+def test_lookups_are_bounded_shared_per_name_and_refused_at_once_past_the_bound(
+    loopback_only: list[str],  # noqa: F811
+) -> None:
+    release, asked = threading.Event(), []
+    fetch = UrlFetcher(LOOPBACK, 0.2, resolve=_hanging(release, asked))
+    try:
+        for _ in range(3):  # one name asked again while its lookup hangs: still one lookup
+            with pytest.raises(UrlFetchError, match="no complete answer"):
+                fetch.fetch("http://same.test/x.png", 1000)
+        for number in range(MAX_LOOKUPS - 1):
+            with pytest.raises(UrlFetchError, match="no complete answer"):
+                fetch.fetch(f"http://name{number}.test/x.png", 1000)
+        # Every lookup thread hangs: the next name fails at once instead of starting another.
+        with pytest.raises(UrlFetchError, match=f"{MAX_LOOKUPS} host name lookups are in"):
+            fetch.fetch("http://one-more.test/x.png", 1000)
+    finally:
+        release.set()
+        fetch.close()
+    assert asked == ["same.test"] + [f"name{number}.test" for number in range(MAX_LOOKUPS - 1)]
+
+
+def test_a_lookup_that_cannot_start_its_thread_is_a_fetch_error(
+    loopback_only: list[str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(thread: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    fetch = UrlFetcher(LOOPBACK, 1.0, resolve=test_resolver)
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    with pytest.raises(UrlFetchError, match="cannot be looked up now"):
+        fetch.fetch("http://loopback.test/x.png", 1000)
+    fetch.close()
+
+
+def test_no_fetch_waits_inside_the_pool_so_none_can_leave_a_connection_stuck(
+    loopback_only: list[str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """httpcore 1.0: a request whose pool timeout fires just as it is handed a new connection
+    leaves that connection in the pool for good (never connected, never closed). The seam
+    makes every wait inside the pool end that way; with many fetches stuck on a hanging lookup,
+    a healthy fetch must still find a connection afterwards."""
+    real_wait = PoolRequest.wait_for_connection
+
+    def racing(request: PoolRequest, timeout: float | None = None) -> Any:
+        if request.connection is None:  # it has to wait: it times out as it gets one
+            real_wait(request, 3.0)
+            raise httpcore.PoolTimeout("timed out as it was handed a connection")
+        return real_wait(request, timeout)
+
+    monkeypatch.setattr(PoolRequest, "wait_for_connection", racing)
+    release = threading.Event()
+    fetch = UrlFetcher(LOOPBACK, 0.5, resolve=_hanging(release), max_connections=2)
+
+    def stuck(_: int) -> str:
+        with pytest.raises(UrlFetchError) as failed:
+            fetch.fetch(f"http://slow-dns.test:{port}/image.png", 10_000)
+        return failed.value.detail
+
+    try:
+        with local_http(_routes()) as url, ThreadPoolExecutor(8) as pool:
+            port = url.rsplit(":", 1)[1]
+            assert len(list(pool.map(stuck, range(8)))) == 8
+            assert fetch.fetch(f"{url}/image.png", 10_000) == IMAGE
+    finally:
+        release.set()
+        fetch.close()
+
+
+def test_close_ends_the_requests_and_lookups_in_progress(
+    loopback_only: list[str],  # noqa: F811
+) -> None:
+    """A delivery whose receiver never answers, and a fetch whose lookup hangs, both with 30 s
+    left: `close` ends them at once, so no thread holds the process after the service stops."""
+    arrived, release, dns = threading.Event(), threading.Event(), threading.Event()
+    asked: list[str] = []
+
+    def never_answers(handler: Any) -> None:
+        handler.rfile.read(int(handler.headers["Content-Length"]))
+        arrived.set()
+        release.wait(20)
+
+    fetch = UrlFetcher(LOOPBACK, 30, resolve=_hanging(dns, asked))
+    failures: list[str] = []
+
+    def run(call: Any, *args: Any) -> None:
+        try:
+            call(*args)
+        except UrlFetchError:
+            failures.append(call.__name__)
+
+    try:
+        with local_http({"/hook": never_answers}) as url:
+            threads = [
+                threading.Thread(target=run, args=(fetch.post, f"{url}/hook", b"{}", {})),
+                threading.Thread(target=run, args=(fetch.fetch, "http://slow.test/x.png", 10)),
+            ]
+            for thread in threads:
+                thread.start()
+            assert arrived.wait(10)
+            while not asked:
+                time.sleep(0.01)
+            fetch.close()
+            for thread in threads:
+                thread.join(10)
+            assert not [thread for thread in threads if thread.is_alive()]
+    finally:
+        release.set()
+        dns.set()
+    assert sorted(failures) == ["fetch", "post"]
+    with pytest.raises(UrlFetchError, match="the service is stopping"):
+        fetch.fetch("http://127.0.0.1:9/x.png", 1000)

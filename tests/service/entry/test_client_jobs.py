@@ -83,7 +83,14 @@ def test_resume_picks_up_the_job_an_interrupted_run_left(
     options = ["--model", "slow", "--job-threshold", "0"]
     calls = slow.calls
     run = subprocess.Popen(
-        [*command, *options], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True, env=os.environ
+        [*command, *options],
+        cwd=REPO_ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ,
+        # A shell starts background jobs with Ctrl-C ignored, and a child inherits that (and
+        # then Python installs no KeyboardInterrupt): give it the terminal's default back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     job_id = job_id_for(image, {"model": "slow"}, "png")
     job = wait_job(
