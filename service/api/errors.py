@@ -10,9 +10,12 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from service.exceptions import (
     ClientDisconnectedError,
@@ -150,6 +153,27 @@ async def _handle_validation_error(request: Request, exc: Exception) -> JSONResp
     return JSONResponse({"detail": message or "invalid request"}, status_code=422)
 
 
+#: The methods a 405's Allow header may name, in its order.
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+async def _handle_http_error(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette's 405 names only the methods of the first route whose path matched, but one
+    # path may be several routes (`/jobs/{id}`: GET, PUT, DELETE): the Allow header lists them all.
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        allowed = [
+            method
+            for method in _METHODS
+            if any(
+                route.matches({**request.scope, "method": method})[0] is Match.FULL
+                for route in request.app.router.routes
+            )
+        ]
+        exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
+    return await http_exception_handler(request, exc)
+
+
 async def _handle_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Starlette logs the traceback itself after this response is sent; the client only learns
     # that it was not its fault.
@@ -160,4 +184,5 @@ def install_error_handlers(app: FastAPI) -> None:
     """Registers the JSON error handlers on `app`."""
     app.add_exception_handler(UpscalerError, _handle_upscaler_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    app.add_exception_handler(HTTPException, _handle_http_error)
     app.add_exception_handler(Exception, _handle_unexpected_error)

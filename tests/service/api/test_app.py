@@ -300,6 +300,14 @@ def test_wrong_method_is_json(client: TestClient) -> None:
     assert "detail" in response.json()
 
 
+def test_wrong_method_lists_every_method_of_the_path(client: TestClient) -> None:
+    # /jobs/{id} is three routes (GET, PUT, DELETE): the 405 names all of them.
+    response = client.request("PATCH", "/jobs/some-job")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "DELETE, GET, PUT"
+    assert "detail" in response.json()
+
+
 def test_unacceptable_format_for_the_output_size_is_refused_before_upscaling(
     make_settings: SettingsFactory,
 ) -> None:
