@@ -277,7 +277,7 @@ async def list_models(state: LoadedService) -> dict[str, Any]:
     models = state.models
     auto = Auto.of(models)
     return {
-        "default": AUTO if auto else models.default_name,
+        "default": _default_name(models),
         "auto": _describe_auto(auto) if auto else None,
         "models": [model.summary() for model in models],
         "estimated_wait_seconds": round(state.gate.estimated_wait(), 1),
@@ -328,14 +328,20 @@ def _warmup_ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
+def _default_name(models: ModelRegistry) -> str:
+    """What a request without `model` gets: `auto` when the service chooses, else the model."""
+    return AUTO if Auto.of(models) else models.default_name
+
+
 def _describe_models(models: ModelRegistry) -> list[dict[str, Any]]:
     described = []
+    default = _default_name(models)
     for model in models:
         info = model.engine.info
         described.append(
             {
                 "name": model.name,
-                "default": model.name == models.default_name,
+                "default": model.name == default,
                 "version": model.version,
                 "path": str(info.path),
                 "scale": info.scale,
@@ -350,15 +356,16 @@ def _describe_models(models: ModelRegistry) -> list[dict[str, Any]]:
 
 
 def _describe(state: Serving, reload_errors: Mapping[str, str]) -> dict[str, Any]:
-    # The top-level fields describe the default model, as they did with one model; `models`
-    # lists every one (their warm-up times show which are warm while warming up). The registry
-    # is read once, so that a reload swapping it meanwhile cannot mix two versions.
+    # The top-level fields describe the default model (with `auto`, UPSCALER_DEFAULT_MODEL's),
+    # as they did with one model; `models` lists every one (their
+    # warm-up times show which are warm while warming up). The registry is read once, so that
+    # a reload swapping it meanwhile cannot mix two versions.
     models = state.models
     default = models.default
     info, settings, encoding = default.engine.info, state.settings, default.pipeline.encode_options
     warmup = info.warmup_seconds
     return {
-        "default_model": models.default_name,
+        "default_model": _default_name(models),
         "models": _describe_models(models),
         "model": {
             "name": models.default_name,

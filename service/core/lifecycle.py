@@ -35,6 +35,7 @@ import anyio
 
 from service.config import Settings
 from service.core.admission import AdmissionGate
+from service.core.choice import Auto
 from service.core.metrics import ServiceMetrics
 from service.core.registry import EngineFactory, ModelRegistry, ServedModel, load_models
 from service.core.reload import ModelReloader
@@ -289,9 +290,13 @@ class ModelLifecycle:
             logger.exception("warm-up failed (%s); the service stays unready", exc)
             return
         self._warm.set()
-        logger.info(
-            "ready to upscale with %s (default %s)", ", ".join(models.names), models.default_name
+        auto = Auto.of(models)
+        default = (
+            f"default: auto, {auto.clean.name} for clean input, {auto.robust.name} for degraded"
+            if auto
+            else f"default {models.default_name}"
         )
+        logger.info("ready to upscale with %s (%s)", ", ".join(models.names), default)
 
     async def swap(self, models: ModelRegistry) -> None:
         """Serves `models` (loaded and warmed up) from now on, in one assignment. After a failed

@@ -275,15 +275,17 @@ def test_the_shipped_card_gives_description_degradation_and_benchmarks() -> None
 
 def test_readyz_lists_every_model(folder_client: TestClient, models_folder: Path) -> None:
     body = folder_client.get("/readyz").json()
+    # A clean and a robust model: `auto` is the default; the top-level fields describe
+    # UPSCALER_DEFAULT_MODEL's model.
     assert (body["status"], body["default_model"], body["model"]["name"]) == (
         "ready",
-        "sharp",
+        "auto",
         "sharp",
     )
     assert body["model"]["path"] == str(models_folder / "sharp.onnx")
     listed = {model["name"]: model for model in body["models"]}
     assert list(listed) == ["sharp", "soft"]
-    assert (listed["sharp"]["default"], listed["soft"]["default"]) == (True, False)
+    assert (listed["sharp"]["default"], listed["soft"]["default"]) == (False, False)
     assert listed["soft"]["path"] == str(models_folder / "soft.onnx")
     assert listed["soft"]["degradation"] == "realistic"
     assert all(model["warmup_ms"] is not None for model in listed.values())
