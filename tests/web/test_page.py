@@ -147,7 +147,7 @@ def test_picked_file_is_upscaled_compared_and_downloaded(page: Any, server: Live
     model = page.get_by_label("Model")
     expect(model).to_have_value("fast")
     expect(model).to_be_disabled()
-    expect(model.locator("option")).to_have_text(["fast (bicubic, default)"])
+    expect(model.locator("option")).to_have_text(["fast: for clean images (default)"])
     pick(page, file_payload("photo.png", rgb_png(24, 16)))
     entry = wait_done(page, "photo.png")
     assert requests[0].url == f"{server.url}/upscale"  # the default runs: no ?model=
@@ -348,7 +348,11 @@ def test_model_picker_offers_auto_then_each_model_and_remembers_the_choice(
     model, about = page.get_by_label("Model"), page.locator("#model-about")
     expect(model).to_be_enabled()
     expect(model.locator("option")).to_have_text(
-        ["Automatic (default)", "sharp (bicubic)", "gentle (realistic)"]
+        [
+            "Automatic (default)",
+            "sharp: for clean images",
+            "gentle: for JPEG, noisy or blurred images",
+        ]
     )
     expect(model).to_have_value("auto")  # the default, preselected
     expect(about).to_have_text(listed["auto"]["description"])

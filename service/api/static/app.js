@@ -156,8 +156,7 @@ async function loadModels() {
     const select = $("model");
     select.replaceChildren(
       ...list.map((model) => {
-        const about = [model.degradation, model.name === defaultModel ? "default" : ""].filter(Boolean);
-        const text = `${model.label || model.name}${about.length ? ` (${about.join(", ")})` : ""}`;
+        const text = `${model.label || model.name}${purpose(model)}${model.name === defaultModel ? " (default)" : ""}`;
         return el("option", { value: model.name, textContent: text, title: model.description || "" });
       }),
     );
@@ -171,6 +170,13 @@ async function loadModels() {
   } finally {
     if (wait) setTimeout(loadModels, wait * 1000);
   }
+}
+
+function purpose(model) {
+  // What a model is for, in a person's words, from what it was trained on: clean downscales
+  // (bicubic) or degraded ones (the service's `auto` draws the same line).
+  if (!model.degradation) return "";
+  return model.degradation === "bicubic" ? ": for clean images" : ": for JPEG, noisy or blurred images";
 }
 
 function chosenModel() {
