@@ -559,7 +559,9 @@ def _add_image_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         metavar="NAME",
-        help="model name (GET /models); with --local, a models-folder name or an .onnx file",
+        help="the service's default when not given: auto, which picks edsr_x4 for clean images "
+        "and edsr_x4_real for JPEG, noisy or blurred ones and says which it used; or a model "
+        "name from GET /models; with --local, a models-folder name or an .onnx file",
     )
     parser.add_argument(
         "--quality", choices=["standard", "max"], default="standard", help="max: 8x slower"
