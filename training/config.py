@@ -79,6 +79,13 @@ class TrainConfig:
         nargs="*",
     )
     patience: int = knob(10, "stop after this many validations without gain (0 = never)")
+    average_from: int = knob(
+        0,
+        "from this step on, also keep average.keras: the mean of the weights at every "
+        "validation (stochastic weight averaging; steadier than any one checkpoint at a "
+        "constant rate); 0 = off",
+        metavar="STEP",
+    )
     init_from: str = knob(
         "",
         "start from the weights of this .keras checkpoint or fp32 .onnx export (e.g. "
@@ -112,6 +119,8 @@ class TrainConfig:
             raise ValueError(f"--patch-size {self.patch_size} must be a multiple of --scale")
         if self.val_crop % self.scale:
             raise ValueError(f"--val-crop {self.val_crop} must be a multiple of --scale")
+        if self.average_from < 0:
+            raise ValueError("--average-from must not be negative (0 = off)")
         if self.steps < 1 or self.eval_every < 1:
             raise ValueError("--steps and --eval-every must be positive")
         if self.steps % min(self.eval_every, self.steps):

@@ -71,6 +71,8 @@ def run_metadata(checkpoint: Path) -> dict[str, str]:
         state = json.loads((folder / STATE_FILE).read_text())
         step = state.get("best_step") if checkpoint.name == "best.keras" else state.get("step")
         meta["steps"] = str(step)
+        if checkpoint.name == "average.keras":  # the mean of the weights at these validations
+            meta["averaged_validations"] = str(state.get("averaged", "unknown"))
         if state.get("best_val_psnr") is not None:
             meta["best_val_psnr"] = f"{state['best_val_psnr']:.3f}"
     return meta

@@ -6,6 +6,7 @@ A run folder holds:
   state.json    where the run stands: epochs and steps done, best validation PSNR, patience used
   last.keras    the latest model *and optimizer state*, for `--resume`
   best.keras    the model that scored best on validation, for evaluation and export
+  average.keras with --average-from: the mean of the weights at each validation since that step
   history.csv   one row per evaluation (loss, PSNR, validation loss and PSNR, learning rate)
   logs/         TensorBoard event files (when TensorFlow is installed)
 """
@@ -30,13 +31,14 @@ from training import data
 from training.config import TrainConfig
 from training.degradations import MIXTURES
 from training.metrics import psnr_metric
-from training.model import EDSR, dtype_policy_scope, load_edsr
+from training.model import EDSR, build_in, describe_edsr, dtype_policy_scope, load_edsr
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 LAST_CHECKPOINT = "last.keras"
 BEST_CHECKPOINT = "best.keras"
+AVERAGE_CHECKPOINT = "average.keras"
 HISTORY_FILE = "history.csv"
 
 
@@ -56,6 +58,8 @@ class RunState:
     # it (a run shorter than --eval-every has one short epoch), and then `epoch` is converted.
     # 0 in run folders written before this field existed.
     steps_per_epoch: int = 0
+    # How many validations' weights average.keras holds (--average-from).
+    averaged: int = 0
 
     def save(self, run_dir: Path) -> None:
         text = json.dumps(dataclasses.asdict(self), indent=2) + "\n"
@@ -71,9 +75,11 @@ class RunCheckpoint(keras.callbacks.Callback):
     early-stopping count and the step counter, all in one place so a resume restores them together
     (Keras' own ModelCheckpoint and EarlyStopping forget their state when `fit()` restarts)."""
 
-    def __init__(self, run_dir: Path, state: RunState, patience: int):
+    def __init__(self, run_dir: Path, state: RunState, patience: int, average_from: int = 0):
         super().__init__()
         self.run_dir, self.state, self.patience = run_dir, state, patience
+        self.average_from = average_from
+        self._average: EDSR | None = None  # float32, whatever the run's precision
         self._epoch_started = time.monotonic()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -93,6 +99,8 @@ class RunCheckpoint(keras.callbacks.Callback):
             log.info("step %d: validation PSNR %.3f dB, new best", state.step, val_psnr)
         else:
             state.wait += 1
+        if self.average_from and state.step >= self.average_from:
+            self._add_to_average()
         with atomic_path(self.run_dir / LAST_CHECKPOINT) as tmp:
             self.model.save(tmp)
         if self.patience and state.wait >= self.patience:
@@ -100,6 +108,24 @@ class RunCheckpoint(keras.callbacks.Callback):
             self.model.stop_training = True
             log.info("early stop: no validation gain in %d evaluations", state.wait)
         state.save(self.run_dir)
+
+    def _add_to_average(self) -> None:
+        """Folds the current weights into average.keras (a running mean over validations)."""
+        state, path = self.state, self.run_dir / AVERAGE_CHECKPOINT
+        if self._average is None:
+            if state.averaged:  # resumed: go on from the saved mean
+                self._average = load_edsr(path)
+            else:
+                self._average = build_in("float32", describe_edsr(self.model))
+        weights = self.model.get_weights()
+        if state.averaged:
+            count = state.averaged + 1
+            mean = self._average.get_weights()
+            weights = [old + (new - old) / count for old, new in zip(mean, weights, strict=True)]
+        self._average.set_weights(weights)
+        state.averaged += 1
+        with atomic_path(path) as tmp:
+            self._average.save(tmp)
 
 
 class StepLogger(keras.callbacks.Callback):
@@ -290,7 +316,7 @@ def _train(config: TrainConfig, state: RunState, resume: bool) -> RunState:
         # resumed run would see the same batches in another order than an uninterrupted one.
         shuffle=False,
         validation_data=data.ValidationImages(val_pairs, config.scale, crop=config.val_crop),
-        callbacks=_callbacks(run_dir, state, config.patience, steps_per_epoch, resume),
+        callbacks=_callbacks(run_dir, state, config, steps_per_epoch, resume),
         verbose=config.verbose,
     )
     best = state.best_val_psnr
@@ -321,11 +347,13 @@ def _load_images(config: TrainConfig) -> tuple[list, list]:
     return train_pairs, val_pairs
 
 
-def _callbacks(run_dir: Path, state: RunState, patience: int, steps_per_epoch: int, resume: bool):
+def _callbacks(
+    run_dir: Path, state: RunState, config: TrainConfig, steps_per_epoch: int, resume: bool
+):
     callbacks = [
         StepLogger(steps_per_epoch),
         keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=resume),
-        RunCheckpoint(run_dir, state, patience),
+        RunCheckpoint(run_dir, state, config.patience, config.average_from),
     ]
     if importlib.util.find_spec("tensorflow") and importlib.util.find_spec("tensorboard"):
         # TensorBoard's writer needs TensorFlow; on a JAX-only machine the CSV history remains.

@@ -80,6 +80,15 @@ def test_a_fine_tuned_models_metadata_names_its_starting_weights(tmp_path):
     assert "init_from" not in run_metadata(run / "best.keras")
 
 
+def test_an_averaged_models_metadata_says_how_many_validations_it_averages(tmp_path):
+    from training.export import run_metadata
+
+    (tmp_path / "state.json").write_text(json.dumps({"step": 50, "best_step": 40, "averaged": 3}))
+    assert run_metadata(tmp_path / "average.keras")["averaged_validations"] == "3"
+    assert run_metadata(tmp_path / "average.keras")["steps"] == "50"
+    assert "averaged_validations" not in run_metadata(tmp_path / "last.keras")
+
+
 def test_a_failed_parity_check_writes_no_file(checkpoint, tmp_path):
     out = tmp_path / "bad.onnx"
     with pytest.raises(ExportError, match="differs from Keras"):

@@ -175,3 +175,29 @@ def test_a_mixed_precision_run_leaves_the_callers_precision_policy_alone(tiny_co
         keras.mixed_precision.set_global_policy("float32")
     model = keras.saving.load_model(tmp_path / "fp32" / "last.keras")
     assert {layer.compute_dtype for layer in model.layers} == {"float32"}
+
+
+def test_average_from_keeps_the_mean_of_the_weights_at_each_validation(tiny_config, tmp_path):
+    # Validations at steps 2, 4, 6, 8; averaging from step 4: those of 4, 6 and 8, the last two
+    # after a resume (the running mean goes on from the saved one).
+    straight = tmp_path / "straight"
+    train(tiny_config(straight, steps=8, eval_every=2, average_from=4))
+    resumed = tmp_path / "resumed"
+    train(tiny_config(resumed, steps=4, eval_every=2, average_from=4))
+    state = train(tiny_config(resumed, steps=8, eval_every=2), resume=True)
+    assert state.averaged == 3
+    snapshots = []
+    for steps in (4, 6, 8):
+        run = tmp_path / f"to{steps}"
+        train(tiny_config(run, steps=steps, eval_every=2))
+        snapshots.append(_weights(run))
+    expected = [np.mean(layer, axis=0) for layer in zip(*snapshots, strict=True)]
+    for run in (straight, resumed):
+        average = keras.models.load_model(run / "average.keras").get_weights()
+        for a, b in zip(average, expected, strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_without_average_from_no_average_is_kept(tiny_config, tmp_path):
+    state = train(tiny_config(tmp_path / "run"))
+    assert state.averaged == 0 and not (tmp_path / "run" / "average.keras").exists()
