@@ -33,9 +33,9 @@ JPEG_DEGRADED_AT_OR_BELOW = 90
 #: Estimated noise (0-255 scale) at or above which the input counts as noisy.
 NOISE_DEGRADED_AT = 3.0
 #: Aliasing score at or above which the input was resized without antialiasing.
-ALIASING_DEGRADED_AT = 0.80
+ALIASING_DEGRADED_AT = 0.74
 #: Edge sharpness at or below which the input counts as blurred (the robust model saw blur).
-BLUR_AT_OR_BELOW = 0.55
+BLUR_AT_OR_BELOW = 0.62
 
 
 def degradations(evidence: Evidence) -> tuple[str, ...]:
