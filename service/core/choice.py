@@ -28,28 +28,44 @@ from service.imaging.evidence import Evidence
 #: The `model` value that chooses from the input.
 AUTO = "auto"
 
-#: A JPEG of this quality or lower is degraded input (phones save at 85-95, the web at 75-85).
-JPEG_DEGRADED_AT_OR_BELOW = 90
-#: Estimated noise (0-255 scale) at or above which the input counts as noisy.
-NOISE_DEGRADED_AT = 3.0
-#: Aliasing score at or above which the input was resized without antialiasing.
-ALIASING_DEGRADED_AT = 0.74
-#: Edge sharpness at or below which the input counts as blurred (the robust model saw blur).
-BLUR_AT_OR_BELOW = 0.62
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where a measure of the evidence starts to count as a degradation. Fitted on training
+    images against the shipped pair of models (`python -m training.research.auto_fit`);
+    refit whenever either model changes.
+
+    Attributes:
+        jpeg_quality: A JPEG of this quality or lower is degraded (phones save at 85-95, the web
+            at 75-85).
+        noise: Estimated noise (0-255 scale) at or above which the input counts as noisy.
+        aliasing: Aliasing score at or above which the input was resized without antialiasing.
+        sharpness: Edge sharpness at or below which the input counts as blurred (the robust
+            model saw blur).
+    """
+
+    jpeg_quality: int = 90
+    noise: float = 3.0
+    aliasing: float = 0.74
+    sharpness: float = 0.62
 
 
-def degradations(evidence: Evidence) -> tuple[str, ...]:
+#: The thresholds the service decides with.
+THRESHOLDS = Thresholds()
+
+
+def degradations(evidence: Evidence, thresholds: Thresholds = THRESHOLDS) -> tuple[str, ...]:
     """What the evidence says the input went through: `jpeg`, `noise`, `aliasing`, `blur`; ()
     for clean input."""
     found = []
     quality = evidence.jpeg_quality
-    if quality is not None and quality <= JPEG_DEGRADED_AT_OR_BELOW:
+    if quality is not None and quality <= thresholds.jpeg_quality:
         found.append("jpeg")
-    if evidence.noise is not None and evidence.noise >= NOISE_DEGRADED_AT:
+    if evidence.noise is not None and evidence.noise >= thresholds.noise:
         found.append("noise")
-    if evidence.aliasing is not None and evidence.aliasing >= ALIASING_DEGRADED_AT:
+    if evidence.aliasing is not None and evidence.aliasing >= thresholds.aliasing:
         found.append("aliasing")
-    if evidence.sharpness is not None and evidence.sharpness <= BLUR_AT_OR_BELOW:
+    if evidence.sharpness is not None and evidence.sharpness <= thresholds.sharpness:
         found.append("blur")
     return tuple(found)
 

@@ -101,14 +101,16 @@ def test_a_clean_mixture_is_the_standard_degradation():
     np.testing.assert_array_equal(lr, bicubic_downscale(hr, 4))
 
 
-def test_the_realistic_mixture_keeps_its_clean_share():
+@pytest.mark.parametrize("name", ["realistic", "realistic-clean20", "uploads"])
+def test_a_mixture_keeps_its_clean_share(name: str):
+    mixture = MIXTURES[name]
     hr = smooth_image(32)
     clean = bicubic_downscale(hr, 4)
     rng = np.random.default_rng(0)
-    draws = [degradations.apply_mixture(hr, 4, MIXTURES["realistic"], rng) for _ in range(400)]
+    draws = [degradations.apply_mixture(hr, 4, mixture, rng) for _ in range(400)]
     share = np.mean([np.array_equal(lr, clean) for lr in draws])
     # Clean draws, plus the few degraded ones that happen to equal them (area/pil resize alone).
-    assert MIXTURES["realistic"].clean <= share < MIXTURES["realistic"].clean + 0.15
+    assert mixture.clean <= share < mixture.clean + 0.15
 
 
 def test_every_mixture_resize_method_exists():

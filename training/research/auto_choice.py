@@ -17,6 +17,7 @@ tiler; PSNR is the protocol's (Y channel, `scale` pixels shaved).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 import zlib
@@ -69,6 +70,7 @@ def score_image(name: str, hr: np.ndarray, clean: Model, robust: Model) -> list[
                 "chose": "robust" if found else "clean",
                 "found": list(found),
                 "evidence": evidence.describe(),
+                "measures": dataclasses.asdict(evidence),
                 "evidence_seconds": seconds,
             }
         )

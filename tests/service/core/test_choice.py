@@ -13,16 +13,7 @@ from PIL import Image
 
 from service.api.app import create_app
 from service.config import Settings
-from service.core.choice import (
-    ALIASING_DEGRADED_AT,
-    BLUR_AT_OR_BELOW,
-    JPEG_DEGRADED_AT_OR_BELOW,
-    NOISE_DEGRADED_AT,
-    Auto,
-    Fixed,
-    degradations,
-    select,
-)
+from service.core.choice import THRESHOLDS, Auto, Fixed, Thresholds, degradations, select
 from service.imaging.evidence import Evidence
 from tests.service.helpers import lifecycle_of, wait_until_ready
 from tests.service.imaging.test_evidence import scene
@@ -35,17 +26,23 @@ CLEAN = Evidence(jpeg_quality=None, noise=0.5, sharpness=0.7, aliasing=0.6)
     ("evidence", "found"),
     [
         (CLEAN, ()),
-        (Evidence(JPEG_DEGRADED_AT_OR_BELOW + 1, 0.5, 0.7, 0.6), ()),  # a near-lossless JPEG
-        (Evidence(JPEG_DEGRADED_AT_OR_BELOW, 0.5, 0.7, 0.6), ("jpeg",)),
-        (Evidence(None, NOISE_DEGRADED_AT, 0.7, 0.6), ("noise",)),
-        (Evidence(None, 0.5, 0.9, ALIASING_DEGRADED_AT), ("aliasing",)),
-        (Evidence(None, 0.5, BLUR_AT_OR_BELOW, 0.5), ("blur",)),
+        (Evidence(THRESHOLDS.jpeg_quality + 1, 0.5, 0.7, 0.6), ()),  # a near-lossless JPEG
+        (Evidence(THRESHOLDS.jpeg_quality, 0.5, 0.7, 0.6), ("jpeg",)),
+        (Evidence(None, THRESHOLDS.noise, 0.7, 0.6), ("noise",)),
+        (Evidence(None, 0.5, 0.9, THRESHOLDS.aliasing), ("aliasing",)),
+        (Evidence(None, 0.5, THRESHOLDS.sharpness, 0.5), ("blur",)),
         (Evidence(40, 8.0, 0.5, 1.2), ("jpeg", "noise", "aliasing", "blur")),
         (Evidence(None, None, None, None), ()),  # too small to tell: the clean model
     ],
 )
 def test_degradations_are_read_from_the_evidence(evidence: Evidence, found: tuple) -> None:
     assert degradations(evidence) == found
+
+
+def test_other_thresholds_move_the_decision() -> None:
+    noisy = Evidence(None, 2.0, 0.7, 0.6)
+    assert degradations(noisy) == ()
+    assert degradations(noisy, Thresholds(noise=2.0)) == ("noise",)
 
 
 @pytest.fixture

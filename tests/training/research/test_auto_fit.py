@@ -1,0 +1,49 @@
+"""Fitting `auto`'s thresholds: on hand-made scores, and end to end on two tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from service.core.choice import THRESHOLDS
+from tests.service.helpers import build_model
+from training.degradations import CATEGORIES
+from training.research.auto_fit import fit, losses
+from training.research.auto_fit import main as auto_fit
+
+
+def scores(noise: float, clean: float, robust: float) -> list[dict]:
+    """One image under every category: its measures (no JPEG, sharp, unaliased) and PSNRs."""
+    measures = {"jpeg_quality": None, "noise": noise, "sharpness": 0.9, "aliasing": 0.5}
+    return [
+        {"image": str(noise), "category": c, "clean": clean, "robust": robust, "measures": measures}
+        for c in CATEGORIES
+    ]
+
+
+def test_the_fit_sends_each_image_to_its_better_model() -> None:
+    # A faintly noisy image the robust model does better on, and a clean one: only a noise
+    # threshold between 1.0 and 2.2 sends both to the better model.
+    rows = scores(2.2, clean=30.0, robust=31.0) + scores(1.0, clean=32.0, robust=31.0)
+    assert THRESHOLDS.noise > 2.2  # the service's thresholds send both to the clean model
+    fitted = fit(rows)
+    assert fitted.noise == 2.0
+    for loss, robust_share in losses(rows, fitted).values():
+        assert loss > 0 and robust_share == 0.5  # better than either model alone
+
+
+def test_it_scores_training_images_and_refits_saved_scores(
+    image_folder: Path, tmp_path: Path, capsys
+) -> None:
+    clean = build_model(tmp_path / "clean.onnx", seed=1)
+    robust = build_model(tmp_path / "robust.onnx", seed=2)
+    rows = tmp_path / "rows.json"
+    argv = ["--clean", str(clean), "--robust", str(robust), "--data", str(image_folder)]
+    assert auto_fit([*argv, "--limit", "2", "--per-image", str(rows)]) == 0
+    scored = json.loads(rows.read_text())
+    assert len({row["image"] for row in scored}) == 2
+    assert len(scored) == 2 * len(CATEGORIES)
+    first = capsys.readouterr().out
+    assert "fitted:" in first and "| jpeg-30 |" in first
+    assert auto_fit(["--rows", str(rows)]) == 0
+    assert capsys.readouterr().out.split("fitted:")[1] == first.split("fitted:")[1]

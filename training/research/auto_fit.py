@@ -1,0 +1,135 @@
+"""Fits `model=auto`'s thresholds (`service.core.choice.Thresholds`) to a pair of models: scores
+both models on training images under every degradation category (each saved as the file a user
+would have, as `auto_choice` does), then picks, from a grid, the thresholds whose worst category
+loses least against the better of the two models (within 0.01 dB: the smaller total loss). Fit on
+training images, never on the benchmark sets that `auto_choice` then reports.
+
+Usage (from the repository root):
+    python -m training.research.auto_fit --clean models/edsr_x4.onnx \
+        --robust models/edsr_x4_real.onnx --limit 60 \
+        --data ../shared/data/train-extra/BSDS500-test ../shared/data/train-extra/General100 \
+        [--per-image rows.json]
+    python -m training.research.auto_fit --rows rows.json   # refit saved scores
+
+It prints the current thresholds' and the fitted ones' loss per category; copy the fitted values
+into `Thresholds`' defaults, then rerun `auto_choice` for the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from service.core.choice import THRESHOLDS, Thresholds, degradations
+from service.imaging.evidence import Evidence
+from training import data
+from training.degradations import CATEGORIES
+from training.research.auto_choice import SCALE, load, score_image
+
+#: The grid searched. The JPEG threshold stays where the encoders put it (see `Thresholds`);
+#: a sharpness of 0 turns the blur rule off.
+GRID = {
+    "noise": (2.0, 2.5, 3.0, 3.5),
+    "aliasing": tuple(round(0.70 + 0.02 * i, 2) for i in range(11)),
+    "sharpness": (0.0, 0.55, 0.58, 0.60, 0.62, 0.65, 0.68, 0.71, 0.74),
+}
+
+
+#: Worst-category losses this close count as equal: a thousandth of a dB on 90 images is noise,
+#: and chasing it can cost another category a few hundredths.
+TOLERANCE_DB = 0.01
+
+
+def score_folders(clean: Path, robust: Path, folders: Sequence[Path], limit: int) -> list[dict]:
+    """Both models' PSNR and the evidence for the first `limit` images of each folder (by
+    name) under every category."""
+    clean_model, _ = load(clean)
+    robust_model, _ = load(robust)
+    rows = []
+    for folder in folders:
+        sources = sorted(data.discover_sources([folder], SCALE), key=lambda s: str(s.hr_path))
+        for source in sources[:limit]:
+            pair = data.load_pair(source, SCALE, "pil")
+            rows += score_image(str(source.hr_path), pair.hr, clean_model, robust_model)
+        print(f"{folder}: {min(limit, len(sources))} images", flush=True)
+    return rows
+
+
+def losses(rows: Sequence[dict], thresholds: Thresholds) -> dict[str, tuple[float, float]]:
+    """Per category: auto's mean PSNR minus the better model's mean (≤ 0), and the share of
+    images sent to the robust model."""
+    result = {}
+    for category in CATEGORIES:
+        mine = [row for row in rows if row["category"] == category]
+        chosen = [
+            "robust" if degradations(Evidence(**row["measures"]), thresholds) else "clean"
+            for row in mine
+        ]
+        auto = np.mean([row[model] for row, model in zip(mine, chosen, strict=True)])
+        best = max(np.mean([row[model] for row in mine]) for model in ("clean", "robust"))
+        result[category] = (float(auto - best), chosen.count("robust") / len(mine))
+    return result
+
+
+def candidates() -> Iterator[Thresholds]:
+    for noise, aliasing, sharpness in itertools.product(*GRID.values()):
+        yield dataclasses.replace(THRESHOLDS, noise=noise, aliasing=aliasing, sharpness=sharpness)
+
+
+def fit(rows: Sequence[dict]) -> Thresholds:
+    """The grid's thresholds with the smallest total loss among those whose worst category is
+    within `TOLERANCE_DB` of the smallest worst-category loss."""
+    scored = []
+    for thresholds in candidates():
+        loss = [value for value, _ in losses(rows, thresholds).values()]
+        scored.append((min(loss), sum(loss), thresholds))
+    best_worst = max(worst for worst, _, _ in scored)
+    eligible = [entry for entry in scored if entry[0] >= best_worst - TOLERANCE_DB]
+    return max(eligible, key=lambda entry: entry[1])[2]
+
+
+def report(rows: Sequence[dict], fitted: Thresholds) -> str:
+    """The loss and robust share per category, the current thresholds beside the fitted ones."""
+    now, then = losses(rows, THRESHOLDS), losses(rows, fitted)
+    lines = [
+        f"current: {THRESHOLDS}",
+        f"fitted:  {fitted}",
+        "| category | current: auto − best (robust share) | fitted: auto − best (robust share) |",
+        "|---|---|---|",
+    ]
+    for category in CATEGORIES:
+        (a, share_a), (b, share_b) = now[category], then[category]
+        lines.append(f"| {category} | {a:+.3f} ({share_a:.2f}) | {b:+.3f} ({share_b:.2f}) |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, nargs="+", help="training image folders")
+    source.add_argument("--rows", type=Path, help="refit the scores a --per-image run saved")
+    parser.add_argument("--clean", type=Path, help="the clean model (with --data)")
+    parser.add_argument("--robust", type=Path, help="the robust model (with --data)")
+    parser.add_argument("--limit", type=int, default=60, help="images per folder (by name)")
+    parser.add_argument("--per-image", type=Path, help="save every image's scores here (JSON)")
+    args = parser.parse_args(argv)
+    if args.rows:
+        rows = json.loads(args.rows.read_text())
+    elif args.clean is None or args.robust is None:
+        parser.error("--data needs --clean and --robust")
+    else:
+        rows = score_folders(args.clean, args.robust, args.data, args.limit)
+    if args.per_image:
+        args.per_image.write_text(json.dumps(rows) + "\n")
+    print(report(rows, fit(rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
