@@ -73,10 +73,11 @@ MIXTURES: dict[str, Mixture] = {
 }
 # The clean-share ablation's other arm (the model card compares the two at equal steps).
 MIXTURES["realistic-clean20"] = dataclasses.replace(MIXTURES["realistic"], clean=0.2)
-# The robust model's later stage: `realistic` shifted toward what its short categories measure
-# (JPEG 75, the camera chain, noise σ 10). `auto` sends clean input to the clean model, so fewer
-# samples stay clean; JPEG on most of the rest; noise more often and up to σ 15, so that σ 10
-# sits inside the range rather than at its edge. The resizes are `realistic`'s.
+# `realistic` shifted toward what the robust model's short categories measure (JPEG 75, the
+# camera chain, noise σ 10): `auto` sends clean input to the clean model, so fewer samples stay
+# clean; JPEG on most of the rest; noise more often and up to σ 15, so that σ 10 sits inside the
+# range rather than at its edge. The resizes are `realistic`'s. As a next stage from the shipped
+# robust model it traded JPEG 75 for noise σ 10 (model card, "Training").
 MIXTURES["uploads"] = dataclasses.replace(
     MIXTURES["realistic"], clean=0.15, noise=0.4, noise_sigma=(1.0, 15.0), jpeg=0.7
 )
