@@ -31,9 +31,10 @@ AUTO = "auto"
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Where a measure of the evidence starts to count as a degradation. Fitted on training
-    images against the shipped pair of models (`python -m training.research.auto_fit`);
-    refit whenever either model changes.
+    """Where a measure of the evidence starts to count as a degradation. Noise, aliasing and
+    sharpness are fitted on training images against the shipped pair of models (`python -m
+    training.research.auto_fit`), refitted at each shipment of either; the JPEG quality is set
+    by what encoders use.
 
     Attributes:
         jpeg_quality: A JPEG of this quality or lower is degraded (phones save at 85-95, the web

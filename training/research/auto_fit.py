@@ -41,7 +41,7 @@ GRID = {
 }
 
 
-#: Worst-category losses this close count as equal: a thousandth of a dB on 90 images is noise,
+#: Worst-category losses this close count as equal: a thousandth of a dB on 120 images is noise,
 #: and chasing it can cost another category a few hundredths.
 TOLERANCE_DB = 0.01
 
@@ -56,14 +56,18 @@ def score_folders(clean: Path, robust: Path, folders: Sequence[Path], limit: int
         sources = sorted(data.discover_sources([folder], SCALE), key=lambda s: str(s.hr_path))
         for source in sources[:limit]:
             pair = data.load_pair(source, SCALE, "pil")
-            rows += score_image(str(source.hr_path), pair.hr, clean_model, robust_model)
+            # Named relative to its folder: the name seeds the image's noise, so the scores do
+            # not depend on how the folder's path was typed.
+            name = f"{folder.name}/{source.hr_path.relative_to(folder)}"
+            rows += score_image(name, pair.hr, clean_model, robust_model)
         print(f"{folder}: {min(limit, len(sources))} images", flush=True)
     return rows
 
 
 def losses(rows: Sequence[dict], thresholds: Thresholds) -> dict[str, tuple[float, float]]:
-    """Per category: auto's mean PSNR minus the better model's mean (≤ 0), and the share of
-    images sent to the robust model."""
+    """Per category: auto's mean PSNR minus the better model's mean (usually ≤ 0; positive
+    where choosing per image beats both models), and the share of images sent to the robust
+    model."""
     result = {}
     for category in CATEGORIES:
         mine = [row for row in rows if row["category"] == category]
@@ -78,8 +82,9 @@ def losses(rows: Sequence[dict], thresholds: Thresholds) -> dict[str, tuple[floa
 
 
 def candidates() -> Iterator[Thresholds]:
-    for noise, aliasing, sharpness in itertools.product(*GRID.values()):
-        yield dataclasses.replace(THRESHOLDS, noise=noise, aliasing=aliasing, sharpness=sharpness)
+    """Every combination of the grid's values, the other thresholds as the service has them."""
+    for values in itertools.product(*GRID.values()):
+        yield dataclasses.replace(THRESHOLDS, **dict(zip(GRID, values, strict=True)))
 
 
 def fit(rows: Sequence[dict]) -> Thresholds:
@@ -96,7 +101,7 @@ def fit(rows: Sequence[dict]) -> Thresholds:
 
 def report(rows: Sequence[dict], fitted: Thresholds) -> str:
     """The loss and robust share per category, the current thresholds beside the fitted ones."""
-    now, then = losses(rows, THRESHOLDS), losses(rows, fitted)
+    current, refitted = losses(rows, THRESHOLDS), losses(rows, fitted)
     lines = [
         f"current: {THRESHOLDS}",
         f"fitted:  {fitted}",
@@ -104,29 +109,55 @@ def report(rows: Sequence[dict], fitted: Thresholds) -> str:
         "|---|---|---|",
     ]
     for category in CATEGORIES:
-        (a, share_a), (b, share_b) = now[category], then[category]
-        lines.append(f"| {category} | {a:+.3f} ({share_a:.2f}) | {b:+.3f} ({share_b:.2f}) |")
+        (before, share_before), (after, share_after) = current[category], refitted[category]
+        lines.append(
+            f"| {category} | {before:+.3f} ({share_before:.2f}) "
+            f"| {after:+.3f} ({share_after:.2f}) |"
+        )
     return "\n".join(lines)
+
+
+def saved_rows(path: Path) -> list[dict]:
+    """The scores an `auto_fit --per-image` run saved.
+
+    Raises:
+        ValueError: For scores of the benchmark sets (`auto_choice --per-image`: never fit on
+            those), or from before the evidence was saved, or missing a category.
+    """
+    rows = json.loads(path.read_text())
+    if any("set" in row for row in rows):
+        raise ValueError(f"{path} holds benchmark scores (auto_choice): fit on training images")
+    if not all("measures" in row for row in rows):
+        raise ValueError(f"{path} has rows without the evidence's measures")
+    missing = set(CATEGORIES) - {row["category"] for row in rows}
+    if missing:
+        raise ValueError(f"{path} has no scores for {', '.join(sorted(missing))}")
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, nargs="+", help="training image folders")
-    source.add_argument("--rows", type=Path, help="refit the scores a --per-image run saved")
+    source.add_argument("--rows", type=Path, help="refit the scores auto_fit --per-image saved")
     parser.add_argument("--clean", type=Path, help="the clean model (with --data)")
     parser.add_argument("--robust", type=Path, help="the robust model (with --data)")
     parser.add_argument("--limit", type=int, default=60, help="images per folder (by name)")
     parser.add_argument("--per-image", type=Path, help="save every image's scores here (JSON)")
     args = parser.parse_args(argv)
     if args.rows:
-        rows = json.loads(args.rows.read_text())
+        if args.clean or args.robust or args.per_image:
+            parser.error("--rows refits saved scores: no --clean, --robust or --per-image")
+        try:
+            rows = saved_rows(args.rows)
+        except ValueError as exc:
+            parser.error(str(exc))
     elif args.clean is None or args.robust is None:
         parser.error("--data needs --clean and --robust")
     else:
         rows = score_folders(args.clean, args.robust, args.data, args.limit)
-    if args.per_image:
-        args.per_image.write_text(json.dumps(rows) + "\n")
+        if args.per_image:
+            args.per_image.write_text(json.dumps(rows) + "\n")
     print(report(rows, fit(rows)))
     return 0
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from service.core.choice import THRESHOLDS
 from tests.service.helpers import build_model
 from training.degradations import CATEGORIES
@@ -47,3 +49,19 @@ def test_it_scores_training_images_and_refits_saved_scores(
     assert "fitted:" in first and "| jpeg-30 |" in first
     assert auto_fit(["--rows", str(rows)]) == 0
     assert capsys.readouterr().out.split("fitted:")[1] == first.split("fitted:")[1]
+
+
+def test_it_refuses_to_fit_benchmark_scores(tmp_path: Path) -> None:
+    rows = tmp_path / "bench.json"
+    rows.write_text(json.dumps([{"set": "Set5", **row} for row in scores(1.0, 30.0, 31.0)]))
+    with pytest.raises(SystemExit) as exit_info:
+        auto_fit(["--rows", str(rows)])
+    assert exit_info.value.code == 2
+
+
+def test_saved_scores_take_no_models(tmp_path: Path) -> None:
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps(scores(1.0, 30.0, 31.0)))
+    with pytest.raises(SystemExit) as exit_info:
+        auto_fit(["--rows", str(rows), "--clean", "model.onnx"])
+    assert exit_info.value.code == 2
