@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.degradations import MIXTURES
+from training.degradations import DEGRADATIONS
 
 CONFIG_FILE = "config.json"
 
@@ -61,7 +61,7 @@ class TrainConfig:
         "bicubic",
         "how each training patch's LR is made: the textbook antialiased bicubic, or a mixture "
         "drawn afresh per patch (see training/degradations.py)",
-        choices=sorted(MIXTURES),
+        choices=sorted(DEGRADATIONS),
     )
     scale: int = knob(4, choices=(2, 3, 4))
     filters: int = knob(64)

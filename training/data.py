@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from PIL import Image, ImageOps
 
-from training.degradations import Mixture, apply_mixture
+from training.degradations import Blend, Mixture, apply_mixture
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +320,7 @@ class TrainingPatches(keras.utils.PyDataset):
         seed: int = 0,
         initial_epoch: int = 0,
         augment: bool = True,
-        degradation: Mixture | None = None,
+        degradation: Mixture | Blend | None = None,
         workers: int = 2,
         max_queue_size: int = 16,
     ):

@@ -29,7 +29,7 @@ import keras
 from service.host import atomic_path, atomic_write_text
 from training import data
 from training.config import TrainConfig
-from training.degradations import MIXTURES
+from training.degradations import DEGRADATIONS
 from training.metrics import psnr_metric
 from training.model import EDSR, build_in, describe_edsr, dtype_policy_scope, load_edsr
 
@@ -304,7 +304,7 @@ def _train(config: TrainConfig, state: RunState, resume: bool) -> RunState:
         steps_per_epoch,
         seed=config.seed,
         initial_epoch=state.epoch,
-        degradation=None if config.degradation == "bicubic" else MIXTURES[config.degradation],
+        degradation=None if config.degradation == "bicubic" else DEGRADATIONS[config.degradation],
         workers=config.workers,
     )
     model.fit(

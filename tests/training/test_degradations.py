@@ -12,8 +12,10 @@ from training import degradations
 from training.data import ImagePair, TrainingPatches, bicubic_downscale
 from training.degradations import (
     CATEGORIES,
+    DEGRADATIONS,
     JPEG_CATEGORIES,
     MIXTURES,
+    Blend,
     Mixture,
     category_file,
 )
@@ -113,8 +115,23 @@ def test_a_mixture_keeps_its_clean_share(name: str):
     assert mixture.clean <= share < mixture.clean + 0.15
 
 
-def test_every_mixture_resize_method_exists():
-    for mixture in MIXTURES.values():
+def test_a_blend_draws_each_part_by_its_weight():
+    hr = smooth_image(32)
+    clean = bicubic_downscale(hr, 4)
+    nearest = [degradations.downscale(hr, 4, "nearest", offset=k) for k in (1, 2)]
+    blend = Blend(((0.3, MIXTURES["bicubic"]), (0.7, Mixture(clean=0.0, resize={"nearest": 1}))))
+    rng = np.random.default_rng(0)
+    draws = [degradations.apply_mixture(hr, 4, blend, rng) for _ in range(400)]
+    clean_share = np.mean([np.array_equal(lr, clean) for lr in draws])
+    assert 0.24 < clean_share < 0.36
+    # Every other draw came from the nearest part (its offset is 1 or 2).
+    parts = [clean, *nearest]
+    assert all(any(np.array_equal(lr, part) for part in parts) for lr in draws)
+
+
+def test_every_training_degradation_names_existing_resize_methods():
+    mixtures = [m for d in DEGRADATIONS.values() for m in getattr(d, "parts", [(1.0, d)])]
+    for _, mixture in mixtures:
         assert set(mixture.resize) <= {*degradations.RESIZERS, "nearest"}
 
 
