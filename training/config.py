@@ -60,7 +60,7 @@ class TrainConfig:
     degradation: str = knob(
         "bicubic",
         "how each training patch's LR is made: the textbook antialiased bicubic, or a mixture "
-        "drawn afresh per patch (see training/degradations.py)",
+        "(or a blend of mixtures) drawn afresh per patch (see training/degradations.py)",
         choices=sorted(DEGRADATIONS),
     )
     scale: int = knob(4, choices=(2, 3, 4))
