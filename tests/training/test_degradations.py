@@ -120,7 +120,7 @@ def test_a_mixture_keeps_its_clean_share(name: str):
     draws = [degradations.apply_mixture(hr, 4, mixture, rng) for _ in range(400)]
     share = np.mean([np.array_equal(lr, clean) for lr in draws])
     # Clean draws, plus the few degraded ones that happen to equal them (area/pil resize alone).
-    assert clean_share(mixture) - 0.03 <= share < clean_share(mixture) + 0.15
+    assert clean_share(mixture) <= share < clean_share(mixture) + 0.15
 
 
 def test_a_blend_draws_each_part_by_its_weight():
@@ -130,8 +130,8 @@ def test_a_blend_draws_each_part_by_its_weight():
     blend = Blend(((0.3, MIXTURES["bicubic"]), (0.7, Mixture(clean=0.0, resize={"nearest": 1}))))
     rng = np.random.default_rng(0)
     draws = [degradations.apply_mixture(hr, 4, blend, rng) for _ in range(400)]
-    clean_share = np.mean([np.array_equal(lr, clean) for lr in draws])
-    assert 0.24 < clean_share < 0.36
+    share = np.mean([np.array_equal(lr, clean) for lr in draws])
+    assert 0.24 < share < 0.36
     # Every other draw came from the nearest part (its offset is 1 or 2).
     parts = [clean, *nearest]
     assert all(any(np.array_equal(lr, part) for part in parts) for lr in draws)
