@@ -47,8 +47,8 @@ class Thresholds:
 
     jpeg_quality: int = 90
     noise: float = 3.0
-    aliasing: float = 0.74
-    sharpness: float = 0.62
+    aliasing: float = 0.72
+    sharpness: float = 0.65
 
 
 #: The thresholds the service decides with.

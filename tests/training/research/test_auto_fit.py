@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from service.core.choice import THRESHOLDS
 from tests.service.helpers import build_model
 from training.degradations import CATEGORIES
-from training.research.auto_fit import fit, losses
+from training.research.auto_fit import choices, fit, losses, misses
 from training.research.auto_fit import main as auto_fit
 
 
@@ -32,6 +33,20 @@ def test_the_fit_sends_each_image_to_its_better_model() -> None:
     assert fitted.noise == 2.0
     for loss, robust_share in losses(rows, fitted).values():
         assert loss > 0 and robust_share == 0.5  # better than either model alone
+
+
+def test_the_fit_avoids_a_visible_miss_that_the_mean_would_take() -> None:
+    # Noise 2.2: the robust model is 1.1 dB better. Noise 2.7 (40 images): the clean model is
+    # 0.05 dB better. Noise 3.2: the robust model, by far. Sending 2.2 and 2.7 to the clean model
+    # wins on the mean (40 x 0.05 > 1.1) but loses 1.1 dB on one image, which anyone sees.
+    rows = scores(2.2, clean=30.0, robust=31.1) + 5 * scores(3.2, clean=28.0, robust=31.0)
+    rows += 40 * scores(2.7, clean=32.0, robust=31.95)
+    fitted = fit(rows)
+    assert fitted.noise == 2.0
+    assert misses(rows, choices(rows, fitted)) == 0
+    by_mean = dataclasses.replace(fitted, noise=3.0)
+    assert misses(rows, choices(rows, by_mean)) == len(CATEGORIES)
+    assert losses(rows, by_mean)["clean"][0] > losses(rows, fitted)["clean"][0] == 0.0
 
 
 def test_it_scores_training_images_and_refits_saved_scores(
