@@ -14,8 +14,8 @@ Usage (from the repository root):
         [--per-image rows.json]
     python -m training.research.auto_fit --rows rows.json   # refit saved scores
 
-It prints the current thresholds' and the fitted ones' loss per category; copy the fitted values
-into `Thresholds`' defaults, then rerun `auto_choice` for the model card.
+It prints the current thresholds' and the fitted ones' visible misses and loss per category; copy
+the fitted values into `Thresholds`' defaults, then rerun `auto_choice` for the model card.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import itertools
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -72,6 +73,15 @@ def score_folders(clean: Path, robust: Path, folders: Sequence[Path], limit: int
     return rows
 
 
+class Score(NamedTuple):
+    """How one set of thresholds does on the scored rows."""
+
+    misses: int  # rows given to the model `VISIBLE_DB` or more under the other
+    worst: float  # the worst category's loss against the better model (dB, ≤ 0 mostly)
+    total: float  # the categories' losses summed
+    thresholds: Thresholds
+
+
 def choices(rows: Sequence[dict], thresholds: Thresholds) -> list[str]:
     """The model `auto` picks for each row under these thresholds."""
     return [
@@ -81,7 +91,7 @@ def choices(rows: Sequence[dict], thresholds: Thresholds) -> list[str]:
 
 
 def misses(rows: Sequence[dict], chosen: Sequence[str]) -> int:
-    """The rows whose chosen model gives `VISIBLE_DB` or more under the other one."""
+    """How many rows' chosen model gives `VISIBLE_DB` or more under the other one."""
     other = {"clean": "robust", "robust": "clean"}
     return sum(
         row[other[model]] - row[model] >= VISIBLE_DB
@@ -89,18 +99,29 @@ def misses(rows: Sequence[dict], chosen: Sequence[str]) -> int:
     )
 
 
-def losses(rows: Sequence[dict], thresholds: Thresholds) -> dict[str, tuple[float, float]]:
-    """Per category: auto's mean PSNR minus the better model's mean (usually ≤ 0; positive
-    where choosing per image beats both models), and the share of images sent to the robust
-    model."""
+def losses(rows: Sequence[dict], chosen: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """Per category: auto's mean PSNR (the `chosen` model of each row) minus the better model's
+    mean (usually ≤ 0; positive where choosing per image beats both models), and the share of
+    images sent to the robust model."""
     result = {}
     for category in CATEGORIES:
-        mine = [row for row in rows if row["category"] == category]
-        chosen = choices(mine, thresholds)
-        auto = np.mean([row[model] for row, model in zip(mine, chosen, strict=True)])
-        best = max(np.mean([row[model] for row in mine]) for model in ("clean", "robust"))
-        result[category] = (float(auto - best), chosen.count("robust") / len(mine))
+        mine = [
+            (row, model)
+            for row, model in zip(rows, chosen, strict=True)
+            if row["category"] == category
+        ]
+        auto = np.mean([row[model] for row, model in mine])
+        best = max(np.mean([row[model] for row, _ in mine]) for model in ("clean", "robust"))
+        share = sum(model == "robust" for _, model in mine) / len(mine)
+        result[category] = (float(auto - best), share)
     return result
+
+
+def score(rows: Sequence[dict], thresholds: Thresholds) -> Score:
+    """The misses and category losses of `auto` deciding the rows with these thresholds."""
+    chosen = choices(rows, thresholds)
+    loss = [value for value, _ in losses(rows, chosen).values()]
+    return Score(misses(rows, chosen), min(loss), sum(loss), thresholds)
 
 
 def candidates() -> Iterator[Thresholds]:
@@ -111,26 +132,29 @@ def candidates() -> Iterator[Thresholds]:
 
 def fit(rows: Sequence[dict]) -> Thresholds:
     """The grid's thresholds with the fewest visible misses among those whose worst category
-    loses at most `BUDGET_DB` (among all of them where none does); of those, the smallest total
-    loss among the ones whose worst category is within `TOLERANCE_DB` of the best."""
-    scored = []  # (misses, worst category, total, thresholds)
-    for thresholds in candidates():
-        loss = [value for value, _ in losses(rows, thresholds).values()]
-        scored.append((misses(rows, choices(rows, thresholds)), min(loss), sum(loss), thresholds))
-    scored = [entry for entry in scored if entry[1] >= -BUDGET_DB] or scored
-    fewest = min(entry[0] for entry in scored)
-    scored = [entry for entry in scored if entry[0] == fewest]
-    best_worst = max(entry[1] for entry in scored)
-    eligible = [entry for entry in scored if entry[1] >= best_worst - TOLERANCE_DB]
-    return max(eligible, key=lambda entry: entry[2])[3]
+    loses at most `BUDGET_DB` (where none does, all of them); of those, the smallest total loss
+    among the ones whose worst category is within `TOLERANCE_DB` of the best."""
+    scores = [score(rows, thresholds) for thresholds in candidates()]
+    within_budget = [entry for entry in scores if entry.worst >= -BUDGET_DB]
+    if within_budget:
+        fewest = min(entry.misses for entry in within_budget)
+        scores = [entry for entry in within_budget if entry.misses == fewest]
+    best_worst = max(entry.worst for entry in scores)
+    eligible = [entry for entry in scores if entry.worst >= best_worst - TOLERANCE_DB]
+    return max(eligible, key=lambda entry: entry.total).thresholds
 
 
 def report(rows: Sequence[dict], fitted: Thresholds) -> str:
     """The loss and robust share per category, the current thresholds beside the fitted ones."""
-    current, refitted = losses(rows, THRESHOLDS), losses(rows, fitted)
-    lines = [
-        f"current: {THRESHOLDS}, {misses(rows, choices(rows, THRESHOLDS))} visible misses",
-        f"fitted:  {fitted}, {misses(rows, choices(rows, fitted))} visible misses",
+    lines = []
+    for label, thresholds in (("current:", THRESHOLDS), ("fitted: ", fitted)):
+        entry = score(rows, thresholds)
+        lines.append(
+            f"{label} {thresholds}, {entry.misses} visible misses, worst {entry.worst:+.3f}"
+        )
+    current = losses(rows, choices(rows, THRESHOLDS))
+    refitted = losses(rows, choices(rows, fitted))
+    lines += [
         "| category | current: auto − best (robust share) | fitted: auto − best (robust share) |",
         "|---|---|---|",
     ]
@@ -168,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument("--rows", type=Path, help="refit the scores auto_fit --per-image saved")
     parser.add_argument("--clean", type=Path, help="the clean model (with --data)")
     parser.add_argument("--robust", type=Path, help="the robust model (with --data)")
-    parser.add_argument("--limit", type=int, default=60, help="images per folder (by name)")
+    parser.add_argument("--limit", type=int, default=100, help="images per folder (by name)")
     parser.add_argument("--per-image", type=Path, help="save every image's scores here (JSON)")
     args = parser.parse_args(argv)
     if args.rows:
