@@ -76,10 +76,19 @@ def score_folders(clean: Path, robust: Path, folders: Sequence[Path], limit: int
 class Score(NamedTuple):
     """How one set of thresholds does on the scored rows."""
 
-    misses: int  # rows given to the model `VISIBLE_DB` or more under the other
-    worst: float  # the worst category's loss against the better model (dB, ≤ 0 mostly)
-    total: float  # the categories' losses summed
     thresholds: Thresholds
+    misses: int  # rows given to the model `VISIBLE_DB` or more under the other
+    losses: dict[str, tuple[float, float]]  # `losses()`: per category, loss and robust share
+
+    @property
+    def worst(self) -> float:
+        """The worst category's loss against the better model (dB, ≤ 0 mostly)."""
+        return min(loss for loss, _ in self.losses.values())
+
+    @property
+    def total(self) -> float:
+        """The categories' losses summed."""
+        return sum(loss for loss, _ in self.losses.values())
 
 
 def choices(rows: Sequence[dict], thresholds: Thresholds) -> list[str]:
@@ -120,8 +129,7 @@ def losses(rows: Sequence[dict], chosen: Sequence[str]) -> dict[str, tuple[float
 def score(rows: Sequence[dict], thresholds: Thresholds) -> Score:
     """The misses and category losses of `auto` deciding the rows with these thresholds."""
     chosen = choices(rows, thresholds)
-    loss = [value for value, _ in losses(rows, chosen).values()]
-    return Score(misses(rows, chosen), min(loss), sum(loss), thresholds)
+    return Score(thresholds, misses(rows, chosen), losses(rows, chosen))
 
 
 def candidates() -> Iterator[Thresholds]:
@@ -146,20 +154,18 @@ def fit(rows: Sequence[dict]) -> Thresholds:
 
 def report(rows: Sequence[dict], fitted: Thresholds) -> str:
     """The loss and robust share per category, the current thresholds beside the fitted ones."""
-    lines = []
-    for label, thresholds in (("current:", THRESHOLDS), ("fitted: ", fitted)):
-        entry = score(rows, thresholds)
-        lines.append(
-            f"{label} {thresholds}, {entry.misses} visible misses, worst {entry.worst:+.3f}"
-        )
-    current = losses(rows, choices(rows, THRESHOLDS))
-    refitted = losses(rows, choices(rows, fitted))
+    current, refitted = score(rows, THRESHOLDS), score(rows, fitted)
+    lines = [
+        f"{label} {entry.thresholds}, {entry.misses} visible misses, worst {entry.worst:+.3f}"
+        for label, entry in (("current:", current), ("fitted: ", refitted))
+    ]
     lines += [
         "| category | current: auto − best (robust share) | fitted: auto − best (robust share) |",
         "|---|---|---|",
     ]
     for category in CATEGORIES:
-        (before, share_before), (after, share_after) = current[category], refitted[category]
+        before, share_before = current.losses[category]
+        after, share_after = refitted.losses[category]
         lines.append(
             f"| {category} | {before:+.3f} ({share_before:.2f}) "
             f"| {after:+.3f} ({share_after:.2f}) |"
