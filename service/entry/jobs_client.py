@@ -1,14 +1,16 @@
 """The `upscale` command's jobs: large images go to the service as jobs, with a progress bar of
 tiles per file, and `--resume` picks up the jobs an interrupted run left.
 
-A job's ID is derived from the image and the options (`job_id_for`), so a run that was
-interrupted (Ctrl-C, a lost connection, a laptop put to sleep) finds its jobs again: the same
-command with `--resume` reuses each job the service still has (running, or done and waiting
-to be downloaded) instead of uploading and computing it again. Without `--resume`, a job that
-an earlier run left is started over (the service's model may have changed since). Within one
-run, a lost connection is retried and the job's events followed again, never resubmitted: a
-PUT whose answer was lost is sent again, and the service's 200 (it has the job) is then this
-run's own job, not an earlier run's; and identical images (one job ID) share one job.
+A job's ID is derived from the image, the options and who runs the command (`job_id_for`,
+`cli_owner`), so a run that was interrupted (Ctrl-C, a lost connection, a laptop put to sleep)
+finds its jobs again: the same command with `--resume` reuses each job the service still has
+(running, or done and waiting to be downloaded) instead of uploading and computing it again.
+Another person sending the same image to a shared service without keys gets another ID, so
+neither run can take over or delete the other's job. Without `--resume`, a job that an earlier
+run left is started over (the service's model may have changed since). Within one run, a lost
+connection is retried and the job's events followed again, never resubmitted: a PUT whose
+answer was lost is sent again, and the service's 200 (it has the job) is then this run's own
+job, not an earlier run's; and identical images (one job ID) share one job.
 
 Smaller images (under `--job-threshold` megapixels) go to `POST /upscale` as before, and so
 does everything when the service keeps no jobs (its 404 says so).
@@ -16,10 +18,12 @@ does everything when the service keeps no jobs (its 404 says so).
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import io
 import json
 import mimetypes
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -43,10 +47,21 @@ from service.entry.client import (
 _NO_JOBS = "this service keeps no jobs"
 
 
-def job_id_for(data: bytes, params: dict[str, str], fmt: str) -> str:
-    """The ID of this image's job with these options: the same on every run."""
+def cli_owner() -> str:
+    """Who runs the command: the login and the machine. Without keys every client shares one
+    namespace of job IDs, and an ID from the image alone would let one person's run delete
+    another's job; hashed into the ID, this is never sent as such."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container's bare user ID)
+        user = ""
+    return f"{user}@{socket.gethostname()}"
+
+
+def job_id_for(data: bytes, params: dict[str, str], fmt: str, owner: str) -> str:
+    """The ID of this image's job with these options for this owner: the same on every run."""
     digest = hashlib.sha256(data)
-    digest.update(json.dumps([sorted(params.items()), fmt]).encode())
+    digest.update(json.dumps([sorted(params.items()), fmt, owner]).encode())
     return "cli-" + digest.hexdigest()[:40]
 
 
@@ -84,6 +99,7 @@ class JobsUpscaler:
         self.threshold_pixels = threshold_pixels
         self.resume = resume
         self.show_progress = show_progress
+        self.owner = cli_owner()
         self.jobs_off = False
         #: Jobs of this run not yet downloaded (what Ctrl-C leaves on the service).
         self.unfinished: set[str] = set()
@@ -103,7 +119,7 @@ class JobsUpscaler:
         pixels = image_pixels(data)
         if self.jobs_off or pixels is None or pixels < self.threshold_pixels:
             return self.http.upscale(data, name, progress)
-        job_id = job_id_for(data, self.http.params, self.http.fmt)
+        job_id = job_id_for(data, self.http.params, self.http.fmt, self.owner)
         with self._lock:
             shared = self._in_hand.get(job_id)
             if shared is None:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from service.entry.client import HttpUpscaler, main
-from service.entry.jobs_client import JobsUpscaler, job_id_for
+from service.entry.jobs_client import JobsUpscaler, cli_owner, job_id_for
 from tests.service.api.jobs_helpers import job_models, jobs_server, wait_job
 from tests.service.helpers import png_bytes
 from tests.web.live import LiveServer, time_limit
@@ -66,7 +66,7 @@ def test_large_images_go_as_jobs_with_a_bar_of_tiles_small_ones_directly(
     # One direct request for the small file (and two made by this test).
     assert live.metric("upscaler_requests_total", model="fast", status="200") == direct + 3
     assert "tile" in capsys.readouterr().err
-    job_id = job_id_for(large, {}, "png")
+    job_id = job_id_for(large, {}, "png", cli_owner())
     assert httpx.get(f"{live.url}/jobs/{job_id}").status_code == 404  # downloaded, deleted
 
 
@@ -92,7 +92,7 @@ def test_resume_picks_up_the_job_an_interrupted_run_left(
         # then Python installs no KeyboardInterrupt): give it the terminal's default back.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    job_id = job_id_for(image, {"model": "slow"}, "png")
+    job_id = job_id_for(image, {"model": "slow"}, "png", cli_owner())
     job = wait_job(
         live,
         job_id,
@@ -148,6 +148,25 @@ def test_a_submit_whose_answer_was_lost_is_not_deleted_and_sent_again(
     assert upscaled.content == _upscaled(live, image)
     # The PUT and its retry; one DELETE, once the result was downloaded.
     assert (methods.count("PUT"), methods.count("DELETE")) == (2, 1)
+
+
+def test_another_persons_job_for_the_same_image_is_left_alone(
+    server: tuple[LiveServer, Any], tmp_path: Path
+) -> None:
+    """Without keys every client shares the service's job IDs: a run without --resume starts
+    its own earlier jobs over, never someone else's job for the same image."""
+    live, _ = server
+    image = png_bytes(40, 30, seed=7)
+    theirs = job_id_for(image, {}, "png", "someone@elsewhere")
+    assert theirs != job_id_for(image, {}, "png", cli_owner())
+    headers = {"Content-Type": "image/png"}
+    assert httpx.put(f"{live.url}/jobs/{theirs}", content=image, headers=headers).status_code == 202
+    (tmp_path / "photo.png").write_bytes(image)
+    command = [str(tmp_path / "photo.png"), "--url", live.url, "--job-threshold", "0"]
+    assert main([*command, "--no-progress"]) == 0
+    assert (tmp_path / "photo_x4.png").read_bytes() == _upscaled(live, image)
+    job = wait_job(live, theirs, lambda j: j.get("status") == "succeeded")
+    assert job["id"] == theirs
 
 
 def test_identical_images_share_one_job(server: tuple[LiveServer, Any], tmp_path: Path) -> None:
