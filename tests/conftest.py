@@ -40,3 +40,11 @@ def _remove_service_log_handlers():
         for handler in handlers:
             logger.addHandler(handler)  # a no-op for those still attached
         logger.setLevel(level)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Runs the browser tests last, whatever order the paths were given in: Playwright's sync
+    API keeps an event loop running in the main thread until the session ends, and the tests
+    that start one of their own (`asyncio.run`) would then fail."""
+    web = os.path.join("tests", "web", "")
+    items.sort(key=lambda item: web in str(item.path))

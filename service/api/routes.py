@@ -289,8 +289,8 @@ def _describe_auto(auto: Auto) -> dict[str, str]:
         "clean": auto.clean.name,
         "robust": auto.robust.name,
         "description": f"Chosen from each image: {auto.clean.name} for clean images, "
-        f"{auto.robust.name} for JPEG-compressed, noisy or unsmoothly resized ones (the "
-        "X-Upscaler-Evidence header says what was found).",
+        f"{auto.robust.name} for JPEG-compressed, noisy, blurred or unsmoothly resized ones "
+        "(the X-Upscaler-Evidence header says what was found).",
     }
 
 

@@ -330,9 +330,23 @@ class HttpUpscaler:
         about = f"{max(1, math.ceil(seconds))} s" if seconds < 90 else f"{seconds / 60:.0f} min"
         self.tell(f"{name}: {size[0]}x{size[1]}, about {about} of model time")
 
-    def _model_pace(self) -> float | None:
-        """The chosen model's seconds per megapixel (with `auto`, the slower of its two), read
-        once from GET /models; None when the service does not say."""
+    def check_model(self) -> None:
+        """Refuses, before any image is sent, a `--model` that the service does not list, rather
+        than failing every file on it; says nothing when the listing cannot be read (a service
+        still starting, or one that wants a key).
+
+        Raises:
+            UsageError: Naming the models the service has.
+        """
+        name = self.params.get("model")
+        paces = self._listing()
+        if name and name != "auto" and paces and name not in paces:
+            has = ", ".join([*paces, "auto"])
+            raise UsageError(f"the service at {self.url} has no model {name!r} (it has: {has})")
+
+    def _listing(self) -> dict[str, float | None]:
+        """GET /models, read once: each model's pace, the default and `auto` ({} when the
+        service does not say)."""
         if self._paces is None:
             try:
                 listing = self.client.get(f"{self.url}/models").raise_for_status().json()
@@ -341,10 +355,16 @@ class HttpUpscaler:
             self._paces = {m["name"]: m.get("seconds_per_megapixel") for m in listing["models"]}
             self._listed_default = listing.get("default")
             self._auto = listing.get("auto") or {}
+        return self._paces
+
+    def _model_pace(self) -> float | None:
+        """The chosen model's seconds per megapixel (with `auto`, the slower of its two); None
+        when the service does not say."""
+        paces = self._listing()
         name = self.params.get("model") or self._listed_default
         auto = self._auto
         names = [auto["clean"], auto["robust"]] if name == "auto" and auto else [name]
-        known = [pace for each in names if (pace := self._paces.get(each or ""))]
+        known = [pace for each in names if (pace := paces.get(each or ""))]
         return max(known) if known else None
 
     def close(self) -> None:
@@ -623,7 +643,7 @@ def _upscaler(args: argparse.Namespace) -> HttpUpscaler | LocalUpscaler | JobsUp
     large images as jobs.
 
     Raises:
-        UsageError: When --local cannot load its model.
+        UsageError: When --local cannot load its model, or the service has no model --model.
     """
     # Here, not at the top: the jobs client builds on this module's HttpUpscaler.
     from service.entry.jobs_client import JobsUpscaler
@@ -646,6 +666,11 @@ def _upscaler(args: argparse.Namespace) -> HttpUpscaler | LocalUpscaler | JobsUp
         # A person watching the bars is told how long each image will take.
         tell=_tell if _shows_progress(args.progress) else None,
     )
+    try:
+        http.check_model()
+    except UsageError:
+        http.close()
+        raise
     return JobsUpscaler(
         http,
         threshold_pixels=round(args.job_threshold * 1e6),

@@ -433,7 +433,7 @@ function explainChoice(evidence) {
   const words = {
     jpeg: `JPEG compression (quality ${fields["jpeg-quality"]})`,
     noise: `noise (σ ≈ ${fields.noise})`,
-    aliasing: "resized without smoothing",
+    aliasing: "hard, jagged edges (as a resize without smoothing leaves)",
     blur: "a blurred picture",
   };
   const found = (fields.found || "none").split(",").filter((name) => words[name]);

@@ -162,6 +162,18 @@ def test_exit_codes(service_url: str, tmp_path: Path, capsys: pytest.CaptureFixt
     assert usage.value.code == 2
 
 
+def test_a_model_the_service_does_not_have_is_refused_before_any_image_is_sent(
+    service_url: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(png_bytes(4, 4))
+    assert run(str(tmp_path), "--url", service_url, "--model", "nope")[0] == 2
+    err = capsys.readouterr().err
+    assert "has no model 'nope' (it has: " in err and "auto)" in err
+    assert "failed" not in err  # no image was tried
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.png", "b.png"]
+
+
 # ---- 503 and connection errors are retried -----------------------------------------------------
 
 
