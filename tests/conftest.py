@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from benchmarks.images import synthetic_photo
+
+WEB_TESTS = Path(__file__).parent / "web"
 
 # Quieter TensorFlow logs in test output; set before any test imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -42,9 +46,10 @@ def _remove_service_log_handlers():
         logger.setLevel(level)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Runs the browser tests last, whatever order the paths were given in: Playwright's sync
-    API keeps an event loop running in the main thread until the session ends, and the tests
-    that start one of their own (`asyncio.run`) would then fail."""
-    web = os.path.join("tests", "web", "")
-    items.sort(key=lambda item: web in str(item.path))
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
+    """Runs the browser tests last, whatever order the paths were given in (and after `--ff`
+    reorders): Playwright's sync API keeps an event loop running in the main thread until the
+    session ends, and the tests that start one of their own (`asyncio.run`) would then fail."""
+    yield
+    items.sort(key=lambda item: item.path.is_relative_to(WEB_TESTS))

@@ -263,10 +263,12 @@ class HttpUpscaler:
         self.retries = retries
         self.sleep = sleep
         self.tell = tell
+        #: Whether requests carry an API key (the service then keeps this key's jobs apart).
+        self.keyed = bool(api_key)
         auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), headers=auth)
         self._unreachable: str | None = None
-        # GET /models, read once for the estimates: each model's pace, the default, `auto`.
+        # GET /models, read once (`_listed_paces`): each model's pace, the default, `auto`.
         self._paces: dict[str, float | None] | None = None
         self._listed_default: str | None = None
         self._auto: dict[str, str] = {}
@@ -333,34 +335,38 @@ class HttpUpscaler:
     def check_model(self) -> None:
         """Refuses, before any image is sent, a `--model` that the service does not list, rather
         than failing every file on it; says nothing when the listing cannot be read (a service
-        still starting, or one that wants a key).
+        still starting, or one that wants a key). `auto` needs no check: a service with one kind
+        of model runs its default for it.
 
         Raises:
             UsageError: Naming the models the service has.
         """
         name = self.params.get("model")
-        paces = self._listing()
-        if name and name != "auto" and paces and name not in paces:
-            has = ", ".join([*paces, "auto"])
+        if not name or name == "auto":
+            return
+        paces = self._listed_paces()
+        if paces and name not in paces:
+            has = ", ".join([*paces, "auto"] if self._auto else paces)
             raise UsageError(f"the service at {self.url} has no model {name!r} (it has: {has})")
 
-    def _listing(self) -> dict[str, float | None]:
-        """GET /models, read once: each model's pace, the default and `auto` ({} when the
-        service does not say)."""
+    def _listed_paces(self) -> dict[str, float | None]:
+        """Each model's seconds per megapixel from GET /models, which also sets the listed
+        default and `auto`; {} when the service does not say (asked again next time: a service
+        may still be starting)."""
         if self._paces is None:
             try:
                 listing = self.client.get(f"{self.url}/models").raise_for_status().json()
-            except (self._httpx.HTTPError, ValueError):
-                listing = {"models": []}
-            self._paces = {m["name"]: m.get("seconds_per_megapixel") for m in listing["models"]}
-            self._listed_default = listing.get("default")
-            self._auto = listing.get("auto") or {}
+                paces = {m["name"]: m.get("seconds_per_megapixel") for m in listing["models"]}
+                default, auto = listing.get("default"), listing.get("auto") or {}
+            except (self._httpx.HTTPError, ValueError, LookupError, TypeError, AttributeError):
+                return {}  # not reachable, not ready, wants a key, or not this service's JSON
+            self._paces, self._listed_default, self._auto = paces, default, auto
         return self._paces
 
     def _model_pace(self) -> float | None:
         """The chosen model's seconds per megapixel (with `auto`, the slower of its two); None
         when the service does not say."""
-        paces = self._listing()
+        paces = self._listed_paces()
         name = self.params.get("model") or self._listed_default
         auto = self._auto
         names = [auto["clean"], auto["robust"]] if name == "auto" and auto else [name]

@@ -1,12 +1,14 @@
 """The `upscale` command's jobs: large images go to the service as jobs, with a progress bar of
 tiles per file, and `--resume` picks up the jobs an interrupted run left.
 
-A job's ID is derived from the image, the options and who runs the command (`job_id_for`,
-`cli_owner`), so a run that was interrupted (Ctrl-C, a lost connection, a laptop put to sleep)
-finds its jobs again: the same command with `--resume` reuses each job the service still has
+A job's ID is derived from the image, the options and, without an API key, who runs the
+command (`job_id_for`, `cli_owner`), so a run that was interrupted (Ctrl-C, a lost connection,
+a laptop put to sleep) finds its jobs again: the same command with `--resume`, from the same
+login on the same machine (or with the same key), reuses each job the service still has
 (running, or done and waiting to be downloaded) instead of uploading and computing it again.
 Another person sending the same image to a shared service without keys gets another ID, so
-neither run can take over or delete the other's job. Without `--resume`, a job that an earlier
+neither run can take over or delete the other's job (with keys the service keeps each key's
+jobs apart). Without `--resume`, a job that an earlier
 run left is started over (the service's model may have changed since). Within one run, a lost
 connection is retried and the job's events followed again, never resubmitted: a PUT whose
 answer was lost is sent again, and the service's 200 (it has the job) is then this run's own
@@ -23,6 +25,7 @@ import hashlib
 import io
 import json
 import mimetypes
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -53,8 +56,8 @@ def cli_owner() -> str:
     another's job; hashed into the ID, this is never sent as such."""
     try:
         user = getpass.getuser()
-    except (OSError, KeyError):  # no login name (a container's bare user ID)
-        user = ""
+    except (OSError, KeyError, ImportError):  # no login name (a container's bare user ID)
+        user = str(os.getuid()) if hasattr(os, "getuid") else ""
     return f"{user}@{socket.gethostname()}"
 
 
@@ -99,7 +102,9 @@ class JobsUpscaler:
         self.threshold_pixels = threshold_pixels
         self.resume = resume
         self.show_progress = show_progress
-        self.owner = cli_owner()
+        # With a key the service keeps each key's jobs apart, and the same key resumes from
+        # any machine; without one, the owner keeps people apart.
+        self.owner = "" if http.keyed else cli_owner()
         self.jobs_off = False
         #: Jobs of this run not yet downloaded (what Ctrl-C leaves on the service).
         self.unfinished: set[str] = set()

@@ -169,9 +169,31 @@ def test_a_model_the_service_does_not_have_is_refused_before_any_image_is_sent(
         (tmp_path / name).write_bytes(png_bytes(4, 4))
     assert run(str(tmp_path), "--url", service_url, "--model", "nope")[0] == 2
     err = capsys.readouterr().err
-    assert "has no model 'nope' (it has: " in err and "auto)" in err
+    assert "has no model 'nope' (it has: " in err
     assert "failed" not in err  # no image was tried
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a.png", "b.png"]
+
+
+def test_a_model_name_is_not_refused_when_the_service_does_not_list_its_models(
+    keyed_service_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.delenv("UPSCALER_API_KEY", raising=False)  # GET /models: 401
+    assert run("-", "--url", keyed_service_url, "--model", "nope", stdin=png_bytes(6, 5))[0] == 1
+    assert "401" in capsys.readouterr().err  # the image was tried, and the service said why
+
+
+@pytest.mark.parametrize("listing", [b'{"detail": "no"}', b"[]", b'{"models": [{}]}', b"<html>"])
+def test_a_listing_that_is_not_the_services_is_no_reason_to_refuse(listing: bytes) -> None:
+    import httpx
+
+    upscaler = client.HttpUpscaler(
+        "http://127.0.0.1:9", fmt="png", quality="standard", model="nope", retries=0, timeout=5
+    )
+    upscaler.client = httpx.Client(
+        transport=httpx.MockTransport(lambda _: httpx.Response(200, content=listing))
+    )
+    upscaler.check_model()  # no UsageError, no other exception
+    upscaler.close()
 
 
 # ---- 503 and connection errors are retried -----------------------------------------------------

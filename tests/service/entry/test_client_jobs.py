@@ -165,8 +165,34 @@ def test_another_persons_job_for_the_same_image_is_left_alone(
     command = [str(tmp_path / "photo.png"), "--url", live.url, "--job-threshold", "0"]
     assert main([*command, "--no-progress"]) == 0
     assert (tmp_path / "photo_x4.png").read_bytes() == _upscaled(live, image)
-    job = wait_job(live, theirs, lambda j: j.get("status") == "succeeded")
-    assert job["id"] == theirs
+    wait_job(live, theirs, lambda j: j.get("status") == "succeeded")
+    mine = job_id_for(image, {}, "png", cli_owner())
+    assert httpx.get(f"{live.url}/jobs/{mine}").status_code == 404  # downloaded, deleted
+    assert httpx.delete(f"{live.url}/jobs/{theirs}").status_code == 204
+
+
+def test_who_runs_the_command_is_in_the_id_even_without_a_login_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_login() -> str:
+        raise OSError("no login name")
+
+    named = cli_owner()
+    monkeypatch.setattr("getpass.getuser", no_login)
+    assert cli_owner().endswith(named[named.index("@") :])  # the machine is still there
+
+
+def test_with_a_key_the_id_does_not_depend_on_who_runs_it() -> None:
+    def owner(api_key: str) -> str:
+        http = HttpUpscaler(
+            "http://127.0.0.1:9", fmt="png", quality="standard", model=None, retries=0,
+            timeout=5, api_key=api_key,
+        )  # fmt: skip
+        jobs = JobsUpscaler(http, threshold_pixels=0, resume=False, show_progress=False)
+        jobs.close()
+        return jobs.owner
+
+    assert owner("a-key") == "" and owner("") == cli_owner()
 
 
 def test_identical_images_share_one_job(server: tuple[LiveServer, Any], tmp_path: Path) -> None:
