@@ -8,11 +8,11 @@ login on the same machine (or with the same key), reuses each job the service st
 (running, or done and waiting to be downloaded) instead of uploading and computing it again.
 Another person sending the same image to a shared service without keys gets another ID, so
 neither run can take over or delete the other's job (with keys the service keeps each key's
-jobs apart). Without `--resume`, a job that an earlier
-run left is started over (the service's model may have changed since). Within one run, a lost
-connection is retried and the job's events followed again, never resubmitted: a PUT whose
-answer was lost is sent again, and the service's 200 (it has the job) is then this run's own
-job, not an earlier run's; and identical images (one job ID) share one job.
+jobs apart). Without `--resume`, a job that an earlier run left is started over (the service's
+model may have changed since). Within one run, a lost connection is retried and the job's
+events followed again, never resubmitted: a PUT whose answer was lost is sent again, and the
+service's 200 (it has the job) is then this run's own job, not an earlier run's; and identical
+images (one job ID) share one job.
 
 Smaller images (under `--job-threshold` megapixels) go to `POST /upscale` as before, and so
 does everything when the service keeps no jobs (its 404 says so).

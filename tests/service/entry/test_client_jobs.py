@@ -158,7 +158,8 @@ def test_another_persons_job_for_the_same_image_is_left_alone(
     live, _ = server
     image = png_bytes(40, 30, seed=7)
     theirs = job_id_for(image, {}, "png", "someone@elsewhere")
-    assert theirs != job_id_for(image, {}, "png", cli_owner())
+    mine = job_id_for(image, {}, "png", cli_owner())
+    assert theirs != mine
     headers = {"Content-Type": "image/png"}
     assert httpx.put(f"{live.url}/jobs/{theirs}", content=image, headers=headers).status_code == 202
     (tmp_path / "photo.png").write_bytes(image)
@@ -166,7 +167,6 @@ def test_another_persons_job_for_the_same_image_is_left_alone(
     assert main([*command, "--no-progress"]) == 0
     assert (tmp_path / "photo_x4.png").read_bytes() == _upscaled(live, image)
     wait_job(live, theirs, lambda j: j.get("status") == "succeeded")
-    mine = job_id_for(image, {}, "png", cli_owner())
     assert httpx.get(f"{live.url}/jobs/{mine}").status_code == 404  # downloaded, deleted
     assert httpx.delete(f"{live.url}/jobs/{theirs}").status_code == 204
 
