@@ -70,13 +70,21 @@ class TrainConfig:
     lr: float = knob(1e-4, "initial learning rate")
     lr_schedule: str = knob("piecewise", choices=("piecewise", "cosine"))
     lr_boundaries: list[int] = knob(  # noqa: RUF009
-        [5000], "piecewise schedule: steps at which the rate changes", nargs="*"
+        [5000],
+        "piecewise schedule: steps at which the rate changes (the bare flag: a constant rate)",
+        nargs="*",
     )
     lr_values: list[float] | None = knob(  # noqa: RUF009
         None,
         "piecewise schedule: the rates (one more than boundaries); default: --lr halved at "
         "each boundary",
         nargs="*",
+    )
+    loss: str = knob(
+        "l1",
+        "l1 (EDSR's: sharper early on) or mse (what PSNR measures, for a last stage from an "
+        "l1-trained model)",
+        choices=("l1", "mse"),
     )
     patience: int = knob(10, "stop after this many validations without gain (0 = never)")
     average_from: int = knob(

@@ -1,4 +1,4 @@
-"""The training loop: plain `fit()` with L1 loss, Adam, batch PSNR, best-on-validation
+"""The training loop: plain `fit()` with L1 (or MSE) loss, Adam, batch PSNR, best-on-validation
 checkpointing, early stopping and resumable run folders.
 
 A run folder holds:
@@ -174,18 +174,20 @@ def learning_rate_schedule(config: TrainConfig):
     it continues exactly where a resumed run left off)."""
     if config.lr_schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=config.steps)
+    if not config.lr_boundaries:  # a constant rate (Keras's piecewise decay needs a boundary)
+        return config.learning_rate_values()[0]
     return keras.optimizers.schedules.PiecewiseConstantDecay(
         config.lr_boundaries, config.learning_rate_values()
     )
 
 
 def build_and_compile(config: TrainConfig) -> keras.Model:
-    """Builds the EDSR model the config describes, compiled with L1 loss, Adam and batch PSNR."""
+    """Builds the EDSR model the config describes, compiled with its loss, Adam and batch PSNR."""
     model = EDSR(config.scale, config.filters, config.blocks, config.res_scale)
     jit = {"auto": "auto", "on": True, "off": False}[config.jit_compile]
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate_schedule(config)),
-        loss="mean_absolute_error",
+        loss={"l1": "mean_absolute_error", "mse": "mean_squared_error"}[config.loss],
         metrics=[psnr_metric],
         jit_compile=jit,
     )

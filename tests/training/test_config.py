@@ -29,6 +29,7 @@ def test_a_config_written_as_flags_parses_back_to_itself():
         mixed_precision="bfloat16",
         degradation="realistic",
         init_from="models/edsr_x4.onnx",
+        loss="mse",
     )
     assert _parse(to_flags(config)) == config
 
@@ -52,6 +53,7 @@ def test_every_field_but_the_recorded_ones_is_a_flag(capsys):
         ({"mixed_precision": "fp8"}, "unknown --mixed-precision 'fp8'"),
         ({"degradation": "jpeg"}, "unknown --degradation 'jpeg'"),
         ({"lr_schedule": "step"}, "unknown --lr-schedule 'step'"),
+        ({"loss": "l2"}, "unknown --loss 'l2'"),
         ({"patch_size": 30}, "multiple of --scale"),
         ({"lr_values": [1.0]}, "one more value"),
     ],
