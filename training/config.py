@@ -82,8 +82,7 @@ class TrainConfig:
     )
     loss: str = knob(
         "l1",
-        "l1 (EDSR's: sharper early on) or mse (what PSNR measures, for a last stage from an "
-        "l1-trained model)",
+        "l1 (EDSR's choice) or mse (what PSNR measures, for a last stage from an l1-trained model)",
         choices=("l1", "mse"),
     )
     patience: int = knob(10, "stop after this many validations without gain (0 = never)")

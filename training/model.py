@@ -117,7 +117,7 @@ class EDSR(keras.Model):
             x = PixelShuffle(factor, name=f"upsample{i}_shuffle")(x)
         # The last convolution and the output mapping compute in float32 even under a
         # mixed-precision policy: a bfloat16 output would be quantised to about half a grey
-        # level, and the L1 loss would see that noise.
+        # level, and the loss would see that noise.
         x = _conv(3, "tail", dtype="float32")(x)
         outputs = PixelRange(inverse=True, dtype="float32", name="sr")(x)
         name = name or f"edsr_x{scale}_{blocks}x{filters}"

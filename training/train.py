@@ -171,11 +171,11 @@ def _drop_history_after(history: Path, step: int) -> None:
 
 def learning_rate_schedule(config: TrainConfig):
     """The Adam learning-rate schedule the config names, driven by the optimizer's step count (so
-    it continues exactly where a resumed run left off)."""
+    it continues exactly where a resumed run left off), or a constant rate without boundaries."""
     if config.lr_schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=config.steps)
     if not config.lr_boundaries:  # a constant rate (Keras's piecewise decay needs a boundary)
-        return config.learning_rate_values()[0]
+        return float(config.learning_rate_values()[0])
     return keras.optimizers.schedules.PiecewiseConstantDecay(
         config.lr_boundaries, config.learning_rate_values()
     )

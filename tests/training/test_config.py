@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -61,6 +62,14 @@ def test_every_field_but_the_recorded_ones_is_a_flag(capsys):
 def test_settings_that_cannot_work_are_refused(setting, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(data=["a"], out="o", **setting).validate()
+
+
+def test_a_config_saved_before_the_loss_knob_reads_back_as_l1(tmp_path):
+    TrainConfig(data=["a"], out=str(tmp_path), loss="mse").save(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["loss"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert TrainConfig.load(tmp_path).loss == "l1"
 
 
 def test_a_run_folders_config_reads_back_ignoring_unknown_keys(tmp_path):

@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from training.train import build_and_compile, train
+from training.config import TrainConfig
+from training.train import build_and_compile, learning_rate_schedule, train
 
 
 def test_a_short_run_fills_the_run_folder(tiny_config, tmp_path):
@@ -160,9 +161,14 @@ def test_init_from_starts_with_the_given_weights(tiny_config, tmp_path):
         np.testing.assert_allclose(wa, wb)
 
 
-def test_without_boundaries_the_rate_is_constant_and_the_run_resumes(tiny_config, tmp_path):
-    config = tiny_config(tmp_path / "run", lr=3e-4, lr_boundaries=[])
-    train(config)
+@pytest.mark.parametrize(("lr_values", "rate"), [(None, 3e-4), ([1e-4], 1e-4)])
+def test_without_boundaries_the_rate_is_constant(lr_values, rate):
+    config = TrainConfig(lr=3e-4, lr_boundaries=[], lr_values=lr_values)
+    assert learning_rate_schedule(config) == rate
+
+
+def test_a_constant_rate_run_resumes(tiny_config, tmp_path):
+    train(tiny_config(tmp_path / "run", lr=3e-4, lr_boundaries=[]))
     train(tiny_config(tmp_path / "run", lr=3e-4, lr_boundaries=[], steps=6), resume=True)
     rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
     assert [float(r["learning_rate"]) for r in rows] == pytest.approx([3e-4] * 3)
@@ -172,11 +178,11 @@ def test_without_boundaries_the_rate_is_constant_and_the_run_resumes(tiny_config
 def test_the_loss_is_the_mean_of_the_named_error(tiny_config, tmp_path, loss, error):
     model = build_and_compile(tiny_config(tmp_path / "run", loss=loss))
     rng = np.random.default_rng(0)
-    lr = rng.uniform(0, 255, (2, 8, 8, 3)).astype("float32")
-    hr = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-    predicted = model.predict(lr, verbose=0)
-    measured = model.evaluate(lr, hr, verbose=0, return_dict=True)["loss"]
-    assert measured == pytest.approx(float(np.mean(error(predicted - hr))), rel=1e-4)
+    low_res = rng.uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    high_res = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    predicted = model.predict(low_res, verbose=0)
+    measured = model.evaluate(low_res, high_res, verbose=0, return_dict=True)["loss"]
+    assert measured == pytest.approx(float(np.mean(error(predicted - high_res))), rel=1e-4)
 
 
 def test_a_mixed_precision_run_leaves_the_callers_precision_policy_alone(tiny_config, tmp_path):

@@ -167,7 +167,7 @@ def chain_histories(run_dirs: list[Path]) -> tuple[list[dict], list[float]]:
 
 
 def plot_curve(history: list[dict], boundaries: list[float], out: Path) -> None:
-    """Training L1 loss and validation PSNR against steps, one PNG; a dashed line marks where
+    """Training loss and validation PSNR against steps, one PNG; a dashed line marks where
     each later training stage starts."""
     import matplotlib
 
@@ -185,9 +185,9 @@ def plot_curve(history: list[dict], boundaries: list[float], out: Path) -> None:
             va="top",
             color="grey",
         )
-    loss_axis.plot(steps, [row["loss"] for row in history], color="tab:blue", label="train L1")
+    loss_axis.plot(steps, [row["loss"] for row in history], color="tab:blue", label="train loss")
     loss_axis.set_xlabel("step")
-    loss_axis.set_ylabel("training L1 loss (0-255 scale)", color="tab:blue")
+    loss_axis.set_ylabel("training loss (0-255 scale)", color="tab:blue")
     psnr_axis = loss_axis.twinx()
     psnr_axis.plot(
         steps, [row["val_psnr"] for row in history], color="tab:red", label="validation PSNR"
