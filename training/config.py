@@ -16,6 +16,8 @@ from pathlib import Path
 from training.degradations import DEGRADATIONS
 
 CONFIG_FILE = "config.json"
+# `--loss` names and the Keras losses they stand for.
+LOSSES = {"l1": "mean_absolute_error", "mse": "mean_squared_error"}
 
 
 def knob(default, help: str = "", **flag):
@@ -83,7 +85,7 @@ class TrainConfig:
     loss: str = knob(
         "l1",
         "l1 (EDSR's choice) or mse (what PSNR measures, for a last stage from an l1-trained model)",
-        choices=("l1", "mse"),
+        choices=tuple(LOSSES),
     )
     patience: int = knob(10, "stop after this many validations without gain (0 = never)")
     average_from: int = knob(

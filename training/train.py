@@ -28,7 +28,7 @@ import keras
 
 from service.host import atomic_path, atomic_write_text
 from training import data
-from training.config import TrainConfig
+from training.config import LOSSES, TrainConfig
 from training.degradations import DEGRADATIONS
 from training.metrics import psnr_metric
 from training.model import EDSR, build_in, describe_edsr, dtype_policy_scope, load_edsr
@@ -187,7 +187,7 @@ def build_and_compile(config: TrainConfig) -> keras.Model:
     jit = {"auto": "auto", "on": True, "off": False}[config.jit_compile]
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate_schedule(config)),
-        loss={"l1": "mean_absolute_error", "mse": "mean_squared_error"}[config.loss],
+        loss=LOSSES[config.loss],
         metrics=[psnr_metric],
         jit_compile=jit,
     )
