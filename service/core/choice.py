@@ -3,8 +3,9 @@
 When the service has a model trained on clean downscales (card degradation `bicubic`) and one
 trained on real-world degradations (any other preset, e.g. `realistic`), `auto` decodes the
 upload once, measures what it shows of its history (`service.imaging.evidence`: JPEG quality,
-noise, aliasing), and runs the robust model on anything degraded, the clean model on clean
-input. It is the default of requests that name no model whenever both kinds are served.
+noise, aliasing, blur, a drawing's hard edges), and runs the robust model on anything degraded,
+the clean model on clean input. It is the default of requests that name no model whenever both
+kinds are served.
 
 The thresholds were chosen on training images (never the benchmark sets) so that a degraded
 input rarely reaches the clean model, which loses up to 3 dB there, while a clean input may
@@ -34,7 +35,7 @@ class Thresholds:
     """Where a measure of the evidence starts to count as a degradation. Noise, aliasing and
     sharpness are fitted on training images against the shipped pair of models (`python -m
     training.research.auto_fit`), refitted at each shipment of either; the JPEG quality is set
-    by what encoders use.
+    by what encoders use, the hard edges between what photographs and drawings measure.
 
     Attributes:
         jpeg_quality: A JPEG of this quality or lower is degraded (phones save at 85-95, the web
@@ -43,12 +44,19 @@ class Thresholds:
         aliasing: Aliasing score at or above which the input was resized without antialiasing.
         sharpness: Edge sharpness at or below which the input counts as blurred (the robust
             model saw blur).
+        hard_edges: Share of hard edges at or above which the input is a drawing rendered
+            without antialiasing (a screenshot, a diagram), which the clean model turns into
+            jagged steps (1.6 dB under the robust model). Set between what photographs measure
+            under any degradation (0.043 at most) or drawings rendered with antialiasing (0.12)
+            and what the hard drawings that the aliasing score misses do (0.23 or more);
+            models/README.md. No photograph's choice depends on it, so it is not fitted.
     """
 
     jpeg_quality: int = 90
     noise: float = 3.0
     aliasing: float = 0.72
     sharpness: float = 0.65
+    hard_edges: float = 0.2
 
 
 #: The thresholds the service decides with.
@@ -56,8 +64,8 @@ THRESHOLDS = Thresholds()
 
 
 def degradations(evidence: Evidence, thresholds: Thresholds = THRESHOLDS) -> tuple[str, ...]:
-    """What the evidence says the input went through: `jpeg`, `noise`, `aliasing`, `blur`; ()
-    for clean input."""
+    """What the evidence says the input went through: `jpeg`, `noise`, `aliasing`, `blur`, or
+    `hard-edges` (a drawing at its own size); () for clean input."""
     found = []
     quality = evidence.jpeg_quality
     if quality is not None and quality <= thresholds.jpeg_quality:
@@ -68,6 +76,8 @@ def degradations(evidence: Evidence, thresholds: Thresholds = THRESHOLDS) -> tup
         found.append("aliasing")
     if evidence.sharpness is not None and evidence.sharpness <= thresholds.sharpness:
         found.append("blur")
+    if evidence.hard_edges is not None and evidence.hard_edges >= thresholds.hard_edges:
+        found.append("hard-edges")
     return tuple(found)
 
 
@@ -88,8 +98,9 @@ class Choice:
     seconds: float = 0.0
 
     def describe(self) -> str | None:
-        """`jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71; found=jpeg` (`found=none`
-        for clean input), for the `X-Upscaler-Evidence` header; None without `auto`."""
+        """`jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71; hard-edges=0.00;
+        found=jpeg` (`found=none` for clean input), for the `X-Upscaler-Evidence` header; None
+        without `auto`."""
         if self.evidence is None:
             return None
         return f"{self.evidence.describe()}; found={','.join(self.found) or 'none'}"

@@ -1,5 +1,5 @@
-"""What an upload shows of its history: JPEG compression, noise and aliasing, measured from the
-file and its pixels, for choosing a model (`service.core.choice`).
+"""What an upload shows of its history: JPEG compression, noise, aliasing and hard edges,
+measured from the file and its pixels, for choosing a model (`service.core.choice`).
 
 - **JPEG quality** from the file's luminance quantisation table (Pillow's `quantization`, in
   natural order), compared with the IJG standard table scaled to each quality 1-100: the
@@ -16,8 +16,13 @@ file and its pixels, for choosing a model (`service.core.choice`).
   median sharpness of the strongest edges (`edge_sharpness`), nudged by the log of the
   spectrum's corner power over its power near Nyquist along the axes (`spectral_corner`, with a
   Hann window that keeps the picture's borders out); the weight was fitted on training images.
+- **Hard edges**: a drawing at its own size (a screenshot, a diagram, pixel art) was rendered
+  without antialiasing, so its edges jump straight from one flat run of pixels to another. A
+  photograph never shows that, resized or not (its noise and any resampling leave neighbours
+  unequal); a drawing whose lines are mostly horizontal and vertical can still score low on
+  aliasing, as its spectrum's corner stays empty.
 
-The three take a few milliseconds on a 256² image (the model card gives the measured cost).
+The four take a few milliseconds on a 256² image (the model card gives the measured cost).
 """
 
 from __future__ import annotations
@@ -144,6 +149,21 @@ def spectral_corner(y: np.ndarray) -> float | None:
     return float(math.log(corner / axes))
 
 
+def hard_edges(y: np.ndarray) -> float | None:
+    """The share of the strong steps (8 grey levels or more between neighbours, along rows and
+    columns) that jump straight from one flat run to another (the two pixels before the step
+    equal, and the two after): 0.1-0.9 for drawings rendered without antialiasing, 0.12 at most
+    with antialiasing, 0.043 at most for photographs under any degradation (models/README.md);
+    None with fewer than 20 steps."""
+    exact = strong = 0
+    for image in (y, y.T):
+        before, left, right, after = image[:, :-3], image[:, 1:-2], image[:, 2:-1], image[:, 3:]
+        steps = np.abs(right - left) >= _MIN_EDGE_STEP
+        strong += int(steps.sum())
+        exact += int((steps & (before == left) & (right == after)).sum())
+    return exact / strong if strong >= _MIN_EDGES else None
+
+
 def aliasing_score(y: np.ndarray) -> float | None:
     """How much the image looks resized without antialiasing: its edge sharpness, nudged by the
     spectrum's corner (weights fitted on training images, models/README.md): about 0.7 for an
@@ -168,6 +188,8 @@ class Evidence:
         sharpness: How sharp its strongest edges are (`edge_sharpness`): low for a blurred
             picture.
         aliasing: The aliasing score (`aliasing_score`).
+        hard_edges: The share of its edges that jump between flat runs (`hard_edges`): high
+            for a drawing rendered without antialiasing.
 
     A measure is None where the image is too small (or too flat) to tell.
     """
@@ -176,6 +198,7 @@ class Evidence:
     noise: float | None
     sharpness: float | None
     aliasing: float | None
+    hard_edges: float | None
 
     @classmethod
     def measure(cls, rgb: np.ndarray, jpeg_luma_table: Sequence[int] | None) -> Evidence:
@@ -187,11 +210,11 @@ class Evidence:
         y = luma(rgb[top : top + _MAX_SIDE, left : left + _MAX_SIDE])
         edges, corner = edge_sharpness(y), spectral_corner(y)
         aliasing = None if edges is None or corner is None else _aliasing(edges, corner)
-        return cls(jpeg_quality(jpeg_luma_table), noise_sigma(y), edges, aliasing)
+        return cls(jpeg_quality(jpeg_luma_table), noise_sigma(y), edges, aliasing, hard_edges(y))
 
     def describe(self) -> str:
-        """`jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71` (`none` where not
-        measured)."""
+        """`jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71; hard-edges=0.00` (`none`
+        where not measured)."""
 
         def text(value: float | None, digits: int) -> str:
             return "none" if value is None else f"{value:.{digits}f}"
@@ -199,5 +222,6 @@ class Evidence:
         quality = "none" if self.jpeg_quality is None else str(self.jpeg_quality)
         return (
             f"jpeg-quality={quality}; noise={text(self.noise, 1)}; "
-            f"sharpness={text(self.sharpness, 2)}; aliasing={text(self.aliasing, 2)}"
+            f"sharpness={text(self.sharpness, 2)}; aliasing={text(self.aliasing, 2)}; "
+            f"hard-edges={text(self.hard_edges, 2)}"
         )

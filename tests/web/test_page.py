@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from tests.service.helpers import encode, noise_image, png_bytes
+from tests.service.imaging.test_evidence import drawing
 from tests.web.conftest import KEY, PICKER_MODELS
 from tests.web.live import TEST_LIMITS, LiveServer
 
@@ -387,6 +388,14 @@ def test_model_picker_offers_auto_then_each_model_and_remembers_the_choice(
     wait_done(page, "third.png")
     assert [r.url for r in requests] == [f"{url}/upscale"]
     assert facts(page)["Model"] == "gentle"
+
+
+def test_a_drawing_is_explained_as_one(page: Any, models_server: LiveServer) -> None:
+    page.goto(models_server.url)
+    pick(page, file_payload("diagram.png", encode(Image.fromarray(drawing()), "PNG")))
+    wait_done(page, "diagram.png")
+    assert facts(page)["Model"] == "gentle"
+    assert facts(page)["Chosen because"].startswith("a drawing with hard pixel edges")
 
 
 def test_model_picker_waits_for_the_list_and_hides_without_one(

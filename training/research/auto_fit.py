@@ -178,13 +178,15 @@ def saved_rows(path: Path) -> list[dict]:
 
     Raises:
         ValueError: For scores of the benchmark sets (`auto_choice --per-image`: never fit on
-            those), or from before the evidence was saved, or missing a category.
+            those), or from before the evidence (or one of its measures) was saved, or missing a
+            category.
     """
     rows = json.loads(path.read_text())
     if any("set" in row for row in rows):
         raise ValueError(f"{path} holds benchmark scores (auto_choice): fit on training images")
-    if not all("measures" in row for row in rows):
-        raise ValueError(f"{path} has rows without the evidence's measures")
+    measured = {field.name for field in dataclasses.fields(Evidence)}
+    if not all(measured <= set(row.get("measures", ())) for row in rows):
+        raise ValueError(f"{path} has rows without all of the evidence's measures (older scores?)")
     missing = set(CATEGORIES) - {row["category"] for row in rows}
     if missing:
         raise ValueError(f"{path} has no scores for {', '.join(sorted(missing))}")

@@ -425,8 +425,8 @@ function send(item) {
   xhr.send(item.file);
 }
 
-// X-Upscaler-Evidence ("jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71; found=jpeg,noise"), sent
-// when the service chose the model, in words; "" without it.
+// X-Upscaler-Evidence ("jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71; hard-edges=0.00;
+// found=jpeg,noise"), sent when the service chose the model, in words; "" without it.
 function explainChoice(evidence) {
   if (!evidence) return "";
   const fields = Object.fromEntries(evidence.split(";").map((part) => part.trim().split("=")));
@@ -435,6 +435,7 @@ function explainChoice(evidence) {
     noise: `noise (σ ≈ ${fields.noise})`,
     aliasing: "hard, jagged edges (as a resize without smoothing leaves)",
     blur: "a blurred picture",
+    "hard-edges": "a drawing with hard pixel edges (a screenshot, diagram or pixel art)",
   };
   const found = (fields.found || "none").split(",").filter((name) => words[name]);
   return found.length ? found.map((name) => words[name]).join(", ") : "a clean image";

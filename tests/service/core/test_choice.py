@@ -16,23 +16,24 @@ from service.config import Settings
 from service.core.choice import THRESHOLDS, Auto, Fixed, Thresholds, degradations, select
 from service.imaging.evidence import Evidence
 from tests.service.helpers import lifecycle_of, wait_until_ready
-from tests.service.imaging.test_evidence import scene
+from tests.service.imaging.test_evidence import drawing, scene
 
 SettingsFactory = Callable[..., Settings]
-CLEAN = Evidence(jpeg_quality=None, noise=0.5, sharpness=0.7, aliasing=0.6)
+CLEAN = Evidence(jpeg_quality=None, noise=0.5, sharpness=0.7, aliasing=0.6, hard_edges=0.0)
 
 
 @pytest.mark.parametrize(
     ("evidence", "found"),
     [
         (CLEAN, ()),
-        (Evidence(THRESHOLDS.jpeg_quality + 1, 0.5, 0.7, 0.6), ()),  # a near-lossless JPEG
-        (Evidence(THRESHOLDS.jpeg_quality, 0.5, 0.7, 0.6), ("jpeg",)),
-        (Evidence(None, THRESHOLDS.noise, 0.7, 0.6), ("noise",)),
-        (Evidence(None, 0.5, 0.9, THRESHOLDS.aliasing), ("aliasing",)),
-        (Evidence(None, 0.5, THRESHOLDS.sharpness, 0.5), ("blur",)),
-        (Evidence(40, 8.0, 0.5, 1.2), ("jpeg", "noise", "aliasing", "blur")),
-        (Evidence(None, None, None, None), ()),  # too small to tell: the clean model
+        (Evidence(THRESHOLDS.jpeg_quality + 1, 0.5, 0.7, 0.6, 0.0), ()),  # a near-lossless JPEG
+        (Evidence(THRESHOLDS.jpeg_quality, 0.5, 0.7, 0.6, 0.0), ("jpeg",)),
+        (Evidence(None, THRESHOLDS.noise, 0.7, 0.6, 0.0), ("noise",)),
+        (Evidence(None, 0.5, 0.9, THRESHOLDS.aliasing, 0.0), ("aliasing",)),
+        (Evidence(None, 0.5, THRESHOLDS.sharpness, 0.5, 0.0), ("blur",)),
+        (Evidence(None, 0.5, 1.0, 0.6, THRESHOLDS.hard_edges), ("hard-edges",)),
+        (Evidence(40, 8.0, 0.5, 1.2, 0.5), ("jpeg", "noise", "aliasing", "blur", "hard-edges")),
+        (Evidence(None, None, None, None, None), ()),  # too small to tell: the clean model
     ],
 )
 def test_degradations_are_read_from_the_evidence(evidence: Evidence, found: tuple) -> None:
@@ -40,7 +41,7 @@ def test_degradations_are_read_from_the_evidence(evidence: Evidence, found: tupl
 
 
 def test_other_thresholds_move_the_decision() -> None:
-    noisy = Evidence(None, 2.0, 0.7, 0.6)
+    noisy = Evidence(None, 2.0, 0.7, 0.6, 0.0)
     assert degradations(noisy) == ()
     assert degradations(noisy, Thresholds(noise=2.0)) == ("noise",)
 
@@ -113,8 +114,9 @@ def test_a_clean_image_goes_to_the_clean_model(folder_app: TestClient) -> None:
             ),
             "noise",
         ),
+        (lambda lr: _file(drawing(), "PNG"), "found=hard-edges"),
     ],
-    ids=["jpeg", "aliasing", "noise"],
+    ids=["jpeg", "aliasing", "noise", "drawing"],
 )
 def test_a_degraded_image_goes_to_the_robust_model(
     folder_app: TestClient, degrade: Callable[[np.ndarray], bytes], found: str

@@ -1,4 +1,4 @@
-"""What an upload shows of its history: JPEG quality, noise and aliasing."""
+"""What an upload shows of its history: JPEG quality, noise, aliasing and hard edges."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from service.imaging.evidence import (
     Evidence,
     aliasing_score,
     edge_sharpness,
+    hard_edges,
     jpeg_quality,
     luma,
     noise_sigma,
@@ -32,6 +33,21 @@ def scene(side: int = 512) -> np.ndarray:
         radius = rng.integers(side // 20, side // 6)
         colour = tuple(int(v) for v in rng.integers(0, 255, 3))
         draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
+    return np.asarray(image)
+
+
+def drawing(side: int = 64, scale: int = 1) -> np.ndarray:
+    """Flat boxes on a flat ground, as a diagram or screenshot is drawn: without
+    antialiasing at `scale` 1, at `scale` times the size (the same drawing) otherwise."""
+    image = Image.new("RGB", (side * scale, side * scale), (235, 235, 220))
+    draw = ImageDraw.Draw(image)
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        x, y = rng.integers(0, side - 8, 2)
+        w, h = rng.integers(6, side // 2, 2)
+        colour = tuple(int(v) for v in rng.integers(0, 200, 3))
+        box = [v * scale for v in (x, y, x + w, y + h)]
+        draw.rectangle(box, fill=colour)
     return np.asarray(image)
 
 
@@ -73,20 +89,44 @@ def test_a_resize_without_antialiasing_shows_as_aliasing() -> None:
     assert aliasing_score(smooth) < 0.75 and aliasing_score(aliased) > 1.0
 
 
+def test_a_drawing_at_its_own_size_shows_hard_edges() -> None:
+    # Its boxes are axis-aligned: the spectrum's corner stays empty, so aliasing misses it.
+    assert hard_edges(luma(drawing())) > 0.5
+
+
+def test_an_antialiased_drawing_shows_no_hard_edges() -> None:
+    large = Image.fromarray(drawing(scale=4))
+    smooth = np.asarray(large.resize((64, 64), Image.Resampling.BICUBIC))
+    assert hard_edges(luma(smooth)) < 0.05
+
+
+def test_a_photo_resized_without_antialiasing_shows_no_hard_edges() -> None:
+    # Its noise leaves no two neighbours equal, even where nearest neighbour keeps a jump.
+    grain = np.random.default_rng(1).normal(0, 2, (512, 512, 3))
+    photo = np.clip(scene() + grain, 0, 255).astype(np.uint8)
+    aliased = np.asarray(Image.fromarray(photo).resize((128, 128), Image.Resampling.NEAREST))
+    assert hard_edges(luma(aliased)) < 0.05
+
+
 def test_a_picture_without_edges_gives_no_aliasing_score() -> None:
     flat = luma(np.full((64, 64, 3), 128, np.uint8))
     assert edge_sharpness(flat) is None and aliasing_score(flat) is None
+    assert hard_edges(flat) is None
 
 
 def test_images_too_small_to_tell_give_no_measure() -> None:
     evidence = Evidence.measure(np.zeros((2, 2, 3), np.uint8), None)
     assert (evidence.jpeg_quality, evidence.noise, evidence.aliasing) == (None, None, None)
-    assert evidence.sharpness is None
+    assert evidence.sharpness is None and evidence.hard_edges is None
     assert Evidence.measure(np.zeros((8, 8, 3), np.uint8), None).aliasing is None
 
 
 def test_the_evidence_reads_as_one_header_value() -> None:
-    evidence = Evidence(jpeg_quality=72, noise=3.14, sharpness=0.698, aliasing=0.714)
-    assert evidence.describe() == "jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71"
-    nothing = "jpeg-quality=none; noise=none; sharpness=none; aliasing=none"
-    assert Evidence(None, None, None, None).describe() == nothing
+    evidence = Evidence(
+        jpeg_quality=72, noise=3.14, sharpness=0.698, aliasing=0.714, hard_edges=0.004
+    )
+    assert evidence.describe() == (
+        "jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71; hard-edges=0.00"
+    )
+    nothing = "jpeg-quality=none; noise=none; sharpness=none; aliasing=none; hard-edges=none"
+    assert Evidence(None, None, None, None, None).describe() == nothing

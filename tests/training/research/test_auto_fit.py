@@ -17,7 +17,13 @@ from training.research.auto_fit import main as auto_fit
 
 def scores(noise: float, clean: float, robust: float) -> list[dict]:
     """One image under every category: its measures (no JPEG, sharp, unaliased) and PSNRs."""
-    measures = {"jpeg_quality": None, "noise": noise, "sharpness": 0.9, "aliasing": 0.5}
+    measures = {
+        "jpeg_quality": None,
+        "noise": noise,
+        "sharpness": 0.9,
+        "aliasing": 0.5,
+        "hard_edges": 0.0,
+    }
     return [
         {"image": str(noise), "category": c, "clean": clean, "robust": robust, "measures": measures}
         for c in CATEGORIES
@@ -79,6 +85,17 @@ def test_it_scores_training_images_and_refits_saved_scores(
 def test_it_refuses_to_fit_benchmark_scores(tmp_path: Path) -> None:
     rows = tmp_path / "bench.json"
     rows.write_text(json.dumps([{"set": "Set5", **row} for row in scores(1.0, 30.0, 31.0)]))
+    with pytest.raises(SystemExit) as exit_info:
+        auto_fit(["--rows", str(rows)])
+    assert exit_info.value.code == 2
+
+
+def test_it_refuses_scores_saved_before_a_measure_existed(tmp_path: Path) -> None:
+    rows = tmp_path / "old.json"
+    old = scores(1.0, 30.0, 31.0)
+    for row in old:
+        row["measures"].pop("hard_edges", None)
+    rows.write_text(json.dumps(old))
     with pytest.raises(SystemExit) as exit_info:
         auto_fit(["--rows", str(rows)])
     assert exit_info.value.code == 2

@@ -1,0 +1,43 @@
+"""Drawings at their own size: rendered pairs, and both models and `auto` scored on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from service.imaging.evidence import hard_edges, luma
+from tests.service.helpers import build_model
+from training.research.drawings import SIDE, main, pair, random_drawing
+
+
+def test_a_drawing_is_the_same_for_the_same_seed() -> None:
+    assert random_drawing(3) == random_drawing(3) != random_drawing(4)
+
+
+def test_each_kind_pairs_the_lr_size_with_four_times_it() -> None:
+    for kind in ("hard", "antialiased"):
+        lr, hr = pair(random_drawing(0), kind)
+        assert lr.shape == (SIDE, SIDE, 3) and hr.shape == (4 * SIDE, 4 * SIDE, 3)
+
+
+def test_the_hard_kind_has_hard_edges_and_the_antialiased_one_has_not() -> None:
+    shapes = random_drawing(11)
+    hard, antialiased = (luma(pair(shapes, kind)[0]) for kind in ("hard", "antialiased"))
+    assert hard_edges(hard) > 0.2 > hard_edges(antialiased)
+
+
+def test_the_two_sizes_show_the_same_drawing() -> None:
+    lr, hr = pair(random_drawing(0), "antialiased")
+    reduced = hr.reshape(SIDE, 4, SIDE, 4, 3).mean(axis=(1, 3))
+    assert np.abs(reduced - lr).mean() < 2.0
+
+
+def test_it_scores_both_kinds_with_and_without_the_hard_edges_rule(tmp_path: Path, capsys) -> None:
+    clean = build_model(tmp_path / "clean.onnx", seed=1)
+    robust = build_model(tmp_path / "robust.onnx", seed=2)
+    argv = ["--clean", str(clean), "--robust", str(robust), "--count", "1"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| hard (1) |" in table and "| antialiased (1) |" in table
+    assert "auto without hard-edges" in table
