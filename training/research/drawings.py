@@ -1,11 +1,14 @@
 """Measures both models and `model=auto` on drawings at their own size: a screenshot, a diagram,
 a slide, which no benchmark set holds. Each drawing is random flat shapes, lines and text,
 rendered twice from the same description: at the LR size and at `SCALE` times it (the ground
-truth), so the pair is what a vector drawing would give at either size. Two kinds:
+truth), so the pair is what a vector drawing would give at either size. The kinds:
 
 - `hard`: rendered without antialiasing (shapes; the text is antialiased, as on a screen);
 - `antialiased`: rendered at 16 times the LR size and reduced by box averaging to each size, as
-  vector software draws.
+  vector software draws;
+- `cv2-bicubic`, `cv2-bilinear`, `nearest`: the antialiased kind's HR resized to the LR size
+  without smoothing (a drawing made into a thumbnail), as the degradation categories of the same
+  names do to photographs.
 
 Usage (from the repository root):
     python -m training.research.drawings --clean models/edsr_x4.onnx \
@@ -31,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 from service.core.choice import THRESHOLDS, degradations
 from service.imaging.evidence import Evidence
 from training import data
+from training.degradations import downscale
 from training.protocol import psnr_y
 from training.research.auto_choice import SCALE, load
 from training.research.auto_fit import VISIBLE_DB
@@ -39,7 +43,9 @@ from training.research.auto_fit import VISIBLE_DB
 SIDE = 128
 #: How much finer than the LR size the antialiased kind is drawn before the box reduction.
 SUPERSAMPLE = 16
-KINDS = ("hard", "antialiased")
+#: Each kind, and for the resized ones the `training.degradations.downscale` method.
+RESIZED = {"cv2-bicubic": "cv2_cubic", "cv2-bilinear": "cv2_linear", "nearest": "nearest"}
+KINDS = ("hard", "antialiased", *RESIZED)
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz 0123456789"
 
 
@@ -96,10 +102,12 @@ def pair(shapes: Sequence[tuple], kind: str) -> tuple[np.ndarray, np.ndarray]:
     if kind == "hard":
         return render(shapes, 1), render(shapes, SCALE)
     fine = Image.fromarray(render(shapes, SUPERSAMPLE))
-    reduce = [
+    lr, hr = (
         np.asarray(fine.resize((SIDE * s, SIDE * s), Image.Resampling.BOX)) for s in (1, SCALE)
-    ]
-    return reduce[0], reduce[1]
+    )
+    if kind in RESIZED:
+        lr = downscale(hr, SCALE, RESIZED[kind])
+    return lr, hr
 
 
 def score(count: int, clean_path: Path, robust_path: Path) -> list[dict]:

@@ -8,7 +8,7 @@ import numpy as np
 
 from service.imaging.evidence import hard_edges, luma
 from tests.service.helpers import build_model
-from training.research.drawings import SIDE, main, pair, random_drawing
+from training.research.drawings import KINDS, SIDE, main, pair, random_drawing
 
 
 def test_a_drawing_is_the_same_for_the_same_seed() -> None:
@@ -16,7 +16,7 @@ def test_a_drawing_is_the_same_for_the_same_seed() -> None:
 
 
 def test_each_kind_pairs_the_lr_size_with_four_times_it() -> None:
-    for kind in ("hard", "antialiased"):
+    for kind in KINDS:
         lr, hr = pair(random_drawing(0), kind)
         assert lr.shape == (SIDE, SIDE, 3) and hr.shape == (4 * SIDE, 4 * SIDE, 3)
 
@@ -39,5 +39,5 @@ def test_it_scores_both_kinds_with_and_without_the_hard_edges_rule(tmp_path: Pat
     argv = ["--clean", str(clean), "--robust", str(robust), "--count", "1"]
     assert main(argv) == 0
     table = capsys.readouterr().out
-    assert "| hard (1) |" in table and "| antialiased (1) |" in table
+    assert all(f"| {kind} (1) |" in table for kind in KINDS)
     assert "auto without hard-edges" in table
