@@ -743,7 +743,7 @@ _FOUND_WORDS = {
     "noise": "noise",
     "aliasing": "aliasing",
     "blur": "blur",
-    "hard-edges": "hard-edged drawing",
+    "hard-edges": "hard edges",
 }
 
 

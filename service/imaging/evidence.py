@@ -18,9 +18,11 @@ measured from the file and its pixels, for choosing a model (`service.core.choic
   Hann window that keeps the picture's borders out); the weight was fitted on training images.
 - **Hard edges**: a drawing at its own size (a screenshot, a diagram, pixel art) was rendered
   without antialiasing, so its edges jump straight from one flat run of pixels to another. A
-  photograph never shows that, resized or not (its noise and any resampling leave neighbours
-  unequal); a drawing whose lines are mostly horizontal and vertical can still score low on
-  aliasing, as its spectrum's corner stays empty.
+  downscaled photograph does not show that (its noise and any resampling leave neighbours
+  unequal), but one enlarged with nearest neighbour does, and is treated alike; a drawing whose
+  lines are mostly horizontal and vertical can score low on aliasing, as its spectrum's corner
+  stays empty. A lossy re-encode hides the measure (a JPEG of quality 91 or more of such a
+  drawing reads as clean; 90 or less is found as JPEG).
 
 The four take a few milliseconds on a 256² image (the model card gives the measured cost).
 """
@@ -152,9 +154,9 @@ def spectral_corner(y: np.ndarray) -> float | None:
 def hard_edges(y: np.ndarray) -> float | None:
     """The share of the strong steps (8 grey levels or more between neighbours, along rows and
     columns) that jump straight from one flat run to another (the two pixels before the step
-    equal, and the two after): 0.1-0.9 for drawings rendered without antialiasing, 0.12 at most
-    with antialiasing, 0.043 at most for photographs under any degradation (models/README.md);
-    None with fewer than 20 steps."""
+    equal, and the two after): 0.26-0.92 for drawings rendered without antialiasing, 0.12 at
+    most with antialiasing, 0.043 at most for photographs downscaled under any of the evaluation's
+    categories (models/README.md); None with fewer than 20 steps."""
     exact = strong = 0
     for image in (y, y.T):
         before, left, right, after = image[:, :-3], image[:, 1:-2], image[:, 2:-1], image[:, 3:]

@@ -395,7 +395,7 @@ def test_a_drawing_is_explained_as_one(page: Any, models_server: LiveServer) -> 
     pick(page, file_payload("diagram.png", encode(Image.fromarray(drawing()), "PNG")))
     wait_done(page, "diagram.png")
     assert facts(page)["Model"] == "gentle"
-    assert facts(page)["Chosen because"].startswith("a drawing with hard pixel edges")
+    assert facts(page)["Chosen because"].startswith("pixel-sharp edges")
 
 
 def test_model_picker_waits_for_the_list_and_hides_without_one(

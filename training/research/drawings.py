@@ -1,11 +1,11 @@
 """Measures both models and `model=auto` on drawings at their own size: a screenshot, a diagram,
 a slide, which no benchmark set holds. Each drawing is random flat shapes, lines and text,
-rendered twice from the same description: at the LR size and at `SCALE` times it (the ground
-truth), so the pair is what a vector drawing would give at either size. The kinds:
+rendered once at 16 times the LR size and made from that into the LR image and into the HR one
+`SCALE` times its size (the ground truth), so both show the same geometry. The kinds:
 
-- `hard`: rendered without antialiasing (shapes; the text is antialiased, as on a screen);
-- `antialiased`: rendered at 16 times the LR size and reduced by box averaging to each size, as
-  vector software draws;
+- `hard`: sampled at each size's pixel centres, as a renderer without antialiasing draws (text
+  included);
+- `antialiased`: box-reduced to each size, as vector software draws;
 - `cv2-bicubic`, `cv2-bilinear`, `nearest`: the antialiased kind's HR resized to the LR size
   without smoothing (a drawing made into a thumbnail), as the degradation categories of the same
   names do to photographs.
@@ -27,6 +27,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -41,73 +42,95 @@ from training.research.auto_fit import VISIBLE_DB
 
 #: Side of each drawing at its LR size.
 SIDE = 128
-#: How much finer than the LR size the antialiased kind is drawn before the box reduction.
+#: How much finer than the LR size each drawing is rendered before it is sampled or reduced.
 SUPERSAMPLE = 16
-#: Each kind, and for the resized ones the `training.degradations.downscale` method.
+#: The resized kinds and their `training.degradations.downscale` methods.
 RESIZED = {"cv2-bicubic": "cv2_cubic", "cv2-bilinear": "cv2_linear", "nearest": "nearest"}
 KINDS = ("hard", "antialiased", *RESIZED)
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz 0123456789"
 
 
-def random_drawing(seed: int) -> list[tuple]:
-    """A drawing as plain data, in LR pixels: a flat ground, then 6-15 boxes, ellipses, lines,
-    triangles and words, each `(kind, geometry, colour, extra)`."""
+class Shape(NamedTuple):
+    """One element of a drawing, in LR pixels."""
+
+    kind: str  # ground, box, ellipse, line, triangle or text
+    geometry: tuple[float, ...]  # corners, a line's ends, a triangle's points, the text's origin
+    colour: tuple[int, ...]
+    width: int = 0  # of a box's or ellipse's black outline, or of a line
+    text: str = ""
+    size: float = 0.0  # the text's font size
+
+
+def random_drawing(seed: int) -> list[Shape]:
+    """A flat ground, then 6-15 boxes, ellipses, lines, triangles and words."""
     rng = np.random.default_rng(seed)
 
     def colour(low: int = 0) -> tuple[int, ...]:
         return tuple(int(v) for v in rng.integers(low, 256, 3))
 
-    shapes: list[tuple] = [("ground", (0, 0, SIDE, SIDE), colour(150), 0)]
+    shapes = [Shape("ground", (0, 0, SIDE, SIDE), colour(150))]
     for _ in range(rng.integers(6, 16)):
         kind = str(rng.choice(["box", "ellipse", "line", "triangle", "text"]))
         x, y = rng.uniform(0, SIDE, 2)
         w, h = rng.uniform(8, SIDE / 2, 2)
         if kind == "text":
-            words = "".join(rng.choice(list(_LETTERS), 12))
-            shapes.append((kind, (x, y), colour(), (float(rng.uniform(9, 20)), words)))
+            text = "".join(rng.choice(list(_LETTERS), 12))
+            shapes.append(Shape(kind, (x, y), colour(), size=float(rng.uniform(9, 20)), text=text))
         elif kind == "line":
             end = (x + w, y + rng.uniform(-h, h))
-            shapes.append((kind, (x, y, *end), colour(), int(rng.integers(1, 4))))
+            shapes.append(Shape(kind, (x, y, *end), colour(), int(rng.integers(1, 4))))
         elif kind == "triangle":
-            shapes.append((kind, tuple(rng.uniform(0, SIDE, 6)), colour(), 0))
+            shapes.append(Shape(kind, tuple(rng.uniform(0, SIDE, 6)), colour()))
         else:
-            shapes.append((kind, (x, y, x + w, y + h), colour(), int(rng.integers(0, 3))))
+            shapes.append(Shape(kind, (x, y, x + w, y + h), colour(), int(rng.integers(0, 3))))
     return shapes
 
 
-def render(shapes: Sequence[tuple], scale: int) -> np.ndarray:
-    """The drawing at `scale` times its LR size, without antialiasing (but for the text)."""
+def render(shapes: Sequence[Shape]) -> np.ndarray:
+    """The drawing at `SUPERSAMPLE` times its LR size (shapes without antialiasing)."""
+    scale = SUPERSAMPLE
     image = Image.new("RGB", (SIDE * scale, SIDE * scale))
     draw = ImageDraw.Draw(image)
-    for kind, geometry, colour, extra in shapes:
-        at = [v * scale for v in geometry]
-        if kind == "ground":
-            draw.rectangle(at, fill=colour)
-        elif kind == "box":
-            draw.rectangle(at, fill=colour, outline=(0, 0, 0), width=extra * scale)
-        elif kind == "ellipse":
-            draw.ellipse(at, fill=colour, outline=(0, 0, 0), width=extra * scale)
-        elif kind == "line":
-            draw.line(at, fill=colour, width=extra * scale)
-        elif kind == "triangle":
-            draw.polygon(at, fill=colour)
+    for shape in shapes:
+        at = [v * scale for v in shape.geometry]
+        outline = {"outline": (0, 0, 0), "width": shape.width * scale}
+        if shape.kind == "ground":
+            draw.rectangle(at, fill=shape.colour)
+        elif shape.kind == "box":
+            draw.rectangle(at, fill=shape.colour, **outline)
+        elif shape.kind == "ellipse":
+            draw.ellipse(at, fill=shape.colour, **outline)
+        elif shape.kind == "line":
+            draw.line(at, fill=shape.colour, width=shape.width * scale)
+        elif shape.kind == "triangle":
+            draw.polygon(at, fill=shape.colour)
         else:
-            size, words = extra
-            draw.text(at, words, fill=colour, font=ImageFont.load_default(size * scale))
+            font = ImageFont.load_default(shape.size * scale)
+            draw.text(at, shape.text, fill=shape.colour, font=font)
     return np.asarray(image)
 
 
-def pair(shapes: Sequence[tuple], kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """The drawing's (LR, HR) of that kind."""
+def pair(shapes: Sequence[Shape], kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """The drawing's (LR, HR) of that kind, both from one fine rendering: sampled at each size's
+    pixel centres (`hard`, as a renderer without antialiasing draws), or box-reduced to each
+    size (`antialiased`), whose HR the resized kinds shrink without smoothing.
+
+    Raises:
+        ValueError: For a kind not in `KINDS`.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; one of {', '.join(KINDS)}")
+    fine = render(shapes)
     if kind == "hard":
-        return render(shapes, 1), render(shapes, SCALE)
-    fine = Image.fromarray(render(shapes, SUPERSAMPLE))
+        lr_step, hr_step = SUPERSAMPLE, SUPERSAMPLE // SCALE
+        return fine[lr_step // 2 :: lr_step, lr_step // 2 :: lr_step], fine[
+            hr_step // 2 :: hr_step, hr_step // 2 :: hr_step
+        ]
     lr, hr = (
-        np.asarray(fine.resize((SIDE * s, SIDE * s), Image.Resampling.BOX)) for s in (1, SCALE)
+        np.asarray(Image.fromarray(fine).resize((SIDE * s, SIDE * s), Image.Resampling.BOX))
+        for s in (1, SCALE)
     )
-    if kind in RESIZED:
-        lr = downscale(hr, SCALE, RESIZED[kind])
-    return lr, hr
+    return (downscale(hr, SCALE, RESIZED[kind]) if kind in RESIZED else lr), hr
 
 
 def score(count: int, clean_path: Path, robust_path: Path) -> list[dict]:
@@ -121,6 +144,7 @@ def score(count: int, clean_path: Path, robust_path: Path) -> list[dict]:
         for kind in KINDS:
             lr, hr = pair(shapes, kind)
             evidence = Evidence.measure(lr, None)
+            found, without_rule = degradations(evidence), degradations(evidence, no_hard_edges)
             rows.append(
                 {
                     "seed": seed,
@@ -128,8 +152,9 @@ def score(count: int, clean_path: Path, robust_path: Path) -> list[dict]:
                     "clean": psnr_y(clean(lr), hr, SCALE),
                     "robust": psnr_y(robust(lr), hr, SCALE),
                     "bicubic": psnr_y(data.bicubic_upscale(lr, SCALE), hr, SCALE),
-                    "auto": "robust" if degradations(evidence) else "clean",
-                    "auto_before": "robust" if degradations(evidence, no_hard_edges) else "clean",
+                    "found": list(found),
+                    "auto": "robust" if found else "clean",
+                    "auto_without_rule": "robust" if without_rule else "clean",
                     "evidence": evidence.describe(),
                 }
             )
@@ -141,8 +166,9 @@ def _gain(rows: Sequence[dict], model_of: Callable[[dict], str]) -> float:
     return float(np.mean([row[model_of(row)] - row["bicubic"] for row in rows]))
 
 
-def _choice(rows: Sequence[dict], key: str) -> str:
-    """`auto`'s gain with the choices under `key`, its robust count and visible misses."""
+def _auto_cells(rows: Sequence[dict], key: str) -> str:
+    """Table cells: `auto`'s gain with the choices under `key`, its robust count and visible
+    misses."""
     other = {"clean": "robust", "robust": "clean"}
     robust = sum(row[key] == "robust" for row in rows)
     missed = sum(row[other[row[key]]] - row[row[key]] >= VISIBLE_DB for row in rows)
@@ -162,7 +188,7 @@ def summary(rows: Sequence[dict]) -> str:
         clean, robust = _gain(mine, lambda _: "clean"), _gain(mine, lambda _: "robust")
         lines.append(
             f"| {kind} ({len(mine)}) | {clean:+.2f} | {robust:+.2f} "
-            f"| {_choice(mine, 'auto')} | {_choice(mine, 'auto_before')} |"
+            f"| {_auto_cells(mine, 'auto')} | {_auto_cells(mine, 'auto_without_rule')} |"
         )
     return "\n".join(lines)
 

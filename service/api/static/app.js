@@ -435,7 +435,7 @@ function explainChoice(evidence) {
     noise: `noise (σ ≈ ${fields.noise})`,
     aliasing: "hard, jagged edges (as a resize without smoothing leaves)",
     blur: "a blurred picture",
-    "hard-edges": "a drawing with hard pixel edges (a screenshot, diagram or pixel art)",
+    "hard-edges": "pixel-sharp edges (a screenshot, diagram, pixel art or pixelated enlargement)",
   };
   const found = (fields.found || "none").split(",").filter((name) => words[name]);
   return found.length ? found.map((name) => words[name]).join(", ") : "a clean image";

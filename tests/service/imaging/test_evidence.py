@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from service.core.choice import THRESHOLDS
 from service.imaging.decode import decode_image
 from service.imaging.evidence import (
     Evidence,
@@ -91,7 +92,8 @@ def test_a_resize_without_antialiasing_shows_as_aliasing() -> None:
 
 def test_a_drawing_at_its_own_size_shows_hard_edges() -> None:
     # Its boxes are axis-aligned: the spectrum's corner stays empty, so aliasing misses it.
-    assert hard_edges(luma(drawing())) > 0.5
+    y = luma(drawing())
+    assert hard_edges(y) > 0.5 and aliasing_score(y) < THRESHOLDS.aliasing
 
 
 def test_an_antialiased_drawing_shows_no_hard_edges() -> None:
