@@ -76,7 +76,7 @@ def requested_model(
         Query(
             description="Name of the model to run (GET /models lists them), or `auto`: chosen "
             "from the input (the clean model for clean images, the robust one for JPEG, "
-            "noise, resizes without smoothing or hard-edged drawings) when both kinds are "
+            "noise, resizes without smoothing, drawings and screenshots) when both kinds are "
             "served. When omitted: "
             "`auto` when both kinds are served, else the default model (UPSCALER_DEFAULT_MODEL).",
         ),

@@ -61,8 +61,8 @@ _HEADERS = {
     "X-Upscaler-Model": "Name of the model that ran: the `model` parameter, the one `auto` "
     "chose, or the default.",
     "X-Upscaler-Evidence": "Only when `auto` chose: what the input showed and found, e.g. "
-    "`jpeg-quality=72; noise=1.3; sharpness=0.70; aliasing=0.71; hard-edges=0.00; found=jpeg` "
-    "(`found=none`: clean input, the clean model ran).",
+    "`jpeg-quality=72; noise=1.3; sharpness=0.70; aliasing=0.71; hard-edges=0.00; flat=0.02; "
+    "found=jpeg` (`found=none`: a clean photograph, the clean model ran).",
     "X-Upscaler-Model-Version": "Version of that model: the first 12 hex digits of its ONNX "
     "file's SHA-256 (changes when a new file is hot-reloaded).",
     "X-Upscaler-Provider": "onnxruntime execution provider that ran the model (`openvino:CPU` "
@@ -290,8 +290,7 @@ def _describe_auto(auto: Auto) -> dict[str, str]:
         "robust": auto.robust.name,
         "description": f"Chosen from each image: {auto.clean.name} for clean images, "
         f"{auto.robust.name} for JPEG-compressed, noisy, blurred or unsmoothly resized ones "
-        "and for hard-edged drawings such as screenshots (the X-Upscaler-Evidence header says "
-        "what was found).",
+        "and for drawings and screenshots (the X-Upscaler-Evidence header says what was found).",
     }
 
 

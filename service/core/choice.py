@@ -3,9 +3,9 @@
 When the service has a model trained on clean downscales (card degradation `bicubic`) and one
 trained on real-world degradations (any other preset, e.g. `realistic`), `auto` decodes the
 upload once, measures what it shows of its history (`service.imaging.evidence`: JPEG quality,
-noise, aliasing, blur, a drawing's hard edges), and runs the robust model on anything degraded,
-the clean model on clean input. It is the default of requests that name no model whenever both
-kinds are served.
+noise, aliasing, blur, a drawing's hard edges and flat colour), and runs the robust model on
+anything degraded or drawn, the clean model on a clean photograph. It is the default of requests
+that name no model whenever both kinds are served.
 
 The thresholds were chosen on training images (never the benchmark sets) so that a degraded
 input rarely reaches the clean model, which loses up to 3 dB there, while a clean input may
@@ -35,7 +35,8 @@ class Thresholds:
     """Where a measure of the evidence starts to count as a degradation. Noise, aliasing and
     sharpness are fitted on training images against the shipped pair of models (`python -m
     training.research.auto_fit`), refitted at each shipment of either; the JPEG quality is set
-    by what encoders use, the hard edges between what photographs and drawings measure.
+    by what encoders use, the hard edges and the flat share between what photographs and
+    drawings measure.
 
     Attributes:
         jpeg_quality: A JPEG of this quality or lower is degraded (phones save at 85-95, the web
@@ -50,6 +51,10 @@ class Thresholds:
             antialiased drawings (0.12 at most) and downscaled photographs (0.043) measure and
             what the drawings that the aliasing score misses do (0.24 or more); no downscaled
             photograph's choice depends on it (models/README.md, *Drawings*).
+        flat: Share of equal neighbours at or above which the input is a drawing (a chart, a
+            slide, a screenshot), antialiased or not, which the robust model was trained on
+            beside the photographs. Set by hand between photographs saved losslessly (0.50 at
+            most) and drawings (0.78 or more); models/README.md, *Drawings*.
     """
 
     jpeg_quality: int = 90
@@ -57,6 +62,7 @@ class Thresholds:
     aliasing: float = 0.72
     sharpness: float = 0.65
     hard_edges: float = 0.2
+    flat: float = 0.65
 
 
 #: The thresholds the service decides with.
@@ -65,7 +71,8 @@ THRESHOLDS = Thresholds()
 
 def degradations(evidence: Evidence, thresholds: Thresholds = THRESHOLDS) -> tuple[str, ...]:
     """What the evidence says the input went through: `jpeg`, `noise`, `aliasing`, `blur`, or
-    `hard-edges` (a drawing at its own size); () for clean input."""
+    what it is: `hard-edges` (drawn without antialiasing), `flat` (a drawing); () for a clean
+    photograph."""
     found = []
     quality = evidence.jpeg_quality
     if quality is not None and quality <= thresholds.jpeg_quality:
@@ -78,6 +85,8 @@ def degradations(evidence: Evidence, thresholds: Thresholds = THRESHOLDS) -> tup
         found.append("blur")
     if evidence.hard_edges is not None and evidence.hard_edges >= thresholds.hard_edges:
         found.append("hard-edges")
+    if evidence.flat is not None and evidence.flat >= thresholds.flat:
+        found.append("flat")
     return tuple(found)
 
 
@@ -99,8 +108,8 @@ class Choice:
 
     def describe(self) -> str | None:
         """`jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71; hard-edges=0.00;
-        found=jpeg` (`found=none` for clean input), for the `X-Upscaler-Evidence` header; None
-        without `auto`."""
+        flat=0.02; found=jpeg` (`found=none` for clean input), for the `X-Upscaler-Evidence`
+        header; None without `auto`."""
         if self.evidence is None:
             return None
         return f"{self.evidence.describe()}; found={','.join(self.found) or 'none'}"

@@ -585,8 +585,9 @@ def _add_image_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         metavar="NAME",
-        help="the service's default when not given: auto, which picks edsr_x4 for clean images "
-        "and edsr_x4_real for JPEG, noisy or blurred ones and says which it used; or a model "
+        help="the service's default when not given: auto, which picks edsr_x4 for clean photos "
+        "and edsr_x4_real for JPEG, noisy, blurred or unsmoothly resized ones and for drawings "
+        "and screenshots, and says which it used; or a model "
         "name from GET /models; with --local, a models-folder name or an .onnx file",
     )
     parser.add_argument(
@@ -744,6 +745,7 @@ _FOUND_WORDS = {
     "aliasing": "aliasing",
     "blur": "blur",
     "hard-edges": "hard edges",
+    "flat": "flat colour",
 }
 
 

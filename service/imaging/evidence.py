@@ -1,5 +1,5 @@
-"""What an upload shows of its history: JPEG compression, noise, aliasing and hard edges,
-measured from the file and its pixels, for choosing a model (`service.core.choice`).
+"""What an upload shows of its history: JPEG compression, noise, aliasing, hard edges and flat
+colour, measured from the file and its pixels, for choosing a model (`service.core.choice`).
 
 - **JPEG quality** from the file's luminance quantisation table (Pillow's `quantization`, in
   natural order), compared with the IJG standard table scaled to each quality 1-100: the
@@ -23,8 +23,12 @@ measured from the file and its pixels, for choosing a model (`service.core.choic
   lines are mostly horizontal and vertical can score low on aliasing, as its spectrum's corner
   stays empty. A lossy re-encode hides the measure (a JPEG of quality 91 or more of such a
   drawing reads as clean; 90 or less is found as JPEG).
+- **Flat colour**: the share of neighbouring pixels whose luma is exactly equal. A drawing
+  (a chart, a slide, a screenshot), antialiased or not, is mostly flat fills: 0.78 or more. A
+  photograph's noise and texture leave few neighbours equal (0.50 at most, unless a strong JPEG
+  has flattened it).
 
-The four take a few milliseconds on a 256² image (the model card gives the measured cost).
+The measures take a few milliseconds on a 256² image (the model card gives the measured cost).
 """
 
 from __future__ import annotations
@@ -50,8 +54,8 @@ _IJG_LUMA = np.array(
     dtype=np.int64,
 ).ravel()
 #: Fraction of pixels, smoothest first, that the noise estimate looks at.
-_FLAT_SHARE = 0.2
-#: Images smaller than this a side give no spectrum worth reading (no aliasing score).
+_SMOOTHEST_SHARE = 0.2
+#: Images smaller than this a side give no spectrum, nor share of flat neighbours, worth reading.
 _MIN_SIDE = 16
 #: The side of the central crop the evidence is read from.
 _MAX_SIDE = 1024
@@ -103,7 +107,7 @@ def noise_sigma(y: np.ndarray) -> float | None:
         + y[2:, 2:]
     )
     gradient = np.hypot(y[1:-1, 2:] - y[1:-1, :-2], y[2:, 1:-1] - y[:-2, 1:-1])
-    flat = gradient <= np.quantile(gradient, _FLAT_SHARE)
+    flat = gradient <= np.quantile(gradient, _SMOOTHEST_SHARE)
     return float(math.sqrt(math.pi / 2) / 6 * np.abs(laplacian_difference[flat]).mean())
 
 
@@ -166,6 +170,21 @@ def hard_edges(y: np.ndarray) -> float | None:
     return exact / strong if strong >= _MIN_EDGES else None
 
 
+def flat_share(y: np.ndarray) -> float | None:
+    """The share of horizontally and vertically neighbouring pixels with exactly the same luma:
+    0.78-0.99 for drawings, 0.50 at most for colour photographs saved losslessly under any of the
+    evaluation's categories (models/README.md); None for images too small to tell (under 16
+    pixels a side) or with nothing drawn on them (fewer than 20 steps of 8 grey levels: a blank
+    page is no drawing). Greyscale photographs measure higher (only 256 levels to be equal in)."""
+    if min(y.shape) < _MIN_SIDE:
+        return None
+    rows, columns = np.diff(y, axis=1), np.diff(y, axis=0)
+    steps = int((np.abs(rows) >= _MIN_EDGE_STEP).sum() + (np.abs(columns) >= _MIN_EDGE_STEP).sum())
+    if steps < _MIN_EDGES:
+        return None
+    return float(((rows == 0).mean() + (columns == 0).mean()) / 2)
+
+
 def aliasing_score(y: np.ndarray) -> float | None:
     """How much the image looks resized without antialiasing: its edge sharpness, nudged by the
     spectrum's corner (weights fitted on training images, models/README.md): about 0.7 for an
@@ -192,6 +211,8 @@ class Evidence:
         aliasing: The aliasing score (`aliasing_score`).
         hard_edges: The share of its edges that jump between flat runs (`hard_edges`): high
             for a drawing rendered without antialiasing.
+        flat: The share of neighbouring pixels that are equal (`flat_share`): high for a
+            drawing.
 
     A measure is None where the image is too small (or too flat) to tell.
     """
@@ -201,6 +222,7 @@ class Evidence:
     sharpness: float | None
     aliasing: float | None
     hard_edges: float | None
+    flat: float | None
 
     @classmethod
     def measure(cls, rgb: np.ndarray, jpeg_luma_table: Sequence[int] | None) -> Evidence:
@@ -212,11 +234,12 @@ class Evidence:
         y = luma(rgb[top : top + _MAX_SIDE, left : left + _MAX_SIDE])
         edges, corner = edge_sharpness(y), spectral_corner(y)
         aliasing = None if edges is None or corner is None else _aliasing(edges, corner)
-        return cls(jpeg_quality(jpeg_luma_table), noise_sigma(y), edges, aliasing, hard_edges(y))
+        quality = jpeg_quality(jpeg_luma_table)
+        return cls(quality, noise_sigma(y), edges, aliasing, hard_edges(y), flat_share(y))
 
     def describe(self) -> str:
-        """`jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71; hard-edges=0.00` (`none`
-        where not measured)."""
+        """`jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71; hard-edges=0.00;
+        flat=0.02` (`none` where not measured)."""
 
         def text(value: float | None, digits: int) -> str:
             return "none" if value is None else f"{value:.{digits}f}"
@@ -225,5 +248,5 @@ class Evidence:
         return (
             f"jpeg-quality={quality}; noise={text(self.noise, 1)}; "
             f"sharpness={text(self.sharpness, 2)}; aliasing={text(self.aliasing, 2)}; "
-            f"hard-edges={text(self.hard_edges, 2)}"
+            f"hard-edges={text(self.hard_edges, 2)}; flat={text(self.flat, 2)}"
         )

@@ -15,8 +15,13 @@ Usage (from the repository root):
         --robust models/edsr_x4_real.onnx --count 32 [--out drawings.json]
 
 It prints, per kind, the gain over bicubic of each model and of `auto` (with and without the
-`hard-edges` rule), how many went to the robust model, and `auto`'s visible misses (1 dB or more
-under the other model).
+drawings' rules, `hard-edges` and `flat`), how many went to the robust model, and `auto`'s
+visible misses (1 dB or more under the other model).
+
+    python -m training.research.drawings --write DIR --count 100
+
+saves antialiased drawings at the HR size instead (seeds from 10,000, apart from the scored
+ones), to train the robust model on beside the photographs (docs/training.md).
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ SUPERSAMPLE = 16
 #: The resized kinds and their `training.degradations.downscale` methods.
 RESIZED = {"cv2-bicubic": "cv2_cubic", "cv2-bilinear": "cv2_linear", "nearest": "nearest"}
 KINDS = ("hard", "antialiased", *RESIZED)
+#: The first seed of the drawings written to train on, apart from the scored ones (0, 1, ...).
+TRAINING_SEED = 10_000
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz 0123456789"
 
 
@@ -135,16 +142,16 @@ def pair(shapes: Sequence[Shape], kind: str) -> tuple[np.ndarray, np.ndarray]:
 
 def score(count: int, clean_path: Path, robust_path: Path) -> list[dict]:
     """Every drawing of each kind: the models' and bicubic's PSNR, the evidence, and `auto`'s
-    choice with the service's thresholds and without the hard-edges rule."""
+    choice with the service's thresholds and without the drawings' rules."""
     (clean, _), (robust, _) = load(clean_path), load(robust_path)
-    no_hard_edges = dataclasses.replace(THRESHOLDS, hard_edges=math.inf)
+    photographs_only = dataclasses.replace(THRESHOLDS, hard_edges=math.inf, flat=math.inf)
     rows = []
     for seed in range(count):
         shapes = random_drawing(seed)
         for kind in KINDS:
             lr, hr = pair(shapes, kind)
             evidence = Evidence.measure(lr, None)
-            found, without_rule = degradations(evidence), degradations(evidence, no_hard_edges)
+            found, without_rule = degradations(evidence), degradations(evidence, photographs_only)
             rows.append(
                 {
                     "seed": seed,
@@ -177,10 +184,10 @@ def _auto_cells(rows: Sequence[dict], key: str) -> str:
 
 def summary(rows: Sequence[dict]) -> str:
     """Per kind: mean gains over bicubic of each model and of `auto` (its robust count and
-    visible misses), with the service's thresholds and without the hard-edges rule."""
+    visible misses), with the service's thresholds and without the drawings' rules."""
     lines = [
         "| drawings | clean | robust | auto | to robust | misses "
-        "| auto without hard-edges | to robust | misses |",
+        "| auto without the drawings' rules | to robust | misses |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for kind in KINDS:
@@ -193,13 +200,34 @@ def summary(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_training_drawings(folder: Path, count: int) -> None:
+    """Saves `count` antialiased drawings at the HR size as PNG files in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in range(TRAINING_SEED, TRAINING_SEED + count):
+        hr = pair(random_drawing(seed), "antialiased")[1]
+        Image.fromarray(hr).save(folder / f"drawing_{seed}.png")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clean", type=Path, required=True)
-    parser.add_argument("--robust", type=Path, required=True)
-    parser.add_argument("--count", type=int, default=32, help="drawings of each kind")
+    parser.add_argument("--clean", type=Path, help="the clean model (to score)")
+    parser.add_argument("--robust", type=Path, help="the robust model (to score)")
+    parser.add_argument(
+        "--count", type=int, default=32, help="drawings of each kind (with --write: in all)"
+    )
     parser.add_argument("--out", type=Path, help="write every drawing's scores here (JSON)")
+    parser.add_argument("--write", type=Path, metavar="DIR", help="save drawings to train on")
     args = parser.parse_args(argv)
+    if args.count < 1:
+        parser.error("--count must be at least 1")
+    scoring = (args.clean, args.robust, args.out)
+    if args.write is not None:
+        if any(value is not None for value in scoring):
+            parser.error("--write saves drawings; --clean, --robust and --out score them")
+        write_training_drawings(args.write, args.count)
+        return 0
+    if args.clean is None or args.robust is None:
+        parser.error("--clean and --robust are needed to score (or --write DIR)")
     rows = score(args.count, args.clean, args.robust)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))

@@ -426,7 +426,7 @@ function send(item) {
 }
 
 // X-Upscaler-Evidence ("jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71; hard-edges=0.00;
-// found=jpeg,noise"), sent when the service chose the model, in words; "" without it.
+// flat=0.02; found=jpeg,noise"), sent when the service chose the model, in words; "" without it.
 function explainChoice(evidence) {
   if (!evidence) return "";
   const fields = Object.fromEntries(evidence.split(";").map((part) => part.trim().split("=")));
@@ -436,6 +436,7 @@ function explainChoice(evidence) {
     aliasing: "hard, jagged edges (as a resize without smoothing leaves)",
     blur: "a blurred picture",
     "hard-edges": "pixel-sharp edges (a screenshot, diagram, pixel art or pixelated enlargement)",
+    flat: "flat colours (a drawing, chart, slide or screenshot)",
   };
   const found = (fields.found || "none").split(",").filter((name) => words[name]);
   return found.length ? found.map((name) => words[name]).join(", ") : "a clean image";

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Callable
 from typing import Any
@@ -16,32 +17,43 @@ from service.config import Settings
 from service.core.choice import THRESHOLDS, Auto, Fixed, Thresholds, degradations, select
 from service.imaging.evidence import Evidence
 from tests.service.helpers import lifecycle_of, wait_until_ready
-from tests.service.imaging.test_evidence import drawing, scene
+from tests.service.imaging.test_evidence import antialiased_drawing, drawing, scene
 
 SettingsFactory = Callable[..., Settings]
-CLEAN = Evidence(jpeg_quality=None, noise=0.5, sharpness=0.7, aliasing=0.6, hard_edges=0.0)
+CLEAN = Evidence(
+    jpeg_quality=None, noise=0.5, sharpness=0.7, aliasing=0.6, hard_edges=0.0, flat=0.02
+)
 
 
 @pytest.mark.parametrize(
-    ("evidence", "found"),
+    ("change", "found"),
     [
-        (CLEAN, ()),
-        (Evidence(THRESHOLDS.jpeg_quality + 1, 0.5, 0.7, 0.6, 0.0), ()),  # a near-lossless JPEG
-        (Evidence(THRESHOLDS.jpeg_quality, 0.5, 0.7, 0.6, 0.0), ("jpeg",)),
-        (Evidence(None, THRESHOLDS.noise, 0.7, 0.6, 0.0), ("noise",)),
-        (Evidence(None, 0.5, 0.9, THRESHOLDS.aliasing, 0.0), ("aliasing",)),
-        (Evidence(None, 0.5, THRESHOLDS.sharpness, 0.5, 0.0), ("blur",)),
-        (Evidence(None, 0.5, 1.0, 0.6, THRESHOLDS.hard_edges), ("hard-edges",)),
-        (Evidence(40, 8.0, 0.5, 1.2, 0.5), ("jpeg", "noise", "aliasing", "blur", "hard-edges")),
-        (Evidence(None, None, None, None, None), ()),  # too small to tell: the clean model
+        pytest.param({}, (), id="clean"),
+        pytest.param({"jpeg_quality": THRESHOLDS.jpeg_quality + 1}, (), id="near-lossless-jpeg"),
+        pytest.param({"jpeg_quality": THRESHOLDS.jpeg_quality}, ("jpeg",), id="jpeg"),
+        pytest.param({"noise": THRESHOLDS.noise}, ("noise",), id="noise"),
+        pytest.param({"aliasing": THRESHOLDS.aliasing}, ("aliasing",), id="aliasing"),
+        pytest.param({"sharpness": THRESHOLDS.sharpness}, ("blur",), id="blur"),
+        pytest.param({"hard_edges": THRESHOLDS.hard_edges}, ("hard-edges",), id="hard-edges"),
+        pytest.param({"flat": THRESHOLDS.flat}, ("flat",), id="flat"),
+        pytest.param(
+            {"jpeg_quality": 40, "noise": 8.0, "sharpness": 0.5, "aliasing": 1.2},
+            ("jpeg", "noise", "aliasing", "blur"),
+            id="all-degradations",
+        ),
+        pytest.param(
+            dict.fromkeys(("noise", "sharpness", "aliasing", "hard_edges", "flat")),
+            (),
+            id="too-small-to-tell",  # the clean model
+        ),
     ],
 )
-def test_degradations_are_read_from_the_evidence(evidence: Evidence, found: tuple) -> None:
-    assert degradations(evidence) == found
+def test_degradations_are_read_from_the_evidence(change: dict, found: tuple) -> None:
+    assert degradations(dataclasses.replace(CLEAN, **change)) == found
 
 
 def test_other_thresholds_move_the_decision() -> None:
-    noisy = Evidence(None, 2.0, 0.7, 0.6, 0.0)
+    noisy = dataclasses.replace(CLEAN, noise=2.0)
     assert degradations(noisy) == ()
     assert degradations(noisy, Thresholds(noise=2.0)) == ("noise",)
 
@@ -114,9 +126,10 @@ def test_a_clean_image_goes_to_the_clean_model(folder_app: TestClient) -> None:
             ),
             "noise",
         ),
-        (lambda lr: _file(drawing(), "PNG"), "found=hard-edges"),
+        (lambda lr: _file(drawing(), "PNG"), "found=hard-edges,flat"),
+        (lambda lr: _file(antialiased_drawing(), "PNG"), "found=flat"),
     ],
-    ids=["jpeg", "aliasing", "noise", "drawing"],
+    ids=["jpeg", "aliasing", "noise", "hard-drawing", "antialiased-drawing"],
 )
 def test_a_degraded_image_goes_to_the_robust_model(
     folder_app: TestClient, degrade: Callable[[np.ndarray], bytes], found: str

@@ -23,6 +23,7 @@ def scores(noise: float, clean: float, robust: float) -> list[dict]:
         "sharpness": 0.9,
         "aliasing": 0.5,
         "hard_edges": 0.0,
+        "flat": 0.02,
     }
     return [
         {"image": str(noise), "category": c, "clean": clean, "robust": robust, "measures": measures}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from service.imaging.evidence import hard_edges, luma
 from tests.service.helpers import build_model
@@ -48,11 +49,30 @@ def test_an_unknown_kind_is_refused() -> None:
         pair(random_drawing(0), "jpeg")
 
 
-def test_it_scores_both_kinds_with_and_without_the_hard_edges_rule(tmp_path: Path, capsys) -> None:
+def test_it_scores_every_kind_with_and_without_the_drawings_rules(tmp_path: Path, capsys) -> None:
     clean = build_model(tmp_path / "clean.onnx", seed=1)
     robust = build_model(tmp_path / "robust.onnx", seed=2)
     argv = ["--clean", str(clean), "--robust", str(robust), "--count", "1"]
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert all(f"| {kind} (1) |" in table for kind in KINDS)
-    assert "auto without hard-edges" in table
+    assert "auto without the drawings' rules" in table
+
+
+def test_it_writes_drawings_to_train_on(tmp_path: Path) -> None:
+    assert main(["--write", str(tmp_path), "--count", "2"]) == 0
+    written = sorted(path.name for path in tmp_path.iterdir())
+    assert written == ["drawing_10000.png", "drawing_10001.png"]
+    hr = pair(random_drawing(10_000), "antialiased")[1]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / written[0])), hr)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--clean", "model.onnx"], ["--write", "drawings", "--clean", "model.onnx"], ["--count", "0"]],
+    ids=["one-model", "write-and-score", "no-drawings"],
+)
+def test_contradictory_or_incomplete_arguments_are_refused(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
