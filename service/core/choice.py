@@ -47,7 +47,7 @@ class Thresholds:
             model saw blur).
         hard_edges: Share of hard edges at or above which the input is a drawing rendered
             without antialiasing (a screenshot, a diagram), on which the clean model scores
-            2.0 dB under bicubic and the robust one 0.7 above. Set by hand between what
+            2.0 dB under bicubic and the robust one 0.8 above. Set by hand between what
             antialiased drawings (0.12 at most) and downscaled photographs (0.043) measure and
             what the drawings that the aliasing score misses do (0.24 or more); no downscaled
             photograph's choice depends on it (models/README.md, *Drawings*).
