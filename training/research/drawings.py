@@ -43,7 +43,7 @@ from training import data
 from training.degradations import downscale
 from training.protocol import psnr_y
 from training.research.auto_choice import SCALE, load
-from training.research.auto_fit import VISIBLE_DB
+from training.research.auto_fit import misses
 
 #: Side of each drawing at its LR size.
 SIDE = 128
@@ -176,10 +176,9 @@ def _gain(rows: Sequence[dict], model_of: Callable[[dict], str]) -> float:
 def _auto_cells(rows: Sequence[dict], key: str) -> str:
     """Table cells: `auto`'s gain with the choices under `key`, its robust count and visible
     misses."""
-    other = {"clean": "robust", "robust": "clean"}
-    robust = sum(row[key] == "robust" for row in rows)
-    missed = sum(row[other[row[key]]] - row[row[key]] >= VISIBLE_DB for row in rows)
-    return f"{_gain(rows, lambda row: row[key]):+.2f} | {robust} | {missed}"
+    chosen = [row[key] for row in rows]
+    missed = misses(rows, chosen)
+    return f"{_gain(rows, lambda row: row[key]):+.2f} | {chosen.count('robust')} | {missed}"
 
 
 def summary(rows: Sequence[dict]) -> str:
