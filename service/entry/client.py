@@ -746,6 +746,7 @@ _FOUND_WORDS = {
     "blur": "blur",
     "hard-edges": "hard edges",
     "flat": "flat colour",
+    "noiseless": "no noise",
 }
 
 

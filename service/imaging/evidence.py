@@ -21,12 +21,13 @@ colour, measured from the file and its pixels, for choosing a model (`service.co
   downscaled photograph does not show that (its noise and any resampling leave neighbours
   unequal), but one enlarged with nearest neighbour does, and is treated alike; a drawing whose
   lines are mostly horizontal and vertical can score low on aliasing, as its spectrum's corner
-  stays empty. A lossy re-encode hides the measure (a JPEG of quality 91 or more of such a
-  drawing reads as clean; 90 or less is found as JPEG).
+  stays empty. A lossy re-encode hides the measure (a JPEG of 90 or less is found as JPEG).
 - **Flat colour**: the share of neighbouring pixels whose luma is exactly equal. A drawing
   (a chart, a slide, a screenshot), antialiased or not, is mostly flat fills: 0.78 or more. A
   photograph's noise and texture leave few neighbours equal (0.50 at most, unless a strong JPEG
-  has flattened it).
+  has flattened it). A JPEG's rounding, even at quality 91 or more, leaves few neighbours
+  exactly equal in a drawing too; what tells it then is the noise: none at all on the flattest
+  fifth of a drawing, where a photograph keeps its grain (`service.core.choice.Thresholds`).
 
 The measures take a few milliseconds on a 256² image (the model card gives the measured cost).
 """

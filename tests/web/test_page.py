@@ -398,6 +398,17 @@ def test_a_drawing_is_explained_as_one(page: Any, models_server: LiveServer) -> 
     assert facts(page)["Chosen because"].startswith("pixel-sharp edges")
 
 
+def test_a_drawing_saved_as_a_high_quality_jpeg_is_explained(
+    page: Any, models_server: LiveServer
+) -> None:
+    page.goto(models_server.url)
+    jpeg = encode(Image.fromarray(drawing()), "JPEG", quality=95)
+    pick(page, file_payload("diagram.jpg", jpeg, "image/jpeg"))
+    wait_done(page, "diagram.jpg")
+    assert facts(page)["Model"] == "gentle"
+    assert facts(page)["Chosen because"].startswith("no camera noise at all")
+
+
 def test_model_picker_waits_for_the_list_and_hides_without_one(
     page: Any, models_server: LiveServer
 ) -> None:

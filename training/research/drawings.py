@@ -8,15 +8,18 @@ rendered once at 16 times the LR size and made from that into the LR image and i
 - `antialiased`: box-reduced to each size, as vector software draws;
 - `cv2-bicubic`, `cv2-bilinear`, `nearest`: the antialiased kind's HR resized to the LR size
   without smoothing (a drawing made into a thumbnail), as the degradation categories of the same
-  names do to photographs.
+  names do to photographs;
+- `hard-jpeg`, `antialiased-jpeg`: those two saved as JPEG of quality 95 (a screenshot shared as
+  a JPEG), above the quality `auto` counts as degraded, so only the drawing's look can send it
+  to the robust model. The others are PNG files.
 
 Usage (from the repository root):
     python -m training.research.drawings --clean models/edsr_x4.onnx \
         --robust models/edsr_x4_real.onnx --count 32 [--out drawings.json]
 
 It prints, per kind, the gain over bicubic of each model and of `auto` (with and without the
-drawings' rules, `hard-edges` and `flat`), how many went to the robust model, and `auto`'s
-visible misses (1 dB or more under the other model).
+drawings' rules, `hard-edges`, `flat` and `noiseless`), how many went to the robust model, and
+`auto`'s visible misses (1 dB or more under the other model).
 
     python -m training.research.drawings --write DIR --count 100
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -38,11 +42,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from service.core.choice import THRESHOLDS, degradations
+from service.imaging.decode import decode_image
 from service.imaging.evidence import Evidence
 from training import data
-from training.degradations import downscale
+from training.degradations import downscale, jpeg_file
 from training.protocol import psnr_y
-from training.research.auto_choice import SCALE, load
+from training.research.auto_choice import MAX_PIXELS, SCALE, load
 from training.research.auto_fit import misses
 
 #: Side of each drawing at its LR size.
@@ -51,7 +56,10 @@ SIDE = 128
 SUPERSAMPLE = 16
 #: The resized kinds and their `training.degradations.downscale` methods.
 RESIZED = {"cv2-bicubic": "cv2_cubic", "cv2-bilinear": "cv2_linear", "nearest": "nearest"}
-KINDS = ("hard", "antialiased", *RESIZED)
+#: The kinds saved as JPEG, each the JPEG of another kind, at this quality.
+SAVED_AS_JPEG = {"hard-jpeg": "hard", "antialiased-jpeg": "antialiased"}
+JPEG_QUALITY = 95
+KINDS = ("hard", "antialiased", *RESIZED, *SAVED_AS_JPEG)
 #: The first seed of the drawings written to train on, apart from the scored ones (0, 1, ...).
 TRAINING_SEED = 10_000
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz 0123456789"
@@ -120,13 +128,15 @@ def render(shapes: Sequence[Shape]) -> np.ndarray:
 def pair(shapes: Sequence[Shape], kind: str) -> tuple[np.ndarray, np.ndarray]:
     """The drawing's (LR, HR) of that kind, both from one fine rendering: sampled at each size's
     pixel centres (`hard`, as a renderer without antialiasing draws), or box-reduced to each
-    size (`antialiased`), whose HR the resized kinds shrink without smoothing.
+    size (`antialiased`), whose HR the resized kinds shrink without smoothing. The kinds saved
+    as JPEG give their source kind's pair (`lr_file` makes the JPEG).
 
     Raises:
         ValueError: For a kind not in `KINDS`.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; one of {', '.join(KINDS)}")
+    kind = SAVED_AS_JPEG.get(kind, kind)
     fine = render(shapes)
     if kind == "hard":
         lr_step, hr_step = SUPERSAMPLE, SUPERSAMPLE // SCALE
@@ -140,17 +150,30 @@ def pair(shapes: Sequence[Shape], kind: str) -> tuple[np.ndarray, np.ndarray]:
     return (downscale(hr, SCALE, RESIZED[kind]) if kind in RESIZED else lr), hr
 
 
+def lr_file(lr: np.ndarray, kind: str) -> bytes:
+    """The LR drawing as the file a user would have: a JPEG for the kinds saved so, else PNG."""
+    if kind in SAVED_AS_JPEG:
+        return jpeg_file(lr, JPEG_QUALITY)
+    buffer = io.BytesIO()
+    Image.fromarray(lr).save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
 def score(count: int, clean_path: Path, robust_path: Path) -> list[dict]:
     """Every drawing of each kind: the models' and bicubic's PSNR, the evidence, and `auto`'s
     choice with the service's thresholds and without the drawings' rules."""
     (clean, _), (robust, _) = load(clean_path), load(robust_path)
-    photographs_only = dataclasses.replace(THRESHOLDS, hard_edges=math.inf, flat=math.inf)
+    photographs_only = dataclasses.replace(
+        THRESHOLDS, hard_edges=math.inf, flat=math.inf, noiseless=-math.inf
+    )
     rows = []
     for seed in range(count):
         shapes = random_drawing(seed)
         for kind in KINDS:
             lr, hr = pair(shapes, kind)
-            evidence = Evidence.measure(lr, None)
+            decoded = decode_image(lr_file(lr, kind), max_pixels=MAX_PIXELS)
+            lr = decoded.rgb
+            evidence = Evidence.measure(lr, decoded.info.jpeg_luma_table)
             found, without_rule = degradations(evidence), degradations(evidence, photographs_only)
             rows.append(
                 {

@@ -437,6 +437,7 @@ function explainChoice(evidence) {
     blur: "a blurred picture",
     "hard-edges": "pixel-sharp edges (a screenshot, diagram, pixel art or pixelated enlargement)",
     flat: "flat colours (a drawing, chart, slide or screenshot)",
+    noiseless: "no camera noise at all (a drawing or screenshot saved as JPEG)",
   };
   const found = (fields.found || "none").split(",").filter((name) => words[name]);
   return found.length ? found.map((name) => words[name]).join(", ") : "a clean image";

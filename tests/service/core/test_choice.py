@@ -37,6 +37,13 @@ CLEAN = Evidence(
         pytest.param({"hard_edges": THRESHOLDS.hard_edges}, ("hard-edges",), id="hard-edges"),
         pytest.param({"flat": THRESHOLDS.flat}, ("flat",), id="flat"),
         pytest.param(
+            {"jpeg_quality": THRESHOLDS.jpeg_quality + 1, "noise": THRESHOLDS.noiseless},
+            ("noiseless",),
+            id="drawing-saved-as-jpeg",
+        ),
+        pytest.param({"noise": 0.0}, (), id="noiseless-png"),  # flat says if it is drawn
+        pytest.param({"jpeg_quality": 80, "noise": 0.0}, ("jpeg",), id="noiseless-low-quality"),
+        pytest.param(
             {"jpeg_quality": 40, "noise": 8.0, "sharpness": 0.5, "aliasing": 1.2},
             ("jpeg", "noise", "aliasing", "blur"),
             id="all-degradations",
@@ -109,6 +116,14 @@ def test_a_clean_image_goes_to_the_clean_model(folder_app: TestClient) -> None:
     assert "choose;dur=" in response.headers["Server-Timing"]
 
 
+def test_a_photo_saved_as_a_high_quality_jpeg_goes_to_the_clean_model(
+    folder_app: TestClient,
+) -> None:
+    response = _upscale(folder_app, _file(_lr(), "JPEG", quality=95))
+    assert response.headers["X-Upscaler-Model"] == "sharp"
+    assert response.headers["X-Upscaler-Evidence"].endswith("found=none")
+
+
 @pytest.mark.parametrize(
     ("degrade", "found"),
     [
@@ -128,8 +143,9 @@ def test_a_clean_image_goes_to_the_clean_model(folder_app: TestClient) -> None:
         ),
         (lambda lr: _file(drawing(), "PNG"), "found=hard-edges,flat"),
         (lambda lr: _file(antialiased_drawing(), "PNG"), "found=flat"),
+        (lambda lr: _file(drawing(), "JPEG", quality=95), "found=noiseless"),
     ],
-    ids=["jpeg", "aliasing", "noise", "hard-drawing", "antialiased-drawing"],
+    ids=["jpeg", "aliasing", "noise", "hard-drawing", "antialiased-drawing", "drawing-as-jpeg"],
 )
 def test_a_degraded_image_goes_to_the_robust_model(
     folder_app: TestClient, degrade: Callable[[np.ndarray], bytes], found: str

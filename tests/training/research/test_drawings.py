@@ -8,9 +8,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.imaging.evidence import hard_edges, luma
+from service.core.choice import degradations
+from service.imaging.decode import decode_image
+from service.imaging.evidence import Evidence, hard_edges, luma
 from tests.service.helpers import build_model
-from training.research.drawings import KINDS, SIDE, main, pair, random_drawing
+from training.research.drawings import (
+    JPEG_QUALITY,
+    KINDS,
+    SIDE,
+    lr_file,
+    main,
+    pair,
+    random_drawing,
+)
 
 
 def test_a_drawing_is_the_same_for_the_same_seed() -> None:
@@ -42,6 +52,19 @@ def test_the_hard_sizes_show_the_same_drawing() -> None:
     blocks = hr.reshape(SIDE, 4, SIDE, 4, 3)[:, 1:3, :, 1:3]
     agree = np.all(blocks == lr[:, None, :, None], axis=-1).all(axis=(1, 3))
     assert agree.mean() > 0.9
+
+
+def test_the_jpeg_kinds_are_high_quality_jpegs_that_auto_reads_as_drawings() -> None:
+    lr, _ = pair(random_drawing(0), "antialiased-jpeg")
+    decoded = decode_image(lr_file(lr, "antialiased-jpeg"), max_pixels=SIDE * SIDE)
+    evidence = Evidence.measure(decoded.rgb, decoded.info.jpeg_luma_table)
+    assert evidence.jpeg_quality == JPEG_QUALITY
+    assert "noiseless" in degradations(evidence)
+
+
+def test_the_other_kinds_are_png_files() -> None:
+    lr, _ = pair(random_drawing(0), "antialiased")
+    assert lr_file(lr, "antialiased").startswith(b"\x89PNG")
 
 
 def test_an_unknown_kind_is_refused() -> None:
