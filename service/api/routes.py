@@ -61,8 +61,9 @@ _HEADERS = {
     "X-Upscaler-Model": "Name of the model that ran: the `model` parameter, the one `auto` "
     "chose, or the default.",
     "X-Upscaler-Evidence": "Only when `auto` chose: what the input showed and found, e.g. "
-    "`jpeg-quality=72; noise=1.3; sharpness=0.70; aliasing=0.71; hard-edges=0.00; flat=0.02; "
-    "found=jpeg` (`found=none`: a clean photograph, the clean model ran).",
+    "`jpeg-quality=72; webp-quality=none; noise=1.3; sharpness=0.70; aliasing=0.71; "
+    "hard-edges=0.00; flat=0.02; found=jpeg` (`found=none`: a clean photograph, the clean "
+    "model ran).",
     "X-Upscaler-Model-Version": "Version of that model: the first 12 hex digits of its ONNX "
     "file's SHA-256 (changes when a new file is hot-reloaded).",
     "X-Upscaler-Provider": "onnxruntime execution provider that ran the model (`openvino:CPU` "

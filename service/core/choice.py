@@ -40,6 +40,9 @@ class Thresholds:
     drawings measure.
 
     Attributes:
+        webp_quality: A lossy WebP of this quality or lower is degraded: above it the clean
+            model scores better on photographs (WebP's loop filter smooths its artefacts more
+            than JPEG does), below it the robust one (`python -m training.research.webp`).
         jpeg_quality: A JPEG of this quality or lower is degraded (phones save at 85-95, the web
             at 75-85).
         noise: Estimated noise (0-255 scale) at or above which the input counts as noisy.
@@ -56,15 +59,17 @@ class Thresholds:
             slide, a screenshot), antialiased or not, which the robust model was trained on
             beside the photographs. Set by hand between photographs saved losslessly (0.50 at
             most) and drawings (0.78 or more); models/README.md, *Drawings*.
-        noiseless: Noise at or below which a JPEG of higher quality than `jpeg_quality` is a
-            drawing: the codec's rounding breaks the equal neighbours that `flat` counts, but
-            the flattest fifth of a drawing stays flat (0.06 at most at quality 91-98), where a
-            photograph saved so keeps its grain: 22 of 2,994 went to the robust model by this
-            rule alone, which scored 0.09 dB better on them on average (0.87 worse at most).
-            Set by hand with room for busier drawings; models/README.md, *Drawings*.
+        noiseless: Noise at or below which a JPEG or lossy WebP of higher quality than its
+            threshold is a drawing: the codec's rounding breaks the equal neighbours that
+            `flat` counts, but the flattest fifth of a drawing stays flat (0.06 at most for
+            JPEG at quality 91-98), where a photograph saved so keeps its grain: 22 of 2,994
+            went to the robust model by this rule alone, which scored 0.09 dB better on them
+            on average (0.87 worse at most). Set by hand with room for busier drawings;
+            models/README.md, *Drawings*.
     """
 
     jpeg_quality: int = 90
+    webp_quality: int = 80
     noise: float = 3.0
     aliasing: float = 0.72
     sharpness: float = 0.65
@@ -78,13 +83,15 @@ THRESHOLDS = Thresholds()
 
 
 def degradations(evidence: Evidence, thresholds: Thresholds = THRESHOLDS) -> tuple[str, ...]:
-    """What the evidence says the input went through: `jpeg`, `noise`, `aliasing`, `blur`, or
-    what it is: `hard-edges` (drawn without antialiasing), `flat` (a drawing), `noiseless` (a
-    drawing saved as a high-quality JPEG); () for a clean photograph."""
+    """What the evidence says the input went through: `jpeg`, `webp`, `noise`, `aliasing`,
+    `blur`, or what it is: `hard-edges` (drawn without antialiasing), `flat` (a drawing),
+    `noiseless` (a drawing saved as a high-quality JPEG or WebP); () for a clean photograph."""
     found = []
-    quality = evidence.jpeg_quality
-    if quality is not None and quality <= thresholds.jpeg_quality:
+    jpeg, webp = evidence.jpeg_quality, evidence.webp_quality
+    if jpeg is not None and jpeg <= thresholds.jpeg_quality:
         found.append("jpeg")
+    if webp is not None and webp <= thresholds.webp_quality:
+        found.append("webp")
     if evidence.noise is not None and evidence.noise >= thresholds.noise:
         found.append("noise")
     if evidence.aliasing is not None and evidence.aliasing >= thresholds.aliasing:
@@ -95,8 +102,9 @@ def degradations(evidence: Evidence, thresholds: Thresholds = THRESHOLDS) -> tup
         found.append("hard-edges")
     if evidence.flat is not None and evidence.flat >= thresholds.flat:
         found.append("flat")
-    lossy_drawing = evidence.noise is not None and evidence.noise <= thresholds.noiseless
-    if quality is not None and quality > thresholds.jpeg_quality and lossy_drawing:
+    # Above its threshold a lossy file passes for clean, unless nothing in it has any noise.
+    high_quality = (jpeg or 0) > thresholds.jpeg_quality or (webp or 0) > thresholds.webp_quality
+    if high_quality and evidence.noise is not None and evidence.noise <= thresholds.noiseless:
         found.append("noiseless")
     return tuple(found)
 
@@ -118,9 +126,9 @@ class Choice:
     seconds: float = 0.0
 
     def describe(self) -> str | None:
-        """`jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71; hard-edges=0.00;
-        flat=0.02; found=jpeg` (`found=none` for clean input), for the `X-Upscaler-Evidence`
-        header; None without `auto`."""
+        """`jpeg-quality=72; webp-quality=none; noise=3.1; sharpness=0.70; aliasing=0.71;
+        hard-edges=0.00; flat=0.02; found=jpeg` (`found=none` for clean input), for the
+        `X-Upscaler-Evidence` header; None without `auto`."""
         if self.evidence is None:
             return None
         return f"{self.evidence.describe()}; found={','.join(self.found) or 'none'}"
@@ -230,7 +238,8 @@ class Auto:
         started = time.perf_counter()
         decoded = self.clean.pipeline.decode_request(data, keep_metadata=keep_metadata)
         decoded_at = time.perf_counter()
-        evidence = Evidence.measure(decoded.rgb, decoded.info.jpeg_luma_table)
+        info = decoded.info
+        evidence = Evidence.measure(decoded.rgb, info.jpeg_luma_table, info.webp_quantizer)
         model, found = self.choose(evidence)
         choice = Choice(model, evidence, found, time.perf_counter() - decoded_at)
         result = model.pipeline.upscale_decoded(

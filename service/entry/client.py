@@ -741,6 +741,7 @@ def _summary(runner: Runner, problems: list[tuple[str, str]]) -> int:
 _FOUND_WORDS = {
     "none": "clean",
     "jpeg": "JPEG",
+    "webp": "WebP",
     "noise": "noise",
     "aliasing": "aliasing",
     "blur": "blur",

@@ -1,10 +1,16 @@
-"""What an upload shows of its history: JPEG compression, noise, aliasing, hard edges and flat
-colour, measured from the file and its pixels, for choosing a model (`service.core.choice`).
+"""What an upload shows of its history: JPEG or WebP compression, noise, aliasing, hard edges
+and flat colour, measured from the file and its pixels, for choosing a model
+(`service.core.choice`).
 
 - **JPEG quality** from the file's luminance quantisation table (Pillow's `quantization`, in
   natural order), compared with the IJG standard table scaled to each quality 1-100: the
   closest one. Encoders with tables of their own (phones) land on the quality whose table is
   nearest, which is what matters here: how coarsely the picture was quantised.
+- **WebP quality** of a lossy WebP file, likewise: its largest segment quantiser
+  (`service.imaging.webp`) against the one libwebp's default settings give each quality. Its
+  spatial noise shaping quantises a photograph's smoothest segment most, which that table
+  assumes; a picture without such a segment (or an encoder set otherwise) reads a few qualities
+  higher than it was saved at.
 - **Noise**: Immerkær's fast estimate (1996) of the standard deviation of Gaussian noise on the
   luma, taken only where the gradient is in its lowest fifth: on texture and edges the
   Laplacian-difference mask answers to the picture, not the noise.
@@ -74,6 +80,26 @@ def _ijg_table(quality: int) -> np.ndarray:
 
 
 _IJG_TABLES = np.stack([_ijg_table(quality) for quality in range(1, 101)])
+
+
+def _libwebp_quantizer(quality: int) -> int:
+    """The quantiser libwebp gives the segment it quantises most at this quality (its
+    `QualityToCompression`, then the spatial noise shaping of strength 50 at the segment's
+    extreme complexity): 36 at quality 75, 12 at 90."""
+    linear = quality / 100 * 2 / 3 if quality < 75 else 2 * quality / 100 - 1
+    noise_shaping = 1 + 0.9 * 50 / 100 / 128 * 127
+    return int(127 * (1 - (linear ** (1 / 3)) ** noise_shaping))
+
+
+_LIBWEBP_QUANTIZERS = np.array([_libwebp_quantizer(quality) for quality in range(1, 101)])
+
+
+def webp_quality(quantizer: int | None) -> int | None:
+    """The libwebp quality (1-100) whose largest segment quantiser is closest to a lossy WebP
+    file's (`service.imaging.webp.vp8_quantizer`); None for other files."""
+    if quantizer is None:
+        return None
+    return int(np.argmin(np.abs(_LIBWEBP_QUANTIZERS - quantizer))) + 1
 
 
 def jpeg_quality(luma_table: Sequence[int] | None) -> int | None:
@@ -206,6 +232,7 @@ class Evidence:
 
     Attributes:
         jpeg_quality: The estimated JPEG quality, None for files that are not JPEG.
+        webp_quality: The estimated quality of a lossy WebP file, None for other files.
         noise: Estimated noise standard deviation on the luma (0-255 scale).
         sharpness: How sharp its strongest edges are (`edge_sharpness`): low for a blurred
             picture.
@@ -219,6 +246,7 @@ class Evidence:
     """
 
     jpeg_quality: int | None
+    webp_quality: int | None
     noise: float | None
     sharpness: float | None
     aliasing: float | None
@@ -226,28 +254,41 @@ class Evidence:
     flat: float | None
 
     @classmethod
-    def measure(cls, rgb: np.ndarray, jpeg_luma_table: Sequence[int] | None) -> Evidence:
-        """The evidence of a decoded image and its file's JPEG luminance table (None if the
-        file is not a JPEG), read from its central `_MAX_SIDE`² at most: the measures are local
-        statistics, and a crop bounds their time and memory on the largest inputs."""
+    def measure(
+        cls,
+        rgb: np.ndarray,
+        jpeg_luma_table: Sequence[int] | None,
+        webp_quantizer: int | None = None,
+    ) -> Evidence:
+        """The evidence of a decoded image, its file's JPEG luminance table (None if the file
+        is not a JPEG) and lossy WebP quantiser (None if it is not one), read from its central
+        `_MAX_SIDE`² at most: the measures are local statistics, and a crop bounds their time
+        and memory on the largest inputs."""
         height, width = rgb.shape[:2]
         top, left = max(0, (height - _MAX_SIDE) // 2), max(0, (width - _MAX_SIDE) // 2)
         y = luma(rgb[top : top + _MAX_SIDE, left : left + _MAX_SIDE])
         edges, corner = edge_sharpness(y), spectral_corner(y)
         aliasing = None if edges is None or corner is None else _aliasing(edges, corner)
-        quality = jpeg_quality(jpeg_luma_table)
-        return cls(quality, noise_sigma(y), edges, aliasing, hard_edges(y), flat_share(y))
+        return cls(
+            jpeg_quality(jpeg_luma_table),
+            webp_quality(webp_quantizer),
+            noise_sigma(y),
+            edges,
+            aliasing,
+            hard_edges(y),
+            flat_share(y),
+        )
 
     def describe(self) -> str:
-        """`jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71; hard-edges=0.00;
-        flat=0.02` (`none` where not measured)."""
+        """`jpeg-quality=72; webp-quality=none; noise=3.1; sharpness=0.70; aliasing=0.71;
+        hard-edges=0.00; flat=0.02` (`none` where not measured)."""
 
         def text(value: float | None, digits: int) -> str:
             return "none" if value is None else f"{value:.{digits}f}"
 
-        quality = "none" if self.jpeg_quality is None else str(self.jpeg_quality)
         return (
-            f"jpeg-quality={quality}; noise={text(self.noise, 1)}; "
+            f"jpeg-quality={text(self.jpeg_quality, 0)}; "
+            f"webp-quality={text(self.webp_quality, 0)}; noise={text(self.noise, 1)}; "
             f"sharpness={text(self.sharpness, 2)}; aliasing={text(self.aliasing, 2)}; "
             f"hard-edges={text(self.hard_edges, 2)}; flat={text(self.flat, 2)}"
         )

@@ -56,7 +56,8 @@ def score_image(name: str, hr: np.ndarray, clean: Model, robust: Model) -> list[
         rng = np.random.default_rng(zlib.crc32(name.encode()))
         decoded = decode_image(category_file(category, hr, SCALE, rng), max_pixels=MAX_PIXELS)
         started = time.perf_counter()
-        evidence = Evidence.measure(decoded.rgb, decoded.info.jpeg_luma_table)
+        info = decoded.info
+        evidence = Evidence.measure(decoded.rgb, info.jpeg_luma_table, info.webp_quantizer)
         found = degradations(evidence)
         seconds = time.perf_counter() - started
         bicubic = data.bicubic_upscale(decoded.rgb, SCALE)

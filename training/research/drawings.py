@@ -173,7 +173,8 @@ def score(count: int, clean_path: Path, robust_path: Path) -> list[dict]:
             lr, hr = pair(shapes, kind)
             decoded = decode_image(lr_file(lr, kind), max_pixels=MAX_PIXELS)
             lr = decoded.rgb
-            evidence = Evidence.measure(lr, decoded.info.jpeg_luma_table)
+            info = decoded.info
+            evidence = Evidence.measure(lr, info.jpeg_luma_table, info.webp_quantizer)
             found, without_rule = degradations(evidence), degradations(evidence, photographs_only)
             rows.append(
                 {

@@ -425,19 +425,20 @@ function send(item) {
   xhr.send(item.file);
 }
 
-// X-Upscaler-Evidence ("jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71; hard-edges=0.00;
-// flat=0.02; found=jpeg,noise"), sent when the service chose the model, in words; "" without it.
+// X-Upscaler-Evidence ("jpeg-quality=72; webp-quality=none; noise=3.1; sharpness=0.70; aliasing=0.71;
+// hard-edges=0.00; flat=0.02; found=jpeg,noise"), sent when the service chose the model, in words; "" without it.
 function explainChoice(evidence) {
   if (!evidence) return "";
   const fields = Object.fromEntries(evidence.split(";").map((part) => part.trim().split("=")));
   const words = {
     jpeg: `JPEG compression (quality ${fields["jpeg-quality"]})`,
+    webp: `WebP compression (quality ${fields["webp-quality"]})`,
     noise: `noise (σ ≈ ${fields.noise})`,
     aliasing: "hard, jagged edges (as a resize without smoothing leaves)",
     blur: "a blurred picture",
     "hard-edges": "pixel-sharp edges (a screenshot, diagram, pixel art or pixelated enlargement)",
     flat: "flat colours (a drawing, chart, slide or screenshot)",
-    noiseless: "no camera noise at all (a drawing or screenshot saved as JPEG)",
+    noiseless: "no camera noise at all (a drawing or screenshot saved as JPEG or WebP)",
   };
   const found = (fields.found || "none").split(",").filter((name) => words[name]);
   return found.length ? found.map((name) => words[name]).join(", ") : "a clean image";

@@ -21,7 +21,13 @@ from tests.service.imaging.test_evidence import antialiased_drawing, drawing, sc
 
 SettingsFactory = Callable[..., Settings]
 CLEAN = Evidence(
-    jpeg_quality=None, noise=0.5, sharpness=0.7, aliasing=0.6, hard_edges=0.0, flat=0.02
+    jpeg_quality=None,
+    webp_quality=None,
+    noise=0.5,
+    sharpness=0.7,
+    aliasing=0.6,
+    hard_edges=0.0,
+    flat=0.02,
 )
 
 
@@ -31,6 +37,8 @@ CLEAN = Evidence(
         pytest.param({}, (), id="clean"),
         pytest.param({"jpeg_quality": THRESHOLDS.jpeg_quality + 1}, (), id="near-lossless-jpeg"),
         pytest.param({"jpeg_quality": THRESHOLDS.jpeg_quality}, ("jpeg",), id="jpeg"),
+        pytest.param({"webp_quality": THRESHOLDS.webp_quality}, ("webp",), id="webp"),
+        pytest.param({"webp_quality": THRESHOLDS.webp_quality + 1}, (), id="near-lossless-webp"),
         pytest.param({"noise": THRESHOLDS.noise}, ("noise",), id="noise"),
         pytest.param({"aliasing": THRESHOLDS.aliasing}, ("aliasing",), id="aliasing"),
         pytest.param({"sharpness": THRESHOLDS.sharpness}, ("blur",), id="blur"),
@@ -40,6 +48,11 @@ CLEAN = Evidence(
             {"jpeg_quality": THRESHOLDS.jpeg_quality + 1, "noise": THRESHOLDS.noiseless},
             ("noiseless",),
             id="drawing-saved-as-jpeg",
+        ),
+        pytest.param(
+            {"webp_quality": THRESHOLDS.webp_quality + 1, "noise": THRESHOLDS.noiseless},
+            ("noiseless",),
+            id="drawing-saved-as-webp",
         ),
         pytest.param({"noise": 0.0}, (), id="noiseless-png"),  # flat says if it is drawn
         pytest.param({"jpeg_quality": 80, "noise": 0.0}, ("jpeg",), id="noiseless-low-quality"),
@@ -112,14 +125,16 @@ def test_a_clean_image_goes_to_the_clean_model(folder_app: TestClient) -> None:
     assert response.status_code == 200
     assert response.headers["X-Upscaler-Model"] == "sharp"
     evidence = response.headers["X-Upscaler-Evidence"]
-    assert evidence.startswith("jpeg-quality=none; noise=") and evidence.endswith("found=none")
+    assert evidence.startswith("jpeg-quality=none; webp-quality=none; noise=")
+    assert evidence.endswith("found=none")
     assert "choose;dur=" in response.headers["Server-Timing"]
 
 
-def test_a_photo_saved_as_a_high_quality_jpeg_goes_to_the_clean_model(
-    folder_app: TestClient,
+@pytest.mark.parametrize("image_format", ["JPEG", "WEBP"])
+def test_a_photo_saved_at_high_quality_goes_to_the_clean_model(
+    folder_app: TestClient, image_format: str
 ) -> None:
-    response = _upscale(folder_app, _file(_lr(), "JPEG", quality=95))
+    response = _upscale(folder_app, _file(_lr(), image_format, quality=95))
     assert response.headers["X-Upscaler-Model"] == "sharp"
     assert response.headers["X-Upscaler-Evidence"].endswith("found=none")
 
@@ -144,8 +159,19 @@ def test_a_photo_saved_as_a_high_quality_jpeg_goes_to_the_clean_model(
         (lambda lr: _file(drawing(), "PNG"), "found=hard-edges,flat"),
         (lambda lr: _file(antialiased_drawing(), "PNG"), "found=flat"),
         (lambda lr: _file(drawing(), "JPEG", quality=95), "found=noiseless"),
+        (lambda lr: _file(lr, "WEBP", quality=50), "found=webp"),
+        (lambda lr: _file(drawing(), "WEBP", quality=95), "found=noiseless"),
     ],
-    ids=["jpeg", "aliasing", "noise", "hard-drawing", "antialiased-drawing", "drawing-as-jpeg"],
+    ids=[
+        "jpeg",
+        "aliasing",
+        "noise",
+        "hard-drawing",
+        "antialiased-drawing",
+        "drawing-as-jpeg",
+        "webp",
+        "drawing-as-webp",
+    ],
 )
 def test_a_degraded_image_goes_to_the_robust_model(
     folder_app: TestClient, degrade: Callable[[np.ndarray], bytes], found: str

@@ -20,6 +20,7 @@ from service.imaging.evidence import (
     luma,
     noise_sigma,
     spectral_corner,
+    webp_quality,
 )
 
 
@@ -79,6 +80,21 @@ def _jpeg(image: np.ndarray, quality: int) -> bytes:
 def test_a_jpegs_quality_is_read_from_its_quantisation_table(quality: int) -> None:
     decoded = decode_image(_jpeg(scene(64), quality), max_pixels=1 << 20)
     assert jpeg_quality(decoded.info.jpeg_luma_table) == quality
+
+
+@pytest.mark.parametrize("quality", [30, 75, 95])
+def test_a_lossy_webps_quality_is_read_from_its_quantiser(quality: int) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(scene(256)).save(buffer, "WEBP", quality=quality)
+    decoded = decode_image(buffer.getvalue(), max_pixels=1 << 20)
+    assert abs(webp_quality(decoded.info.webp_quantizer) - quality) <= 1
+
+
+def test_other_files_have_no_webp_quality() -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(scene(64)).save(buffer, "WEBP", lossless=True)
+    decoded = decode_image(buffer.getvalue(), max_pixels=1 << 20)
+    assert decoded.info.webp_quantizer is None and webp_quality(None) is None
 
 
 def test_other_files_have_no_jpeg_quality(photo) -> None:
@@ -158,12 +174,20 @@ def test_images_too_small_to_tell_give_no_measure() -> None:
 
 def test_the_evidence_reads_as_one_header_value() -> None:
     evidence = Evidence(
-        jpeg_quality=72, noise=3.14, sharpness=0.698, aliasing=0.714, hard_edges=0.004, flat=0.1
+        jpeg_quality=72,
+        webp_quality=None,
+        noise=3.14,
+        sharpness=0.698,
+        aliasing=0.714,
+        hard_edges=0.004,
+        flat=0.1,
     )
     assert evidence.describe() == (
-        "jpeg-quality=72; noise=3.1; sharpness=0.70; aliasing=0.71; hard-edges=0.00; flat=0.10"
+        "jpeg-quality=72; webp-quality=none; noise=3.1; sharpness=0.70; aliasing=0.71; "
+        "hard-edges=0.00; flat=0.10"
     )
     nothing = (
-        "jpeg-quality=none; noise=none; sharpness=none; aliasing=none; hard-edges=none; flat=none"
+        "jpeg-quality=none; webp-quality=none; noise=none; sharpness=none; aliasing=none; "
+        "hard-edges=none; flat=none"
     )
-    assert Evidence(None, None, None, None, None, None).describe() == nothing
+    assert Evidence(None, None, None, None, None, None, None).describe() == nothing

@@ -19,6 +19,7 @@ def scores(noise: float, clean: float, robust: float) -> list[dict]:
     """One image under every category: its measures (no JPEG, sharp, unaliased) and PSNRs."""
     measures = {
         "jpeg_quality": None,
+        "webp_quality": None,
         "noise": noise,
         "sharpness": 0.9,
         "aliasing": 0.5,

@@ -1,0 +1,125 @@
+"""Measures `model=auto` on lossy WebP files, which the degradation categories do not make:
+photographs (each image's clean LR) and drawings (`training.research.drawings`' hard and
+antialiased kinds) saved by Pillow's libwebp at each quality, decoded as the service decodes
+them. Per quality and kind of picture it prints the gain over bicubic of both models and of
+`auto`, `auto` minus the better model, how many went to the robust model, the visible misses
+(1 dB or more under the other model), and the quality the evidence read from the file.
+
+Usage (from the repository root):
+    python -m training.research.webp --clean models/edsr_x4.onnx \
+        --robust models/edsr_x4_real.onnx --quality 50 75 80 85 90 95 \
+        --data ../shared/data/train-extra/BSDS500-test [--limit 100] [--drawings 32]
+
+Fit the WebP threshold (`Thresholds.webp_quality`) on training images, as `auto_fit` does the
+others, then report it on the benchmark sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from service.core.choice import degradations
+from service.imaging.decode import decode_image
+from service.imaging.evidence import Evidence
+from training import data
+from training.protocol import psnr_y
+from training.research.auto_choice import MAX_PIXELS, SCALE, Model, load
+from training.research.auto_fit import misses
+from training.research.drawings import pair, random_drawing
+
+
+def webp_file(lr: np.ndarray, quality: int) -> bytes:
+    """The LR image as a lossy WebP file of that quality (libwebp's other settings default)."""
+    buffer = io.BytesIO()
+    Image.fromarray(lr).save(buffer, "WEBP", quality=quality)
+    return buffer.getvalue()
+
+
+def pictures(folders: Sequence[Path], limit: int, drawings: int) -> Iterator[tuple[str, ...]]:
+    """(kind, HR, clean LR) of the first `limit` photographs of each folder, then of `drawings`
+    hard and antialiased drawings."""
+    for folder in folders:
+        sources = sorted(data.discover_sources([folder], SCALE), key=lambda s: str(s.hr_path))
+        for source in sources[:limit]:
+            hr = data.load_pair(source, SCALE, "pil").hr
+            yield "photographs", hr, data.bicubic_downscale(hr, SCALE)
+    for seed in range(drawings):
+        for kind in ("hard", "antialiased"):
+            lr, hr = pair(random_drawing(seed), kind)
+            yield "drawings", hr, lr
+
+
+def score(pictures: Iterator[tuple], qualities: Sequence[int], clean: Model, robust: Model):
+    """Every picture at every quality: both models' PSNR, bicubic's, the evidence, the choice."""
+    rows = []
+    for kind, hr, lr in pictures:
+        for quality in qualities:
+            decoded = decode_image(webp_file(lr, quality), max_pixels=MAX_PIXELS)
+            info = decoded.info
+            evidence = Evidence.measure(decoded.rgb, info.jpeg_luma_table, info.webp_quantizer)
+            rows.append(
+                {
+                    "kind": kind,
+                    "quality": quality,
+                    "clean": psnr_y(clean(decoded.rgb), hr, SCALE),
+                    "robust": psnr_y(robust(decoded.rgb), hr, SCALE),
+                    "bicubic": psnr_y(data.bicubic_upscale(decoded.rgb, SCALE), hr, SCALE),
+                    "read": evidence.webp_quality,
+                    "chose": "robust" if degradations(evidence) else "clean",
+                }
+            )
+    return rows
+
+
+def summary(rows: Sequence[dict]) -> str:
+    """The table: per kind of picture and quality, the gains, the choices and the quality read."""
+    lines = [
+        "| picture | quality | clean | robust | auto | auto − best | to robust | misses | read |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind in dict.fromkeys(row["kind"] for row in rows):
+        for quality in dict.fromkeys(row["quality"] for row in rows):
+            mine = [row for row in rows if row["kind"] == kind and row["quality"] == quality]
+            gain = {
+                key: float(np.mean([row[key] - row["bicubic"] for row in mine]))
+                for key in ("clean", "robust")
+            }
+            auto = float(np.mean([row[row["chose"]] - row["bicubic"] for row in mine]))
+            chosen = [row["chose"] for row in mine]
+            read = [row["read"] for row in mine]
+            lines.append(
+                f"| {kind} ({len(mine)}) | {quality} | {gain['clean']:+.2f} | "
+                f"{gain['robust']:+.2f} | {auto:+.2f} | {auto - max(gain.values()):+.2f} | "
+                f"{chosen.count('robust')} | {misses(mine, chosen)} | "
+                f"{min(read)}–{max(read)} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clean", type=Path, required=True, help="the clean model")
+    parser.add_argument("--robust", type=Path, required=True, help="the robust model")
+    parser.add_argument("--quality", type=int, nargs="+", required=True, help="WebP qualities")
+    parser.add_argument("--data", type=Path, nargs="*", default=[], help="photograph folders")
+    parser.add_argument("--limit", type=int, default=100, help="photographs of each folder")
+    parser.add_argument("--drawings", type=int, default=0, help="drawings of each kind")
+    args = parser.parse_args(argv)
+    if not args.data and args.drawings < 1:
+        parser.error("nothing to measure: give --data folders or --drawings N")
+    if any(not 1 <= quality <= 100 for quality in args.quality):
+        parser.error("--quality values are 1-100")
+    (clean, _), (robust, _) = load(args.clean), load(args.robust)
+    rows = score(pictures(args.data, args.limit, args.drawings), args.quality, clean, robust)
+    print(summary(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
