@@ -2,11 +2,11 @@
 
 When the service has a model trained on clean downscales (card degradation `bicubic`) and one
 trained on real-world degradations (any other preset, e.g. `realistic`), `auto` decodes the
-upload once, measures what it shows of its history (`service.imaging.evidence`: JPEG quality,
-noise, aliasing, blur, a drawing's hard edges and flat colour, or a high-quality JPEG without
-the noise every photograph has), and runs the robust model on
-anything degraded or drawn, the clean model on a clean photograph. It is the default of requests
-that name no model whenever both kinds are served.
+upload once, measures what it shows of its history (`service.imaging.evidence`: JPEG or WebP
+quality, noise, aliasing, blur, a drawing's hard edges and flat colour, or a high-quality JPEG
+or WebP without the noise every photograph has), and runs the robust model on anything degraded
+or drawn, the clean model on a clean photograph. It is the default of requests that name no
+model whenever both kinds are served.
 
 The thresholds were chosen on training images (never the benchmark sets) so that a degraded
 input rarely reaches the clean model, which loses up to 3 dB there, while a clean input may

@@ -97,7 +97,8 @@ class ImageInfo:
     height: int
     #: A JPEG's luminance quantisation table (64 values, natural order); None for other files.
     jpeg_luma_table: tuple[int, ...] | None = None
-    #: A lossy WebP's largest quantiser index (`service.imaging.webp`); None for other files.
+    #: A lossy WebP's largest quantiser index (`service.imaging.webp`); None for other files,
+    #: and from `inspect_image`, which reads no more than the header.
     webp_quantizer: int | None = None
 
     @property
@@ -265,12 +266,11 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         ) from exc
 
 
-def _header_info(image: Image.Image, data: bytes, max_pixels: int) -> ImageInfo:
+def _header_info(image: Image.Image, max_pixels: int) -> ImageInfo:
     width, height = image.size
     tables = getattr(image, "quantization", None) or {}
     luma_table = tuple(tables[0]) if 0 in tables else None
-    quantizer = vp8_quantizer(data) if image.format == "WEBP" else None
-    info = ImageInfo(image.format or "unknown", image.mode, width, height, luma_table, quantizer)
+    info = ImageInfo(image.format or "unknown", image.mode, width, height, luma_table)
     if info.pixels > max_pixels:
         raise _too_many_pixels(width, height, max_pixels)
     if width < 1 or height < 1:
@@ -295,7 +295,7 @@ def inspect_image(data: bytes, *, max_pixels: int) -> ImageInfo:
         CorruptImageError: If the header of an accepted format is damaged.
     """
     with _open(data, max_pixels) as image:
-        return _header_info(image, data, max_pixels)
+        return _header_info(image, max_pixels)
 
 
 def _to_sixteen_bit_grey(image: Image.Image) -> np.ndarray:
@@ -438,13 +438,15 @@ def decode_image(data: bytes, *, max_pixels: int, keep_metadata: bool = False) -
         CorruptImageError: If the file is truncated or damaged.
     """
     with _open(data, max_pixels) as image:
-        info = _header_info(image, data, max_pixels)
+        info = _header_info(image, max_pixels)
         try:
             # verify() reads the whole file structure but leaves the object unusable, so the
             # pixels are decoded from a second, fresh object below.
             image.verify()
         except Exception as exc:
             raise _damaged(exc, info.format) from exc
+    if info.format == "WEBP":  # read only once the file's structure is known to be sound
+        info = dataclasses.replace(info, webp_quantizer=vp8_quantizer(data))
     with _open(data, max_pixels) as image:
         try:
             image.load()

@@ -1,8 +1,9 @@
 """How coarsely a lossy WebP file was quantised, read from its VP8 frame header (RFC 6386,
 sections 9.2-9.6): the largest of its segments' quantiser indices (0-127), which libwebp derives
-from the quality it was asked for (`service.imaging.evidence.webp_quality`). Only the header's
-first bytes are read, through VP8's boolean decoder; anything that is not a well-formed lossy
-key frame gives None.
+from the quality it was asked for (`service.imaging.evidence.webp_quality`). Only the first few
+chunks' headers and the frame header's first bytes are read, through VP8's boolean decoder;
+anything that is not a well-formed still lossy image gives None (an animated WebP too: its
+frames have their own quantisers).
 """
 
 from __future__ import annotations
@@ -57,15 +58,28 @@ class _BoolDecoder:
         return self.signed(bits) if self.bit() else 0
 
 
+#: Chunks that may come before a still image's `VP8 ` chunk (VP8X, ICCP, ALPH) and a few
+#: unknown ones; a file that puts more first is not read (its quality stays unknown).
+_MAX_CHUNKS = 8
+
+
 def _vp8_frame(data: bytes) -> bytes | None:
-    """The payload of the RIFF container's first `VP8 ` chunk (lossy), None without one."""
+    """The payload of a still WebP's `VP8 ` (lossy) chunk; None for a lossless (`VP8L`) or
+    animated (`ANMF`) image, or a container that ends, or is declared to end, before it."""
     if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
         return None
+    end = min(len(data), 8 + struct.unpack("<I", data[4:8])[0])
     at = 12
-    while at + 8 <= len(data):
+    for _ in range(_MAX_CHUNKS):
+        if at + 8 > end:
+            return None
         fourcc, size = data[at : at + 4], struct.unpack("<I", data[at + 4 : at + 8])[0]
+        if at + 8 + size > end:
+            return None
         if fourcc == b"VP8 ":
             return data[at + 8 : at + 8 + size]
+        if fourcc in (b"VP8L", b"ANMF"):
+            return None
         at += 8 + size + (size & 1)  # chunks are padded to an even size
     return None
 

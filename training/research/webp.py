@@ -41,7 +41,10 @@ def webp_file(lr: np.ndarray, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def pictures(folders: Sequence[Path], limit: int, drawings: int) -> Iterator[tuple[str, ...]]:
+Picture = tuple[str, np.ndarray, np.ndarray]
+
+
+def pictures(folders: Sequence[Path], limit: int, drawings: int) -> Iterator[Picture]:
     """(kind, HR, clean LR) of the first `limit` photographs of each folder, then of `drawings`
     hard and antialiased drawings."""
     for folder in folders:
@@ -55,10 +58,12 @@ def pictures(folders: Sequence[Path], limit: int, drawings: int) -> Iterator[tup
             yield "drawings", hr, lr
 
 
-def score(pictures: Iterator[tuple], qualities: Sequence[int], clean: Model, robust: Model):
+def score(
+    sources: Iterator[Picture], qualities: Sequence[int], clean: Model, robust: Model
+) -> list[dict]:
     """Every picture at every quality: both models' PSNR, bicubic's, the evidence, the choice."""
     rows = []
-    for kind, hr, lr in pictures:
+    for kind, hr, lr in sources:
         for quality in qualities:
             decoded = decode_image(webp_file(lr, quality), max_pixels=MAX_PIXELS)
             info = decoded.info
