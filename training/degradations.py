@@ -194,6 +194,13 @@ def jpeg_file(image: np.ndarray, quality: int) -> bytes:
     return buffer.getvalue()
 
 
+def png_file(image: np.ndarray) -> bytes:
+    """The image as a PNG file (fast compression: these files are decoded once, not kept)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
 def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     """Encodes as JPEG (`jpeg_file`) and decodes it back."""
     with Image.open(io.BytesIO(jpeg_file(image, quality))) as decoded:
@@ -301,6 +308,4 @@ def category_file(name: str, hr: np.ndarray, scale: int, rng: np.random.Generato
     if name in JPEG_CATEGORIES:
         before, quality = JPEG_CATEGORIES[name]
         return jpeg_file(before(hr, scale, rng), quality)
-    buffer = io.BytesIO()
-    Image.fromarray(CATEGORIES[name](hr, scale, rng)).save(buffer, "PNG", compress_level=1)
-    return buffer.getvalue()
+    return png_file(CATEGORIES[name](hr, scale, rng))

@@ -239,8 +239,7 @@ class Auto:
         started = time.perf_counter()
         decoded = self.clean.pipeline.decode_request(data, keep_metadata=keep_metadata)
         decoded_at = time.perf_counter()
-        info = decoded.info
-        evidence = Evidence.measure(decoded.rgb, info.jpeg_luma_table, info.webp_quantizer)
+        evidence = Evidence.of(decoded)
         model, found = self.choose(evidence)
         choice = Choice(model, evidence, found, time.perf_counter() - decoded_at)
         result = model.pipeline.upscale_decoded(

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.imaging.decode import DecodedImage
+
 #: The IJG standard luminance quantisation table (JPEG Annex K), in natural order.
 _IJG_LUMA = np.array(
     [
@@ -281,6 +283,13 @@ class Evidence:
             hard_edges(y),
             flat_share(y),
         )
+
+    @classmethod
+    def of(cls, decoded: DecodedImage) -> Evidence:
+        """The evidence of a decoded upload: its pixels and what its file's header says of
+        its compression."""
+        info = decoded.info
+        return cls.measure(decoded.rgb, info.jpeg_luma_table, info.webp_quantizer)
 
     def describe(self) -> str:
         """`jpeg-quality=72; webp-quality=none; noise=3.1; sharpness=0.70; aliasing=0.71;

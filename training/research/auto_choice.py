@@ -49,30 +49,41 @@ def load(path: Path) -> tuple[Model, Pipeline]:
     return (lambda rgb: pipeline.upscale_rgb(rgb)), pipeline
 
 
+def score_file(
+    file: bytes, hr: np.ndarray, clean: Model, robust: Model
+) -> tuple[dict[str, float], Evidence]:
+    """An LR file decoded as the service decodes it: both models' PSNR against `hr`, bicubic's,
+    the seconds its evidence took to measure, and that evidence."""
+    decoded = decode_image(file, max_pixels=MAX_PIXELS)
+    started = time.perf_counter()
+    evidence = Evidence.of(decoded)
+    seconds = time.perf_counter() - started
+    lr = decoded.rgb
+    scores = {
+        "clean": psnr_y(clean(lr), hr, SCALE),
+        "robust": psnr_y(robust(lr), hr, SCALE),
+        "bicubic": psnr_y(data.bicubic_upscale(lr, SCALE), hr, SCALE),
+        "evidence_seconds": seconds,
+    }
+    return scores, evidence
+
+
 def score_image(name: str, hr: np.ndarray, clean: Model, robust: Model) -> list[dict]:
     """One image under every category: both models' PSNR, bicubic's, and auto's choice."""
     rows = []
     for category in CATEGORIES:
         rng = np.random.default_rng(zlib.crc32(name.encode()))
-        decoded = decode_image(category_file(category, hr, SCALE, rng), max_pixels=MAX_PIXELS)
-        started = time.perf_counter()
-        info = decoded.info
-        evidence = Evidence.measure(decoded.rgb, info.jpeg_luma_table, info.webp_quantizer)
+        scores, evidence = score_file(category_file(category, hr, SCALE, rng), hr, clean, robust)
         found = degradations(evidence)
-        seconds = time.perf_counter() - started
-        bicubic = data.bicubic_upscale(decoded.rgb, SCALE)
         rows.append(
             {
                 "image": name,
                 "category": category,
-                "clean": psnr_y(clean(decoded.rgb), hr, SCALE),
-                "robust": psnr_y(robust(decoded.rgb), hr, SCALE),
-                "bicubic": psnr_y(bicubic, hr, SCALE),
+                **scores,
                 "chose": "robust" if found else "clean",
                 "found": list(found),
                 "evidence": evidence.describe(),
                 "measures": dataclasses.asdict(evidence),
-                "evidence_seconds": seconds,
             }
         )
     return rows

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -42,12 +41,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from service.core.choice import THRESHOLDS, degradations
-from service.imaging.decode import decode_image
-from service.imaging.evidence import Evidence
-from training import data
-from training.degradations import downscale, jpeg_file
-from training.protocol import psnr_y
-from training.research.auto_choice import MAX_PIXELS, SCALE, load
+from training.degradations import downscale, jpeg_file, png_file
+from training.research.auto_choice import SCALE, load, score_file
 from training.research.auto_fit import misses
 
 #: Side of each drawing at its LR size.
@@ -152,11 +147,7 @@ def pair(shapes: Sequence[Shape], kind: str) -> tuple[np.ndarray, np.ndarray]:
 
 def lr_file(lr: np.ndarray, kind: str) -> bytes:
     """The LR drawing as the file a user would have: a JPEG for the kinds saved so, else PNG."""
-    if kind in SAVED_AS_JPEG:
-        return jpeg_file(lr, JPEG_QUALITY)
-    buffer = io.BytesIO()
-    Image.fromarray(lr).save(buffer, "PNG", compress_level=1)
-    return buffer.getvalue()
+    return jpeg_file(lr, JPEG_QUALITY) if kind in SAVED_AS_JPEG else png_file(lr)
 
 
 def score(count: int, clean_path: Path, robust_path: Path) -> list[dict]:
@@ -171,18 +162,13 @@ def score(count: int, clean_path: Path, robust_path: Path) -> list[dict]:
         shapes = random_drawing(seed)
         for kind in KINDS:
             lr, hr = pair(shapes, kind)
-            decoded = decode_image(lr_file(lr, kind), max_pixels=MAX_PIXELS)
-            lr = decoded.rgb
-            info = decoded.info
-            evidence = Evidence.measure(lr, info.jpeg_luma_table, info.webp_quantizer)
+            scores, evidence = score_file(lr_file(lr, kind), hr, clean, robust)
             found, without_rule = degradations(evidence), degradations(evidence, photographs_only)
             rows.append(
                 {
                     "seed": seed,
                     "kind": kind,
-                    "clean": psnr_y(clean(lr), hr, SCALE),
-                    "robust": psnr_y(robust(lr), hr, SCALE),
-                    "bicubic": psnr_y(data.bicubic_upscale(lr, SCALE), hr, SCALE),
+                    **scores,
                     "found": list(found),
                     "auto": "robust" if found else "clean",
                     "auto_without_rule": "robust" if without_rule else "clean",

@@ -25,11 +25,8 @@ import numpy as np
 from PIL import Image
 
 from service.core.choice import degradations
-from service.imaging.decode import decode_image
-from service.imaging.evidence import Evidence
 from training import data
-from training.protocol import psnr_y
-from training.research.auto_choice import MAX_PIXELS, SCALE, Model, load
+from training.research.auto_choice import SCALE, Model, load, score_file
 from training.research.auto_fit import misses
 from training.research.drawings import pair, random_drawing
 
@@ -65,16 +62,12 @@ def score(
     rows = []
     for kind, hr, lr in sources:
         for quality in qualities:
-            decoded = decode_image(webp_file(lr, quality), max_pixels=MAX_PIXELS)
-            info = decoded.info
-            evidence = Evidence.measure(decoded.rgb, info.jpeg_luma_table, info.webp_quantizer)
+            scores, evidence = score_file(webp_file(lr, quality), hr, clean, robust)
             rows.append(
                 {
                     "kind": kind,
                     "quality": quality,
-                    "clean": psnr_y(clean(decoded.rgb), hr, SCALE),
-                    "robust": psnr_y(robust(decoded.rgb), hr, SCALE),
-                    "bicubic": psnr_y(data.bicubic_upscale(decoded.rgb, SCALE), hr, SCALE),
+                    **scores,
                     "read": evidence.webp_quality,
                     "chose": "robust" if degradations(evidence) else "clean",
                 }

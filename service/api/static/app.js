@@ -426,7 +426,8 @@ function send(item) {
 }
 
 // X-Upscaler-Evidence ("jpeg-quality=72; webp-quality=none; noise=3.1; sharpness=0.70;
-// aliasing=0.71; hard-edges=0.00; flat=0.02; found=jpeg,noise"), sent when the service chose the model, in words; "" without it.
+// aliasing=0.71; hard-edges=0.00; flat=0.02; found=jpeg,noise"), sent when the service chose
+// the model, in words; "" without it.
 function explainChoice(evidence) {
   if (!evidence) return "";
   const fields = Object.fromEntries(evidence.split(";").map((part) => part.trim().split("=")));
